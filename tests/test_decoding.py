@@ -1,0 +1,97 @@
+"""Lossless decoding against Hugging Face greedy on tiny random models, for many random trees."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import tiny_heads, tiny_model
+from medusa_runtime.bench import hf_greedy
+from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
+from medusa_runtime.spec import TreeSpec, chain_tree
+
+MODELS = {arch: tiny_model(arch, seed=i) for i, arch in enumerate(["llama", "qwen2", "mistral"])}
+HEADS = {arch: tiny_heads(model, num_heads=3) for arch, model in MODELS.items()}
+
+
+@st.composite
+def random_trees(draw, max_depth=3, max_rank=4, max_nodes=20):
+    paths: list[tuple[int, ...]] = []
+    for _ in range(draw(st.integers(0, max_nodes))):
+        parent = draw(st.sampled_from([()] + [p for p in paths if len(p) < max_depth]))
+        rank = draw(st.integers(0, max_rank - 1))
+        if parent + (rank,) not in paths:
+            paths.append(parent + (rank,))
+    return TreeSpec(paths)
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=random_trees(), prompt=st.lists(st.integers(4, 63), min_size=1, max_size=12), oracle=st.booleans())
+def test_tree_decoding_equals_hf_greedy(arch, tree, prompt, oracle):
+    model = MODELS[arch]
+    reference = hf_greedy(model, prompt, 24, [])
+    decoder = MedusaDecoder(model, HEADS[arch], tree, eos_token_ids=[])
+    result = decoder.generate(prompt, 24, oracle=reference if oracle else None)
+    assert result.tokens == reference
+    assert sum(result.emitted_per_step) == 24 and result.steps == len(result.emitted_per_step)
+
+
+def test_oracle_chain_accepts_everything():
+    model = MODELS["llama"]
+    reference = hf_greedy(model, [5, 6, 7], 40, [])
+    result = MedusaDecoder(model, None, chain_tree(3), eos_token_ids=[]).generate([5, 6, 7], 40, oracle=reference)
+    assert result.tokens == reference
+    assert result.emitted_per_step == [1] + [4] * 9 + [3]  # 1 + 9*4 + 3 = 40: the last step is cut
+
+
+def test_stops_exactly_at_max_new_tokens_mid_path():
+    model = MODELS["llama"]
+    reference = hf_greedy(model, [9, 10], 7, [])
+    result = MedusaDecoder(model, None, chain_tree(3), eos_token_ids=[]).generate([9, 10], 7, oracle=hf_greedy(model, [9, 10], 20, []))
+    assert result.tokens == reference and len(result.tokens) == 7 and result.emitted_per_step == [1, 4, 2]
+
+
+def test_stops_exactly_at_eos_mid_path():
+    model = MODELS["llama"]
+    free = hf_greedy(model, [9, 10], 30, [])
+    eos = free[5]  # pretend the 6th token is EOS: decoding must stop right after it, mid-path
+    expected = hf_greedy(model, [9, 10], 30, [eos])
+    assert expected == free[: free.index(eos) + 1]
+    result = MedusaDecoder(model, None, chain_tree(3), eos_token_ids=[eos]).generate([9, 10], 30, oracle=free)
+    assert result.tokens == expected and result.stop_reason == "eos"
+
+
+def test_prompt_too_long_is_a_clear_error():
+    decoder = MedusaDecoder(MODELS["llama"], None, TreeSpec([]), eos_token_ids=[])
+    with pytest.raises(PromptTooLongError, match="exceeds the model's context of 256"):
+        decoder.generate(list(range(4, 60)) * 4, 40)
+
+
+def test_tree_deeper_than_heads_is_refused():
+    with pytest.raises(ValueError, match="exceeds the 3 loaded heads"):
+        MedusaDecoder(MODELS["llama"], HEADS["llama"], chain_tree(4), eos_token_ids=[])
+
+
+def test_non_empty_tree_without_heads_or_oracle_is_refused():
+    with pytest.raises(ValueError, match="needs Medusa heads"):
+        MedusaDecoder(MODELS["llama"], None, chain_tree(2), eos_token_ids=[]).generate([4, 5], 5)
+
+
+def test_typical_acceptance_is_seeded_and_respects_limits():
+    model = MODELS["llama"]
+    tree = TreeSpec([(0,), (1,), (0, 0), (0, 0, 0)])
+    sampling = SamplingConfig(temperature=0.7, seed=3)
+    a = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate([4, 5, 6], 30)
+    b = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate([4, 5, 6], 30)
+    assert a.tokens == b.tokens and len(a.tokens) == 30
+    assert all(0 <= t < model.config.vocab_size for t in a.tokens)
+
+
+def test_typical_acceptance_at_low_temperature_is_greedy():
+    # with a near-zero temperature the distribution is one-hot: typical acceptance == greedy acceptance
+    model = MODELS["qwen2"]
+    reference = hf_greedy(model, [4, 9, 12], 20, [])
+    sampling = SamplingConfig(temperature=1e-4)
+    result = MedusaDecoder(model, HEADS["qwen2"], TreeSpec([(0,), (0, 0), (1,)]), [], sampling).generate([4, 9, 12], 20)
+    assert result.tokens == reference

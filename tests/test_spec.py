@@ -1,0 +1,45 @@
+import json
+
+import pytest
+
+from medusa_runtime.spec import TreeSpec, TreeSpecError, chain_tree, load_tree, validate_paths
+
+
+def test_valid_tree_round_trip(tmp_path):
+    spec = TreeSpec([(0,), (0, 0), (1,), (0, 1)], {"builder": "test"})
+    spec.save(tmp_path / "t.json")
+    loaded = load_tree(tmp_path / "t.json", num_heads=2)
+    assert loaded.paths == spec.paths and loaded.meta == {"builder": "test"}
+    assert loaded.nodes == 5 and loaded.depth == 2 and loaded.topk == 2
+
+
+@pytest.mark.parametrize("paths, message", [
+    ([[0], [1, 0]], "lacks its prefix [1]"),
+    ([[0], [0]], "duplicate"),
+    ([[0], [-1]], "negative rank"),
+    ([[0], []], "empty"),
+    ([[0], [0, 0], [0, 0, 0]], "depth 3 but the heads have only 2"),
+    ([[0], ["a"]], "not a list of integer ranks"),
+])
+def test_validation_names_the_offending_path(paths, message):
+    with pytest.raises(TreeSpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate_paths(paths, num_heads=2)
+
+
+def test_load_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "medusa-tree", "version": 2, "paths": []}))
+    with pytest.raises(TreeSpecError, match="bad.json.*version"):
+        load_tree(bad)
+    bare = tmp_path / "bare.json"
+    bare.write_text("[[0], [1]]")
+    with pytest.raises(TreeSpecError, match="treeopt import"):
+        load_tree(bare)
+    with pytest.raises(TreeSpecError, match="no such tree file"):
+        load_tree(tmp_path / "missing.json")
+
+
+def test_chain_and_prefix():
+    spec = chain_tree(3)
+    assert spec.paths == [(0,), (0, 0), (0, 0, 0)]
+    assert spec.prefix(2).paths == [(0,), (0, 0)]

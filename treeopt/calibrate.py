@@ -1,0 +1,75 @@
+"""Calibration: measure the heads on greedy rollouts of the base model.
+
+Each prompt is rolled out with the Medusa runtime (lossless, so the tokens are the base model's greedy
+tokens, and faster than plain decoding), then one forward over prompt + answer gives the hidden state at
+every position, and the heads' top-k there are compared with the true future tokens. The result is a
+``CalibrationStats`` (see ``stats.py``). This module needs torch; ``build`` and ``evaluate`` do not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.spec import chain_tree
+
+from . import __version__
+from .stats import CalibrationStats
+
+
+def heads_fingerprint(heads_path: str | Path | None) -> str | None:
+    """Short sha256 of the heads' weight file: identifies the heads a tree was built for."""
+    if heads_path is None:
+        return None
+    for name in ("medusa_lm_head.safetensors", "medusa_lm_head.pt"):
+        path = Path(heads_path) / name
+        if path.exists():
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return None
+
+
+@torch.inference_mode()
+def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: int) -> list[list[int]]:
+    """rows[t][k]: rank of new token t+k+2 in head k's top-k at new-token position t (0 = last prompt token)."""
+    ids = torch.tensor([prompt_ids + response], device=loaded.device)
+    hidden = loaded.model.base_model(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(response)]
+    top = heads(hidden).topk(topk, dim=-1).indices.cpu()  # [R, K, topk]
+    R, K = top.shape[0], top.shape[1]
+    future = torch.full((R, K), -1, dtype=torch.long)
+    resp = torch.tensor(response, dtype=torch.long)
+    for k in range(K):  # head k at t guesses new token t+k+2, i.e. response[t+k+1]
+        n = max(R - (k + 1), 0)
+        future[:n, k] = resp[k + 1 : k + 1 + n]
+    match = top == future[..., None]  # [R, K, topk]
+    ranks = torch.where(match.any(-1), match.float().argmax(-1), torch.full((R, K), -1))
+    return ranks.tolist()
+
+
+def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 128, topk: int = 10,
+              provenance: dict | None = None, progress: bool = True) -> CalibrationStats:
+    if topk < 1:
+        raise ValueError(f"--topk {topk}: must be >= 1")
+    vocab = loaded.model.config.vocab_size
+    topk = min(topk, vocab)
+    decoder = MedusaDecoder(loaded.model, heads, chain_tree(heads.num_heads), loaded.eos_token_ids)
+    rollouts, new_tokens = [], []
+    for ids in tqdm(prompt_ids, desc="calibrate: rollouts", disable=not progress):
+        response = decoder.generate(ids, max_new_tokens).tokens
+        rollouts.append(rank_rows(loaded, heads, ids, response, topk))
+        new_tokens.append(len(response))
+    meta = {
+        "tool": f"treeopt {__version__}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": loaded.name,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "max_new_tokens": max_new_tokens,
+        "prompts": len(prompt_ids),
+        **(provenance or {}),
+    }
+    return CalibrationStats(heads.num_heads, topk, rollouts, new_tokens, meta)

@@ -1,0 +1,463 @@
+"""The ``treeopt`` command line (typer).
+
+Commands that need a model import torch lazily inside the command, so that ``build``, ``evaluate``,
+``export``, ``import`` and ``show`` start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Calibrate Medusa heads, build the optimal tree for your device, export it, and benchmark it.")
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_HEADS = {"smollm2-135m": REPO_DATA / "heads" / "smollm2-135m"}
+
+ModelOpt = typer.Option("smollm2-135m", "--model", help="alias smollm2-135m, a HF folder, a .gguf file or a hub id")
+HeadsOpt = typer.Option(None, "--heads", help="Medusa heads folder; default: the shipped heads of the default model; 'none' for no heads")
+DtypeOpt = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16")
+DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present) | cpu | cuda | cuda:N")
+PromptsOpt = typer.Option("mt-bench", "--prompts", help="mt-bench | sharegpt | humaneval | FILE.jsonl")
+SelectOpt = typer.Option(None, "--select", help="Python slice START:STOP[:STEP] over the prompts")
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def command_line() -> str:
+    return "treeopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def resolve_heads_path(model: str, heads: Optional[str]) -> Optional[Path]:
+    if heads is not None:
+        return None if heads.lower() == "none" else Path(heads)
+    default = DEFAULT_HEADS.get(model)
+    return default if default is not None and default.exists() else None
+
+
+def load_everything(model: str, heads: Optional[str], dtype: str, device: str, need_heads: bool = False):
+    """Model + heads, with errors turned into CLI messages."""
+    from medusa_runtime.heads import HeadsFormatError, load_heads
+    from medusa_runtime.models import load_model
+
+    try:
+        loaded = load_model(model, device=device, dtype=dtype)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        fail(str(err))
+    heads_path = resolve_heads_path(model, heads)
+    if heads_path is None:
+        if need_heads:
+            fail(f"no Medusa heads for --model {model}: pass --heads DIR (train some with 'treeopt train-heads')")
+        return loaded, None, None
+    try:
+        return loaded, load_heads(heads_path, loaded.model), str(heads_path)
+    except HeadsFormatError as err:
+        fail(str(err))
+
+
+def load_tree_or_fail(tree: Optional[Path], num_heads: Optional[int]):
+    from medusa_runtime.spec import TreeSpec, TreeSpecError, load_tree
+
+    if tree is None:
+        return TreeSpec([], {"builder": "empty"})
+    try:
+        return load_tree(tree, num_heads)
+    except TreeSpecError as err:
+        fail(str(err))
+
+
+def load_prompt_ids(loaded, prompts: str, select: Optional[str]) -> list[list[int]]:
+    from medusa_runtime.prompts import render_chat, select_prompts
+
+    try:
+        texts = select_prompts(prompts, select)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    return [render_chat(loaded.tokenizer, t) for t in texts]
+
+
+# --------------------------------------------------------------------------- runtime commands
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="the user message (chat template applied when the model has one)"),
+    model: str = ModelOpt,
+    heads: Optional[str] = HeadsOpt,
+    tree: Optional[Path] = typer.Option(None, "--tree", help="tree spec JSON (default: plain decoding)"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy (lossless); > 0: typical acceptance"),
+    posterior_threshold: float = typer.Option(0.09, "--posterior-threshold", help="typical acceptance epsilon"),
+    posterior_alpha: float = typer.Option(0.3, "--posterior-alpha", help="typical acceptance delta"),
+    oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own greedy run (a ceiling)"),
+    seed: int = typer.Option(0, "--seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Generate an answer with Medusa tree decoding, streaming the text."""
+    import time
+
+    from medusa_runtime.bench import hf_greedy
+    from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
+    from medusa_runtime.prompts import render_chat
+
+    loaded, medusa_heads, _ = load_everything(model, None if oracle and heads is None else heads, dtype, device)
+    spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
+    if spec.paths and medusa_heads is None and not oracle:
+        fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
+    ids = render_chat(loaded.tokenizer, prompt)
+    sampling = SamplingConfig(temperature, posterior_threshold, posterior_alpha, seed)
+    decoder = MedusaDecoder(loaded.model, None if oracle else medusa_heads, spec, loaded.eos_token_ids, sampling)
+    reference = hf_greedy(loaded.model, ids, max_new_tokens, loaded.eos_token_ids) if oracle else None
+    emitted: list[int] = []
+    shown = [""]
+
+    def stream(tokens: list[int]) -> None:
+        emitted.extend(tokens)
+        text = loaded.tokenizer.decode(emitted, skip_special_tokens=True)
+        typer.echo(text[len(shown[0]):], nl=False)
+        shown[0] = text
+
+    t0 = time.perf_counter()
+    try:
+        result = decoder.generate(ids, max_new_tokens, oracle=reference, on_tokens=stream)
+    except PromptTooLongError as err:
+        fail(str(err))
+    seconds = time.perf_counter() - t0
+    typer.echo("")
+    typer.secho(f"[{len(result.tokens)} tokens in {result.steps} steps: {result.tokens_per_step:.2f} tokens/step, "
+                f"{len(result.tokens) / seconds:.1f} tokens/s, {spec.nodes}-node tree, stop: {result.stop_reason}]", err=True, fg=typer.colors.BLUE)
+
+
+@app.command()
+def bench(
+    model: str = ModelOpt,
+    heads: Optional[str] = HeadsOpt,
+    tree: Optional[Path] = typer.Option(None, "--tree", help="tree spec JSON (default: plain decoding, the empty tree)"),
+    oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own greedy run: the tree's ceiling"),
+    prompts: str = PromptsOpt,
+    select: Optional[str] = SelectOpt,
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    posterior_threshold: float = typer.Option(0.09, "--posterior-threshold"),
+    posterior_alpha: float = typer.Option(0.3, "--posterior-alpha"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """HF generate greedy vs the Medusa runtime on the same prompts: speed, tokens/step, token-for-token check."""
+    from medusa_runtime.bench import format_report, report_json_line, run_bench
+    from medusa_runtime.decoding import PromptTooLongError, SamplingConfig
+
+    loaded, medusa_heads, heads_path = load_everything(model, None if oracle and heads is None else heads, dtype, device)
+    spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
+    if spec.paths and medusa_heads is None and not oracle:
+        fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
+    ids = load_prompt_ids(loaded, prompts, select)
+    try:
+        report = run_bench(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, oracle,
+                           SamplingConfig(temperature, posterior_threshold, posterior_alpha))
+    except PromptTooLongError as err:
+        fail(str(err))
+    report.model, report.heads, report.tree = model, None if oracle else heads_path, str(tree) if tree else None
+    report.prompt_source, report.select = prompts, select
+    typer.echo(format_report(report))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+    typer.echo(report_json_line(report))
+
+
+@app.command("train-heads")
+def train_heads_cmd(
+    out: Path = typer.Option(..., "--out", help="output folder (upstream Medusa checkpoint format)"),
+    model: str = ModelOpt,
+    data: str = typer.Option("sharegpt", "--data", help="sharegpt | FILE.jsonl of {\"prompt\": ...} or {\"text\": ...} rows"),
+    num_heads: int = typer.Option(4, "--num-heads"),
+    num_layers: int = typer.Option(1, "--num-layers", help="ResBlocks per head"),
+    shared_lm_head: bool = typer.Option(True, "--shared-lm-head/--own-lm-head", help="v2 (reuse the base lm_head) or v1"),
+    tokens: int = typer.Option(150_000, "--tokens", help="response tokens of self-distillation data"),
+    epochs: int = typer.Option(4, "--epochs"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    mtbench_select: str = typer.Option("0:80", "--mtbench-select", help="MT-Bench prompts for the accuracy report ('' to skip)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Train Medusa-1 heads by self-distillation (base frozen) and write them with a README of figures."""
+    from .train_heads import TrainConfig, TrainError, run_train_heads
+
+    cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, tokens=tokens,
+                      epochs=epochs, lr=lr, batch_size=batch_size)
+    try:
+        cfg.validate()
+    except TrainError as err:
+        fail(str(err))
+    loaded, _, _ = load_everything(model, "none", dtype, device)
+    try:
+        result = run_train_heads(loaded, data, cfg, out, overwrite, command_line(), mtbench_select or None)
+    except TrainError as err:
+        fail(str(err))
+    for name in ("held_out", "mtbench"):
+        if result[name]:
+            typer.echo(f"{name}: top-1 per head " + " ".join(f"{a:.3f}" for a in result[name]["top1"]))
+    typer.echo(f"heads written to {out} (see {out}/README.md)")
+
+
+# --------------------------------------------------------------------------- calibration and trees
+@app.command()
+def calibrate(
+    out: Path = typer.Option(..., "--out", help="stats JSON to write"),
+    model: str = ModelOpt,
+    heads: Optional[str] = HeadsOpt,
+    prompts: str = PromptsOpt,
+    select: Optional[str] = SelectOpt,
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    topk: int = typer.Option(10, "--topk", help="ranks recorded per head"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Roll out the base model greedily and measure each head's rank-r accuracy and the joint path statistics."""
+    from .calibrate import calibrate as run_calibration, heads_fingerprint
+
+    if topk < 1:
+        fail(f"--topk {topk}: must be >= 1")
+    loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
+    ids = load_prompt_ids(loaded, prompts, select)
+    provenance = {"heads": heads_path, "heads_sha256": heads_fingerprint(heads_path), "prompt_source": prompts,
+                  "select": select, "command": command_line()}
+    stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, topk, provenance)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(out)
+    acc = stats.accuracy()
+    typer.echo(f"{stats.positions} positions from {len(ids)} prompts; top-1 accuracy per head: "
+               + " ".join(f"{a[0]:.3f}" for a in acc))
+    typer.echo(f"stats written to {out}")
+
+
+def load_stats_or_fail(path: Path):
+    from .stats import StatsError, load_stats
+
+    try:
+        return load_stats(path)
+    except StatsError as err:
+        fail(str(err))
+
+
+@app.command()
+def build(
+    stats_file: Path = typer.Argument(..., metavar="STATS", help="stats JSON from 'treeopt calibrate'"),
+    budget: str = typer.Option(..., "--budget", help="paths in the tree (nodes - 1), or 'auto' with --latency"),
+    out: Path = typer.Option(..., "--out", help="tree spec JSON to write"),
+    max_depth: Optional[int] = typer.Option(None, "--max-depth", help="default: every head the stats measured"),
+    max_children: Optional[int] = typer.Option(None, "--max-children", help="ranks < C at every node (default: --topk of the stats)"),
+    objective: str = typer.Option("empirical", "--objective", help="empirical (joint path frequencies) | independent (product of a[k][r])"),
+    latency: Optional[Path] = typer.Option(None, "--latency", help="latency JSON from 'treeopt profile' (for --budget auto)"),
+    max_budget: int = typer.Option(255, "--max-budget", help="largest budget --budget auto considers"),
+    png: Optional[Path] = typer.Option(None, "--png", help="with --budget auto: plot the predicted curves"),
+):
+    """Build the tree that maximises expected accepted tokens per step (provably optimal for its budget)."""
+    from medusa_runtime.spec import TreeSpec
+
+    from .build import BuildError, build_tree, predicted_curve
+    from .stats import replay_tokens_per_step
+
+    stats = load_stats_or_fail(stats_file)
+    auto = budget.strip().lower() == "auto"
+    if auto:
+        if latency is None:
+            fail("--budget auto needs --latency latency.json (make one with 'treeopt profile')")
+        n_paths = max_budget
+    else:
+        try:
+            n_paths = int(budget)
+        except ValueError:
+            fail(f"--budget {budget!r}: an integer number of paths, or 'auto'")
+    try:
+        built = build_tree(stats, n_paths, objective, max_depth, max_children)
+    except BuildError as err:
+        if not auto:
+            fail(str(err))
+        fail(f"{err} (with --budget auto, lower --max-budget)")
+    curve = predicted_curve(stats, built)
+    meta = {"builder": "treeopt build", "objective": objective, "budget": n_paths, "max_depth": max_depth,
+            "max_children": max_children, "stats_file": str(stats_file), "stats_provenance": stats.provenance,
+            "num_heads": stats.num_heads}
+    if auto:
+        from .tuning import choose_budget, load_latency
+
+        try:
+            lat = load_latency(latency)
+        except ValueError as err:
+            fail(str(err))
+        choice = choose_budget(curve, lat)
+        typer.echo(choice.table())
+        n_paths = choice.paths
+        meta.update({"budget": n_paths, "budget_auto": True, "latency_file": str(latency), "latency_device": lat.device,
+                     "predicted_speedup": round(choice.speedup, 4), "predicted_tokens_per_s": round(choice.tokens_per_s, 3),
+                     "throughput_curve": choice.rows})
+        if png:
+            from .viz import curve_png
+
+            curve_png(choice.rows, png, chosen=n_paths + 1, baseline_tokens_per_s=choice.baseline_tokens_per_s)
+            typer.echo(f"curve plot written to {png}")
+    paths = built.paths[:n_paths]
+    meta["expected_tokens_per_step"] = round(replay_tokens_per_step(stats, paths), 4)
+    meta["objective_estimate_tokens_per_step"] = round(built.expected_tokens_per_step(n_paths), 4)
+    meta["path_probabilities"] = [round(p, 6) for p in built.probabilities[:n_paths]]
+    meta["predicted_curve"] = [row for row in curve if row["paths"] <= n_paths]
+    spec = TreeSpec(paths, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec.save(out)
+    typer.echo(f"{spec.nodes}-node tree (depth {spec.depth}, {objective}): predicted {meta['expected_tokens_per_step']:.3f} "
+               f"tokens/step on the calibration rollouts; written to {out}")
+
+
+@app.command()
+def evaluate(
+    tree: Path = typer.Argument(..., help="tree spec JSON (or any format 'treeopt import' reads)"),
+    stats_file: Path = typer.Argument(..., metavar="STATS"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+):
+    """Predicted tokens/step of any tree on any calibration stats (replayed exactly, no independence assumption)."""
+    from .build import path_probability_fn
+    from .stats import replay_tokens_per_step
+
+    stats = load_stats_or_fail(stats_file)
+    spec = load_any_tree(tree, stats.num_heads)
+    prob = path_probability_fn(stats, "empirical")
+    indep = path_probability_fn(stats, "independent")
+    result = {
+        "tree": str(tree), "nodes": spec.nodes, "depth": spec.depth,
+        "predicted_tokens_per_step": round(replay_tokens_per_step(stats, spec.paths), 4),
+        "empirical_estimate": round(1 + sum(prob(p) for p in spec.paths), 4),
+        "independent_estimate": round(1 + sum(indep(p) if max(p) < stats.topk else 0.0 for p in spec.paths), 4),
+        "stats": str(stats_file), "positions": stats.positions,
+    }
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"{tree}: {spec.nodes} nodes, depth {spec.depth}\n"
+                   f"  predicted tokens/step (replay on {stats.positions} positions): {result['predicted_tokens_per_step']:.3f}\n"
+                   f"  estimate from path frequencies: {result['empirical_estimate']:.3f}   "
+                   f"under independence: {result['independent_estimate']:.3f}")
+
+
+def load_any_tree(path: Path, num_heads: Optional[int] = None):
+    """A spec JSON, or any medusa_choices form (so upstream trees can be evaluated directly)."""
+    from medusa_runtime.spec import TreeSpecError, validate_paths
+
+    from .formats import import_tree
+
+    try:
+        spec = import_tree(path)
+        if num_heads is not None:
+            validate_paths(spec.paths, num_heads, where=str(path))
+        return spec
+    except TreeSpecError as err:
+        fail(str(err))
+
+
+@app.command()
+def show(
+    tree: Path = typer.Argument(..., help="tree spec JSON"),
+    png: Optional[Path] = typer.Option(None, "--png", help="also draw the tree to this PNG"),
+    stats_file: Optional[Path] = typer.Option(None, "--stats", help="label nodes with P(path) from these stats"),
+):
+    """Print the tree as indented text (and draw it)."""
+    from .viz import tree_png, tree_text
+
+    spec = load_any_tree(tree)
+    probabilities = None
+    if stats_file is not None:
+        from .build import path_probability_fn
+
+        prob = path_probability_fn(load_stats_or_fail(stats_file), "empirical")
+        probabilities = {p: prob(p) for p in spec.paths}
+    elif len(spec.meta.get("path_probabilities", [])) == len(spec.paths):
+        probabilities = dict(zip(spec.paths, spec.meta["path_probabilities"]))
+    typer.echo(tree_text(spec, probabilities))
+    if png:
+        tree_png(spec, png, probabilities)
+        typer.echo(f"picture written to {png}")
+
+
+@app.command()
+def export(
+    tree: Path = typer.Argument(..., help="tree spec JSON"),
+    fmt: str = typer.Option("medusa", "--format", help="medusa | trtllm-yaml | triton | json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write here instead of stdout"),
+):
+    """Write the tree as upstream Medusa / TensorRT-LLM medusa_choices, trtllm-bench YAML, or the Triton string."""
+    from medusa_runtime.spec import TreeSpecError
+
+    from .formats import export_tree
+
+    spec = load_any_tree(tree)
+    try:
+        text = export_tree(spec, fmt)
+    except TreeSpecError as err:
+        fail(str(err))
+    if out:
+        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    else:
+        typer.echo(text.rstrip("\n"))
+
+
+@app.command("import")
+def import_cmd(
+    source: Path = typer.Argument(..., help="medusa_choices (Python/JSON literal), trtllm YAML, Triton string, or dense [1, 7, 6]"),
+    out: Path = typer.Option(..., "--out", help="tree spec JSON to write"),
+):
+    """Convert an engine's tree (never evaluated as code) into a treeopt spec."""
+    spec = load_any_tree(source)
+    spec.save(out)
+    typer.echo(f"{spec.nodes}-node tree (depth {spec.depth}) written to {out}")
+
+
+# --------------------------------------------------------------------------- device tuning
+@app.command()
+def profile(
+    out: Path = typer.Option(..., "--out", help="latency JSON to write"),
+    model: str = ModelOpt,
+    heads: Optional[str] = HeadsOpt,
+    sizes: str = typer.Option("1,2,4,8,16,24,32,48,64,96,128,192,256", "--sizes", help="tree tokens per verify step"),
+    repeats: int = typer.Option(20, "--repeats", help="timed steps per size (after 3 warm-up steps)"),
+    context: int = typer.Option(256, "--context", help="KV-cache length the steps run at"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Median latency of one verify step (heads included) against tree size, plus the plain decoding step."""
+    from .profile import profile_latency
+
+    try:
+        size_list = sorted({int(x) for x in sizes.split(",") if x.strip()})
+    except ValueError:
+        fail(f"--sizes {sizes!r}: a comma-separated list of integers, e.g. 1,2,4,8")
+    if not size_list or size_list[0] < 1:
+        fail("--sizes: every size must be >= 1")
+    if repeats < 1:
+        fail("--repeats must be >= 1")
+    loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=size_list[-1] > 1)
+    try:
+        result = profile_latency(loaded, medusa_heads, size_list, repeats, context=context)
+    except ValueError as err:
+        fail(str(err))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    typer.echo(f"{'nodes':>5} {'median ms':>9} {'p10':>7} {'p90':>7}")
+    for row in [result["plain_step"]] + [r for r in result["verify"] if r["nodes"] > 1]:
+        typer.echo(f"{row['nodes']:>5} {row['median_ms']:>9.1f} {row['p10_ms']:>7.1f} {row['p90_ms']:>7.1f}")
+    typer.echo(f"device: {result['device']}, dtype {result['dtype']}; written to {out}")
+
+
+def main() -> None:  # pragma: no cover
+    app()

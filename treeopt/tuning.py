@@ -1,0 +1,88 @@
+"""Pick the tree size from measured latency: predicted tokens/s = tokens_per_step(n) / step_latency(n).
+
+Reads the latency JSON of ``treeopt profile`` (pure Python, no torch) and the replayed tokens/step
+curve of ``build``; the latency between measured sizes is interpolated linearly (beyond the largest
+measured size it is extrapolated from the last two points).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+LATENCY_FORMAT = "medusa-latency"
+
+
+@dataclass
+class LatencyProfile:
+    device: str
+    dtype: str
+    sizes: list[int]  # tree tokens per verify step
+    median_ms: list[float]
+    plain_step_ms: float  # one plain decoding step (1 token, no heads)
+    meta: dict
+
+    def at(self, nodes: float) -> float:
+        """Verify-step latency (ms) at ``nodes`` tree tokens, linearly interpolated."""
+        xs, ys = self.sizes, self.median_ms
+        if len(xs) == 1:
+            return ys[0]
+        if nodes <= xs[0]:
+            return ys[0]
+        for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+            if nodes <= x1:
+                return y0 + (y1 - y0) * (nodes - x0) / (x1 - x0)
+        (x0, y0), (x1, y1) = (xs[-2], ys[-2]), (xs[-1], ys[-1])
+        return y1 + max(0.0, (y1 - y0) / (x1 - x0)) * (nodes - x1)
+
+
+def load_latency(path: str | Path) -> LatencyProfile:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such latency file; make one with 'treeopt profile --out {path}'") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg}); re-run 'treeopt profile'") from None
+    if not isinstance(data, dict) or data.get("format") != LATENCY_FORMAT:
+        raise ValueError(f"{path}: field 'format' must be {LATENCY_FORMAT!r}; is this a 'treeopt profile' output?")
+    rows = sorted(data.get("verify", []), key=lambda r: r["nodes"])
+    if not rows or "plain_step" not in data:
+        raise ValueError(f"{path}: fields 'verify' and 'plain_step' are required; re-run 'treeopt profile'")
+    return LatencyProfile(
+        device=data.get("device", "?"), dtype=data.get("dtype", "?"), sizes=[r["nodes"] for r in rows],
+        median_ms=[r["median_ms"] for r in rows], plain_step_ms=data["plain_step"]["median_ms"],
+        meta={k: v for k, v in data.items() if k not in ("verify", "plain_step")},
+    )
+
+
+@dataclass
+class BudgetChoice:
+    paths: int
+    tokens_per_s: float
+    speedup: float  # predicted, against plain decoding at plain_step_ms per token
+    baseline_tokens_per_s: float
+    rows: list[dict]
+
+    def table(self) -> str:
+        lines = [f"{'nodes':>5} {'tok/step':>8} {'step ms':>8} {'tok/s':>7} {'vs plain':>8}"]
+        for r in self.rows:
+            mark = "  <- chosen" if r["paths"] == self.paths else ""
+            lines.append(f"{r['nodes']:>5} {r['tokens_per_step']:>8.3f} {r['latency_ms']:>8.1f} {r['tokens_per_s']:>7.2f} "
+                         f"{r['tokens_per_s'] / self.baseline_tokens_per_s:>7.2f}x{mark}")
+        lines.append(f"plain decoding: {self.baseline_tokens_per_s:.2f} tok/s; chosen {self.paths + 1} nodes, "
+                     f"predicted {self.tokens_per_s:.2f} tok/s ({self.speedup:.2f}x)")
+        return "\n".join(lines)
+
+
+def choose_budget(curve: list[dict], latency: LatencyProfile) -> BudgetChoice:
+    """The n on the replayed curve that maximises tokens_per_step / latency (ties: the smaller tree)."""
+    rows = []
+    for point in curve:
+        ms = latency.at(point["nodes"]) if point["nodes"] > 1 else latency.plain_step_ms
+        rows.append({"paths": point["paths"], "nodes": point["nodes"], "tokens_per_step": point["tokens_per_step"],
+                     "latency_ms": round(ms, 3), "tokens_per_s": round(point["tokens_per_step"] * 1000.0 / ms, 3)})
+    best = max(rows, key=lambda r: (r["tokens_per_s"], -r["paths"]))
+    baseline = 1000.0 / latency.plain_step_ms
+    return BudgetChoice(best["paths"], best["tokens_per_s"], best["tokens_per_s"] / baseline, baseline, rows)
