@@ -68,6 +68,31 @@ def loaded_tiny(model, tokenizer=None, eos=(1,)) -> LoadedModel:
                        device=torch.device("cpu"), dtype=torch.float32)
 
 
+def trained_tiny_heads(model, num_heads: int = 3, work=None) -> MedusaHeads:
+    """Heads trained for a few seconds on the tiny model's own greedy answers: good enough to give
+    trees something to accept, so that calibration and build tests are not vacuous."""
+    import random
+    import tempfile
+
+    from medusa_runtime.bench import hf_greedy
+    from treeopt.distill import Trajectory
+    from treeopt.train_heads import TrainConfig, compute_features, train_heads
+
+    rng = random.Random(0)
+    trajectories = []
+    for _ in range(48):
+        prompt = [rng.randrange(4, VOCAB) for _ in range(4)]
+        trajectories.append(Trajectory(prompt, hf_greedy(model, prompt, 32, [])))
+    work = Path(work or tempfile.mkdtemp())
+    loaded = loaded_tiny(model, eos=())
+    features = compute_features(loaded, trajectories, num_heads, work / "features")
+    heads = MedusaHeads(HeadsConfig(num_heads, 1, model.config.hidden_size, model.config.vocab_size, True, "tiny"))
+    heads.init_from_base(model.get_output_embeddings())
+    cfg = TrainConfig(num_heads=num_heads, epochs=25, batch_size=64, lr=1e-2)
+    train_heads(heads, features, cfg, work / "state.pt", model.get_output_embeddings().weight, progress=False)
+    return heads.eval().requires_grad_(False)
+
+
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
     """A tiny Llama + tokenizer + heads saved as folders, for CLI tests."""
@@ -76,7 +101,7 @@ def tiny_folder(tmp_path_factory) -> Path:
     model.generation_config.eos_token_id = 1
     model.save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
-    tiny_heads(model).save(root / "heads")
+    trained_tiny_heads(model, work=root / "train").save(root / "heads")
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 7}"}) + "\n" for i in range(4)))
     return root

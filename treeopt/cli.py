@@ -459,5 +459,81 @@ def profile(
     typer.echo(f"device: {result['device']}, dtype {result['dtype']}; written to {out}")
 
 
+@app.command()
+def tune(
+    out: Path = typer.Option(..., "--out", help="tree spec JSON of the best trial"),
+    model: str = ModelOpt,
+    heads: Optional[str] = HeadsOpt,
+    prompts: str = PromptsOpt,
+    select: str = typer.Option("0:80:8", "--select", help="tuning prompts (measured every trial)"),
+    holdout: Optional[str] = typer.Option("1:80:4", "--holdout", help="held-out prompts for the final bench ('' to skip)"),
+    stats_file: Optional[Path] = typer.Option(None, "--stats", help="calibration stats (default: calibrate on the tuning prompts)"),
+    trials: int = typer.Option(20, "--trials", help="total trials of the study (shared by all its workers)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="optuna storage URL (default: SQLite next to --out)"),
+    study: str = typer.Option("treeopt-tune", "--study", help="study name (workers sharing a study use the same name)"),
+    max_budget: int = typer.Option(128, "--max-budget"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens per tuning prompt"),
+    temperature: float = typer.Option(0.0, "--temperature", help="> 0 also tunes the typical-acceptance thresholds"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="held-out bench report"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Optuna study over budget, depth, children and objective, maximising measured tokens/s on this device."""
+    from medusa_runtime.bench import format_report, report_json_line, run_bench
+    from medusa_runtime.decoding import SamplingConfig
+
+    from .calibrate import calibrate as run_calibration, heads_fingerprint
+    from .tune import TuneSpace, best_tree, run_study
+
+    if trials < 1:
+        fail("--trials must be >= 1")
+    loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
+    ids = load_prompt_ids(loaded, prompts, select)
+    if stats_file is not None:
+        stats = load_stats_or_fail(stats_file)
+    else:
+        stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, 10,
+                                {"heads": heads_path, "heads_sha256": heads_fingerprint(heads_path), "prompt_source": prompts, "select": select})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{out.parent.resolve() / 'treeopt-tune.db'}"
+    result = run_study(loaded, medusa_heads, stats, ids, trials, storage, study, max_new_tokens,
+                       TuneSpace(max_budget=max_budget, temperature=temperature))
+    spec = best_tree(result)
+    spec.meta["storage"] = storage if storage.startswith("sqlite") else storage.split("@")[-1]  # never store passwords
+    spec.save(out)
+    typer.echo(f"best of {len(result.trials)} trials: {spec.nodes} nodes, {result.best_value:.2f} tok/s on the tuning prompts "
+               f"({spec.meta['tuning_tokens_per_step']:.2f} tokens/step); params {result.best_params}; written to {out}")
+    if holdout:
+        sampling = SamplingConfig(temperature, spec.meta.get("posterior_threshold", 0.09), spec.meta.get("posterior_alpha", 0.3))
+        report = run_bench(loaded, medusa_heads, spec, load_prompt_ids(loaded, prompts, holdout), 128, sampling=sampling)
+        report.model, report.heads, report.tree, report.prompt_source, report.select = model, heads_path, str(out), prompts, holdout
+        typer.echo("held-out:\n" + format_report(report))
+        if json_out:
+            json_out.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+        typer.echo(report_json_line(report))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="folder for stats, latency, tree, pictures and report"),
+    model: str = ModelOpt,
+    heads: Optional[str] = HeadsOpt,
+    calibrate_select: str = typer.Option("0:80:2", "--calibrate-select"),
+    bench_select: str = typer.Option("1:80:4", "--bench-select", help="held-out prompts"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Calibrate -> profile -> build auto -> bench on held-out MT-Bench prompts, on the embedded default."""
+    from .demo import DemoConfig, run_demo
+
+    loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
+    report = run_demo(loaded, medusa_heads, heads_path,
+                      DemoConfig(calibrate_select=calibrate_select, bench_select=bench_select, max_new_tokens=max_new_tokens),
+                      out, echo=typer.echo)
+    typer.echo(f"files in {out}: stats.json latency.json tree.json tree.png curve.png report.json")
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "per_prompt"}))
+
+
 def main() -> None:  # pragma: no cover
     app()

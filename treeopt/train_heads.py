@@ -30,6 +30,9 @@ from medusa_runtime.prompts import read_json_array_tolerant, render_chat
 from .distill import Trajectory, generate_trajectories
 
 
+CHECKPOINT_EVERY = 200  # steps between training checkpoints
+
+
 class TrainError(ValueError):
     pass
 
@@ -127,7 +130,7 @@ def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: Trai
     return trajectories
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the features feed autograd later
 def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cache_dir: Path,
                      use_sequence_targets: list[bool] | None = None, chunk: int = 64) -> Features:
     """Hidden states and head targets for every position from the last prompt token on.
@@ -252,7 +255,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         running = acc if running is None else [0.95 * r + 0.05 * a for r, a in zip(running, acc)]
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1="/".join(f"{a:.2f}" for a in running))
-        if step % 200 == 0 or step == total:
+        if step % CHECKPOINT_EVERY == 0 or step == total:
             tmp = state_path.with_suffix(".tmp")
             torch.save({"config": asdict(cfg), "step": step, "heads": heads.heads.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)

@@ -1,0 +1,53 @@
+"""Calibration on a tiny model, and replay of any tree equals what the runtime measures."""
+
+import pytest
+
+from conftest import loaded_tiny, tiny_heads, tiny_model
+from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.spec import TreeSpec
+from treeopt.build import build_tree
+from treeopt.calibrate import calibrate
+from treeopt.stats import load_stats, replay_steps
+
+PROMPTS = [[4 + i, 9 + 2 * i, 20 + i] for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model("llama", seed=3)
+    heads = tiny_heads(model, num_heads=3, std=0.3)
+    loaded = loaded_tiny(model)
+    return loaded, heads, calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False)
+
+
+def test_stats_shapes_and_round_trip(setup, tmp_path):
+    _, _, stats = setup
+    assert len(stats.rollouts) == len(PROMPTS)
+    assert all(len(rows) == n for rows, n in zip(stats.rollouts, stats.new_tokens))
+    assert all(-1 <= r < 4 for rows in stats.rollouts for row in rows for r in row)
+    stats.save(tmp_path / "s.json")
+    again = load_stats(tmp_path / "s.json")
+    assert again.rollouts == stats.rollouts and again.accuracy() == stats.accuracy()
+
+
+@pytest.mark.parametrize("tree", [
+    TreeSpec([]),
+    TreeSpec([(0,), (0, 0), (0, 0, 0)]),
+    TreeSpec([(0,), (1,), (2,), (0, 0), (1, 0), (0, 1), (0, 0, 0)]),
+])
+def test_replay_equals_runtime(setup, tree):
+    loaded, heads, stats = setup
+    decoder = MedusaDecoder(loaded.model, heads, tree, loaded.eos_token_ids)
+    results = [decoder.generate(p, 30) for p in PROMPTS]
+    tokens, steps = replay_steps(stats, tree.paths)
+    assert tokens == sum(len(r.tokens) for r in results)
+    assert steps == sum(r.steps for r in results)
+
+
+def test_replay_of_a_built_tree_equals_runtime(setup):
+    loaded, heads, stats = setup
+    built = build_tree(stats, 8)
+    decoder = MedusaDecoder(loaded.model, heads, TreeSpec(built.paths), loaded.eos_token_ids)
+    results = [decoder.generate(p, 30) for p in PROMPTS]
+    assert replay_steps(stats, built.paths) == (sum(len(r.tokens) for r in results), sum(r.steps for r in results))
+    assert sum(r.steps for r in results) < sum(len(r.tokens) for r in results)  # the heads do help here

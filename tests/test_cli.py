@@ -1,0 +1,128 @@
+"""The CLI through typer's CliRunner, on a tiny model saved as a local Hugging Face folder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from treeopt.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def stats_file(tiny_folder):
+    path = tiny_folder / "stats.json"
+    if not path.exists():
+        r = invoke("calibrate", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--prompts",
+                   tiny_folder / "prompts.jsonl", "--max-new-tokens", 24, "--topk", 4, "--out", path)
+        assert r.exit_code == 0, r.output
+    return path
+
+
+def test_bench_writes_the_required_keys(tiny_folder, tmp_path, stats_file):
+    tree = tmp_path / "tree.json"
+    assert invoke("build", stats_file, "--budget", 4, "--out", tree).exit_code == 0
+    out = tmp_path / "report.json"
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--tree", tree,
+               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:3", "--max-new-tokens", 16, "--json", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    for key in ("tokens_per_step", "tokens_per_s", "baseline_tokens_per_s", "speedup", "identical", "divergences",
+                "predicted_tokens_per_step", "prompts", "nodes", "device", "dtype"):
+        assert key in report
+    assert report["identical"] == 1.0 and report["prompts"] == 3 and report["nodes"] == 5
+    assert report["predicted_tokens_per_step"] == json.loads(tree.read_text())["meta"]["expected_tokens_per_step"]
+    assert json.loads(r.output.strip().splitlines()[-1])["nodes"] == 5  # the last line is one JSON object
+
+
+def test_bench_oracle_without_heads(tiny_folder, tmp_path):
+    tree = tmp_path / "chain.json"
+    tree.write_text(json.dumps({"format": "medusa-tree", "version": 1, "paths": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]}))
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", "none", "--oracle", "--tree", tree,
+               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:2", "--max-new-tokens", 21)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert summary["identical"] == 1.0 and summary["tokens_per_step"] == pytest.approx(21 / 5)
+
+
+def test_generate_streams_text(tiny_folder):
+    r = invoke("generate", "w1 w2 w3", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--max-new-tokens", 8)
+    assert r.exit_code == 0, r.output
+    assert "tokens/step" in r.output and "w" in r.output
+
+
+def test_tree_deeper_than_heads_is_a_cli_error(tiny_folder, tmp_path):
+    tree = tmp_path / "deep.json"
+    tree.write_text(json.dumps({"format": "medusa-tree", "version": 1, "paths": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]}))
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--tree", tree,
+               "--prompts", tiny_folder / "prompts.jsonl")
+    assert r.exit_code == 2 and "depth 4 but the heads have only 3" in r.output
+
+
+def test_build_evaluate_show_export_import(stats_file, tmp_path):
+    tree = tmp_path / "t.json"
+    r = invoke("build", stats_file, "--budget", 6, "--out", tree)
+    assert r.exit_code == 0, r.output
+    spec = json.loads(tree.read_text())
+    assert len(spec["paths"]) == 6 and len(spec["meta"]["predicted_curve"]) == 7
+    r = invoke("evaluate", tree, stats_file, "--json")
+    assert json.loads(r.output)["predicted_tokens_per_step"] == spec["meta"]["expected_tokens_per_step"]
+    r = invoke("show", tree, "--png", tmp_path / "t.png")
+    assert r.exit_code == 0 and "head 1 rank" in r.output and (tmp_path / "t.png").stat().st_size > 1000
+    for fmt in ("medusa", "trtllm-yaml", "triton", "json"):
+        exported = tmp_path / f"t.{fmt}"
+        assert invoke("export", tree, "--format", fmt, "--out", exported).exit_code == 0
+        back = tmp_path / f"back-{fmt}.json"
+        assert invoke("import", exported, "--out", back).exit_code == 0
+        assert json.loads(back.read_text())["paths"] == spec["paths"]
+
+
+def test_build_errors_are_clear(stats_file, tmp_path):
+    r = invoke("build", stats_file, "--budget", 100000, "--out", tmp_path / "x.json")
+    assert r.exit_code == 2 and "lower --budget" in r.output
+    r = invoke("build", tmp_path / "missing.json", "--budget", 3, "--out", tmp_path / "x.json")
+    assert r.exit_code == 2 and "treeopt calibrate" in r.output
+    r = invoke("build", stats_file, "--budget", "auto", "--out", tmp_path / "x.json")
+    assert r.exit_code == 2 and "--latency" in r.output
+
+
+def test_profile_and_build_auto(tiny_folder, stats_file, tmp_path):
+    latency = tmp_path / "latency.json"
+    r = invoke("profile", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--sizes", "1,2,4,8",
+               "--repeats", 3, "--context", 16, "--out", latency)
+    assert r.exit_code == 0, r.output
+    data = json.loads(latency.read_text())
+    assert data["plain_step"]["nodes"] == 1 and [row["nodes"] for row in data["verify"]] == [2, 4, 8]
+    tree = tmp_path / "auto.json"
+    r = invoke("build", stats_file, "--budget", "auto", "--latency", latency, "--max-budget", 7, "--out", tree,
+               "--png", tmp_path / "curve.png")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(tree.read_text())["meta"]
+    rows = meta["throughput_curve"]
+    assert meta["budget"] == max(rows, key=lambda row: (row["tokens_per_s"], -row["paths"]))["paths"]
+    assert "predicted_speedup" in meta and (tmp_path / "curve.png").exists()
+
+
+def test_tune_two_workers_share_one_study(tiny_folder, stats_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = [sys.executable, "-m", "treeopt", "tune", "--model", str(tiny_folder / "model"), "--heads", str(tiny_folder / "heads"),
+            "--prompts", str(tiny_folder / "prompts.jsonl"), "--select", "0:2", "--holdout", "", "--stats", str(stats_file),
+            "--trials", "6", "--max-budget", "8", "--max-new-tokens", "12", "--storage", storage, "--study", "shared"]
+    workers = [subprocess.Popen(args + ["--out", str(tmp_path / f"w{i}.json")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert 6 <= len(finished) <= 7  # both workers drew from one budget of 6 (one may overshoot by a trial)
+    assert json.loads((tmp_path / "w0.json").read_text())["paths"] == json.loads((tmp_path / "w1.json").read_text())["paths"]

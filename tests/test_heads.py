@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import tiny_heads, tiny_model
+from medusa_runtime.heads import HeadsFormatError, load_heads
+
+
+@pytest.fixture
+def model():
+    return tiny_model("llama")
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_save_load_round_trip(tmp_path, model, shared):
+    heads = tiny_heads(model, num_heads=3, shared=shared)
+    heads.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["medusa_num_heads"] == 3 and config["medusa_num_layers"] == 1
+    loaded = load_heads(tmp_path, model)
+    assert loaded.num_heads == 3 and loaded.config.shared_lm_head == shared
+    h = torch.randn(2, model.config.hidden_size)
+    assert torch.allclose(loaded(h), heads(h))
+    assert loaded(h).shape == (2, 3, model.config.vocab_size)
+
+
+def test_head_count_comes_from_the_keys_not_the_config(tmp_path, model):
+    tiny_heads(model, num_heads=4).save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["medusa_num_heads"] = 2  # released configs are known to state the wrong count
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_heads(tmp_path, model).num_heads == 4
+
+
+def test_pt_checkpoint_loads_weights_only(tmp_path, model):
+    heads = tiny_heads(model, num_heads=2)
+    torch.save(heads.heads.state_dict(), tmp_path / "medusa_lm_head.pt")
+    assert load_heads(tmp_path, model).num_heads == 2
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, model):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"0.0.linear.weight": Evil()}, tmp_path / "medusa_lm_head.pt")
+    with pytest.raises(HeadsFormatError, match="weights-only"):
+        load_heads(tmp_path, model)
+
+
+def _mutate(tmp_path, model, change):
+    tiny_heads(model, num_heads=2).save(tmp_path)
+    state = load_file(str(tmp_path / "medusa_lm_head.safetensors"))
+    change(state)
+    save_file(state, str(tmp_path / "medusa_lm_head.safetensors"))
+
+
+def test_missing_key_is_named(tmp_path, model):
+    _mutate(tmp_path, model, lambda s: s.pop("1.0.linear.bias"))
+    with pytest.raises(HeadsFormatError, match=r"medusa_lm_head.safetensors: missing key '1.0.linear.bias'"):
+        load_heads(tmp_path, model)
+
+
+def test_unexpected_key_is_named(tmp_path, model):
+    _mutate(tmp_path, model, lambda s: s.update({"extra.weight": torch.zeros(1)}))
+    with pytest.raises(HeadsFormatError, match="unexpected key 'extra.weight'"):
+        load_heads(tmp_path, model)
+
+
+def test_misshaped_tensor_is_named(tmp_path, model):
+    _mutate(tmp_path, model, lambda s: s.update({"1.0.linear.bias": torch.zeros(5)}))
+    with pytest.raises(HeadsFormatError, match=r"'1.0.linear.bias' has shape \(5,\)"):
+        load_heads(tmp_path, model)
+
+
+def test_heads_of_another_model_are_refused(tmp_path, model):
+    tiny_heads(model, num_heads=2).save(tmp_path)
+    other = tiny_model("llama")
+    other.config.hidden_size = 48
+    with pytest.raises(HeadsFormatError, match="hidden size 32 but the base model has 48"):
+        load_heads(tmp_path, other)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path, model):
+    with pytest.raises(HeadsFormatError, match="no medusa_lm_head"):
+        load_heads(tmp_path, model)

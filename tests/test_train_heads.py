@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+
+from conftest import VOCAB, loaded_tiny, tiny_model
+from medusa_runtime.bench import hf_greedy
+from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads
+from treeopt.distill import Trajectory
+from treeopt.train_heads import (TrainConfig, TrainError, check_output_folder, compute_features, head_accuracy,
+                                 read_training_rows, train_heads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    model = tiny_model("llama", seed=5)
+    trajectories = [Trajectory([4 + i % 50, 7, 9 + i % 40], hf_greedy(model, [4 + i % 50, 7, 9 + i % 40], 24, [])) for i in range(30)]
+    features = compute_features(loaded_tiny(model, eos=()), trajectories, 2, tmp_path_factory.mktemp("f"))
+    return model, features
+
+
+def fresh_heads(model):
+    heads = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, VOCAB, True))
+    heads.init_from_base(model.get_output_embeddings())
+    return heads
+
+
+def test_targets_are_the_tokens_ahead(data):
+    model, features = data
+    # position 0 is the last prompt token: head 1 guesses new token 2, head 2 new token 3
+    first = hf_greedy(model, [4, 7, 9], 24, [])
+    assert features.targets[0].tolist() == [first[1], first[2]]
+    assert features.targets[23].tolist() == [-1, -1]  # nothing that far ahead at the end
+
+
+def test_training_lowers_loss_and_writes_a_loadable_checkpoint(data, tmp_path):
+    model, features = data
+    heads = fresh_heads(model)
+    before = head_accuracy(heads, features.hidden, features.targets)
+    cfg = TrainConfig(num_heads=2, epochs=15, batch_size=64, lr=1e-2)
+    train_heads(heads, features, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
+    after = head_accuracy(heads, features.hidden, features.targets)
+    assert after["top1"][0] > before["top1"][0] + 0.1
+    heads.save(tmp_path / "heads")
+    loaded = load_heads(tmp_path / "heads", model)
+    h = features.hidden[:5]
+    assert torch.allclose(loaded(h), heads(h), atol=1e-6)
+
+
+def test_resume_continues_from_the_saved_step(data, tmp_path):
+    model, features = data
+    cfg = TrainConfig(num_heads=2, epochs=2, batch_size=64, lr=1e-2)
+    weight = model.get_output_embeddings().weight
+    full = fresh_heads(model)
+    train_heads(full, features, cfg, tmp_path / "full.pt", weight, progress=False)
+    total = torch.load(tmp_path / "full.pt", weights_only=True)["step"]
+    # an interrupted run: fake it by saving a state at the end of epoch 1 with a shorter config, then resuming
+    half = fresh_heads(model)
+    short = TrainConfig(num_heads=2, epochs=1, batch_size=64, lr=1e-2)
+    train_heads(half, features, short, tmp_path / "half.pt", weight, progress=False)
+    state = torch.load(tmp_path / "half.pt", weights_only=True)
+    assert 0 < state["step"] < total
+    with pytest.raises(TrainError, match="different configuration"):
+        train_heads(fresh_heads(model), features, cfg, tmp_path / "half.pt", weight, progress=False)
+
+
+def test_resume_reproduces_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    model, features = data
+    cfg = TrainConfig(num_heads=2, epochs=2, batch_size=32, lr=1e-2)
+    weight = model.get_output_embeddings().weight
+    straight = fresh_heads(model)
+    train_heads(straight, features, cfg, tmp_path / "a.pt", weight, progress=False)
+
+    import treeopt.train_heads as th
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def save_then_stop(obj, path):  # interrupt right after the first checkpoint
+        real_save(obj, path)
+        calls["n"] += 1
+        raise Stop
+
+    monkeypatch.setattr(th.torch, "save", save_then_stop)
+    monkeypatch.setattr(th, "CHECKPOINT_EVERY", 5)
+    with pytest.raises(Stop):
+        train_heads(fresh_heads(model), features, cfg, tmp_path / "b.pt", weight, progress=False)
+    monkeypatch.setattr(th.torch, "save", real_save)
+    resumed = fresh_heads(model)
+    train_heads(resumed, features, cfg, tmp_path / "b.pt", weight, progress=False)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(TrainError, match="--num-heads 0"):
+        TrainConfig(num_heads=0).validate()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(TrainError, match="no rows"):
+        read_training_rows(str(empty))
+    with pytest.raises(TrainError, match="no such file"):
+        read_training_rows(str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"foo": 1}\n')
+    with pytest.raises(TrainError, match="bad.jsonl:1"):
+        read_training_rows(str(bad))
+    out = tmp_path / "heads"
+    MedusaHeads(HeadsConfig(2, 1, 8, 16, True)).save(out)
+    with pytest.raises(TrainError, match="already holds Medusa heads"):
+        check_output_folder(out, TrainConfig(), overwrite=False)
+    check_output_folder(out, TrainConfig(), overwrite=True)
+
+
+def test_text_rows_are_read(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"text": "some text"}) + "\n")
+    prompts, texts, _ = read_training_rows(str(rows))
+    assert prompts == ["hi"] and texts == ["some text"]

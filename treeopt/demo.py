@@ -1,0 +1,103 @@
+"""The main job on the embedded default: calibrate -> profile -> build auto -> bench on held-out prompts.
+
+Every stage writes its file to ``--out`` and is skipped when a file from the same settings is already
+there, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medusa_runtime.spec import TreeSpec
+
+
+@dataclass
+class DemoConfig:
+    prompts: str = "mt-bench"
+    calibrate_select: str = "0:80:2"
+    bench_select: str = "1:80:4"
+    max_new_tokens: int = 128
+    topk: int = 10
+    max_budget: int = 127
+    sizes: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+    repeats: int = 10
+
+
+def _fresh(path: Path, settings: dict) -> bool:
+    stamp = path.with_name(path.name + ".settings.json")
+    return path.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings
+
+
+def _stamp(path: Path, settings: dict) -> None:
+    path.with_name(path.name + ".settings.json").write_text(json.dumps(settings))
+
+
+def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, echo=print) -> dict:
+    from medusa_runtime.bench import format_report, run_bench
+    from medusa_runtime.prompts import render_chat, select_prompts
+
+    from .build import build_tree, predicted_curve
+    from .calibrate import calibrate, heads_fingerprint
+    from .profile import profile_latency
+    from .stats import load_stats, replay_tokens_per_step
+    from .tuning import choose_budget, load_latency
+    from .viz import curve_png, tree_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = {"model": loaded.name, "heads": heads_fingerprint(heads_path), "dtype": str(loaded.dtype), "device": str(loaded.device)}
+
+    def ids_for(select: str) -> list[list[int]]:
+        return [render_chat(loaded.tokenizer, p) for p in select_prompts(cfg.prompts, select)]
+
+    # 1. calibrate
+    stats_path = out / "stats.json"
+    settings = {**base, "prompts": cfg.prompts, "select": cfg.calibrate_select, "max_new_tokens": cfg.max_new_tokens, "topk": cfg.topk}
+    if _fresh(stats_path, settings):
+        echo(f"[1/4] calibrate: reusing {stats_path}")
+        stats = load_stats(stats_path)
+    else:
+        echo(f"[1/4] calibrate on {cfg.prompts} --select {cfg.calibrate_select}")
+        stats = calibrate(loaded, heads, ids_for(cfg.calibrate_select), cfg.max_new_tokens, cfg.topk,
+                          {"heads": heads_path, "heads_sha256": base["heads"], "prompt_source": cfg.prompts,
+                           "select": cfg.calibrate_select})
+        stats.save(stats_path)
+        _stamp(stats_path, settings)
+    # 2. profile
+    latency_path = out / "latency.json"
+    settings = {**base, "sizes": list(cfg.sizes), "repeats": cfg.repeats}
+    if _fresh(latency_path, settings):
+        echo(f"[2/4] profile: reusing {latency_path}")
+    else:
+        echo("[2/4] profile verify-step latency on this device")
+        latency_path.write_text(json.dumps(profile_latency(loaded, heads, cfg.sizes, cfg.repeats), indent=1) + "\n")
+        _stamp(latency_path, settings)
+    latency = load_latency(latency_path)
+    # 3. build auto
+    echo("[3/4] build the tree with the best predicted tokens/s")
+    budget = min(cfg.max_budget, max(cfg.sizes) - 1)
+    built = build_tree(stats, budget)
+    curve = predicted_curve(stats, built)
+    choice = choose_budget(curve, latency)
+    echo(choice.table())
+    paths = built.paths[: choice.paths]
+    spec = TreeSpec(paths, {
+        "builder": "treeopt demo", "objective": "empirical", "budget": choice.paths, "budget_auto": True,
+        "expected_tokens_per_step": round(replay_tokens_per_step(stats, paths), 4),
+        "predicted_speedup": round(choice.speedup, 4), "predicted_tokens_per_s": round(choice.tokens_per_s, 3),
+        "latency_device": latency.device, "stats_provenance": stats.provenance,
+        "path_probabilities": [round(p, 6) for p in built.probabilities[: choice.paths]],
+        "predicted_curve": [r for r in curve if r["paths"] <= choice.paths], "throughput_curve": choice.rows,
+    })
+    spec.save(out / "tree.json")
+    tree_png(spec, out / "tree.png", dict(zip(paths, spec.meta["path_probabilities"])))
+    curve_png(choice.rows, out / "curve.png", chosen=spec.nodes, baseline_tokens_per_s=choice.baseline_tokens_per_s)
+    # 4. bench on held-out prompts
+    echo(f"[4/4] bench on held-out {cfg.prompts} --select {cfg.bench_select}: HF generate vs Medusa ({spec.nodes} nodes)")
+    report = run_bench(loaded, heads, spec, ids_for(cfg.bench_select), cfg.max_new_tokens)
+    report.model, report.heads, report.tree = loaded.name, heads_path, str(out / "tree.json")
+    report.prompt_source, report.select = cfg.prompts, cfg.bench_select
+    (out / "report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    echo(format_report(report))
+    return report.to_json()
