@@ -27,6 +27,7 @@ class PromptRun:
     index: int
     prompt_tokens: int
     new_tokens: int
+    baseline_tokens: int
     baseline_s: float
     medusa_s: float
     steps: int
@@ -142,11 +143,11 @@ def run_bench(
         if not same and sampling.temperature == 0:
             pos = first_difference(result.tokens, reference)
             divergence = {"prompt": i, "position": pos, "top2_margin": top2_margin(model, ids, reference, pos)}
-        runs.append(PromptRun(i, len(ids), len(result.tokens), t1 - t0, t2 - t1, result.steps, same, divergence))
+        runs.append(PromptRun(i, len(ids), len(result.tokens), len(reference), t1 - t0, t2 - t1, result.steps, same, divergence))
         bar.set_postfix(tok_per_step=f"{sum(r.new_tokens for r in runs) / sum(r.steps for r in runs):.2f}",
                         speedup=f"{sum(r.baseline_s for r in runs) / sum(r.medusa_s for r in runs):.2f}")
     new_tokens = sum(r.new_tokens for r in runs)
-    baseline_tokens = new_tokens  # same prompts; when identical also the same tokens
+    baseline_tokens = sum(r.baseline_tokens for r in runs)
     medusa_s = sum(r.medusa_s for r in runs)
     baseline_s = sum(r.baseline_s for r in runs)
     predicted = tree.meta.get("expected_tokens_per_step")

@@ -75,6 +75,20 @@ def load_tree_or_fail(tree: Optional[Path], num_heads: Optional[int]):
         fail(str(err))
 
 
+def warn_if_built_for_other_heads(spec, model: str, heads_path: Optional[str], where: str) -> None:
+    """A tree built from stats of another model or other heads still runs, but its prediction is off."""
+    from .calibrate import heads_fingerprint
+
+    built_for = spec.meta.get("stats_provenance") or {}
+    if not built_for or heads_path is None:
+        return
+    now = {"model": model, "heads_sha256": heads_fingerprint(heads_path)}
+    then = {"model": built_for.get("model"), "heads_sha256": built_for.get("heads_sha256")}
+    if now != then:
+        typer.secho(f"warning: {where} was built from stats of {then} but runs with {now}; its predicted "
+                    f"tokens/step does not apply (re-run calibrate and build for these heads)", fg=typer.colors.YELLOW, err=True)
+
+
 def load_prompt_ids(loaded, prompts: str, select: Optional[str]) -> list[list[int]]:
     from medusa_runtime.prompts import render_chat, select_prompts
 
@@ -160,6 +174,7 @@ def bench(
     spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
     if spec.paths and medusa_heads is None and not oracle:
         fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
+    warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree))
     ids = load_prompt_ids(loaded, prompts, select)
     try:
         report = run_bench(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, oracle,
@@ -498,7 +513,10 @@ def tune(
     storage = storage or f"sqlite:///{out.parent.resolve() / 'treeopt-tune.db'}"
     result = run_study(loaded, medusa_heads, stats, ids, trials, storage, study, max_new_tokens,
                        TuneSpace(max_budget=max_budget, temperature=temperature))
-    spec = best_tree(result)
+    try:
+        spec = best_tree(result)
+    except ValueError as err:
+        fail(str(err))
     spec.meta["storage"] = storage if storage.startswith("sqlite") else storage.split("@")[-1]  # never store passwords
     spec.save(out)
     typer.echo(f"best of {len(result.trials)} trials: {spec.nodes} nodes, {result.best_value:.2f} tok/s on the tuning prompts "
@@ -533,6 +551,52 @@ def demo(
                       out, echo=typer.echo)
     typer.echo(f"files in {out}: stats.json latency.json tree.json tree.png curve.png report.json")
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "per_prompt"}))
+
+
+@app.command()
+def sweep(
+    stats_file: Path = typer.Argument(..., metavar="STATS"),
+    latency: Path = typer.Option(..., "--latency", help="latency JSON from 'treeopt profile' (for the auto-chosen size)"),
+    budgets: str = typer.Option("4,8,16,32,64,128", "--budgets", help="path budgets to measure beside the auto one"),
+    model: str = ModelOpt,
+    heads: Optional[str] = HeadsOpt,
+    prompts: str = PromptsOpt,
+    select: Optional[str] = typer.Option("1:80:4", "--select"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts."""
+    from medusa_runtime.spec import TreeSpec
+
+    from .build import BuildError, build_tree, predicted_curve
+    from .stats import replay_tokens_per_step
+    from .sweep import format_sweep, rows_json, run_sweep
+    from .tuning import choose_budget, load_latency
+
+    stats = load_stats_or_fail(stats_file)
+    try:
+        sizes = sorted({int(b) for b in budgets.split(",") if b.strip()})
+        lat = load_latency(latency)
+        built = build_tree(stats, max(sizes + [max(lat.sizes) - 1]))  # auto may pick up to the largest profiled size
+    except (ValueError, BuildError) as err:
+        fail(str(err))
+    choice = choose_budget(predicted_curve(stats, built), lat)
+    trees = {"empty": TreeSpec([])}
+    for n in sizes:
+        trees[f"budget {n}"] = TreeSpec(built.paths[:n], {"expected_tokens_per_step": round(replay_tokens_per_step(stats, built.paths[:n]), 4)})
+    trees[f"auto ({choice.paths})"] = TreeSpec(built.paths[: choice.paths], {"expected_tokens_per_step": round(replay_tokens_per_step(stats, built.paths[: choice.paths]), 4)})
+    loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
+    rows = run_sweep(loaded, medusa_heads, trees, load_prompt_ids(loaded, prompts, select), max_new_tokens)
+    typer.echo(format_sweep(rows))
+    best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))
+    auto = rows[-1]
+    summary = {"auto_paths": choice.paths, "auto_tokens_per_s": round(auto.tokens_per_s, 3), "best_budget_tokens_per_s": round(best, 3),
+               "auto_vs_best": round(auto.tokens_per_s / best, 4), "prompts": prompts, "select": select, "rows": rows_json(rows)}
+    if json_out:
+        json_out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
 
 
 def main() -> None:  # pragma: no cover

@@ -103,6 +103,11 @@ def run_study(loaded, heads, stats: CalibrationStats, prompt_ids, trials: int, s
 
 
 def best_tree(study: optuna.Study) -> TreeSpec:
+    from optuna.trial import TrialState
+
+    if not study.get_trials(states=(TrialState.COMPLETE,)):
+        raise ValueError(f"study {study.study_name!r} has no completed trial (all pruned: budgets beyond what the "
+                         f"stats support); lower --max-budget or calibrate on more prompts")
     best = study.best_trial
     meta = {"builder": "treeopt tune", "study": study.study_name, "trial": best.number,
             "tuning_tokens_per_s": round(best.value, 3), "tuning_tokens_per_step": round(best.user_attrs["tokens_per_step"], 4),
