@@ -20,6 +20,38 @@ from .spec import TreeSpec
 from .tree import TreeBuffers, build_buffers
 
 
+class PrefixStaticLayer(StaticLayer):
+    """A preallocated K/V buffer (``StaticLayer``'s allocation) that writes new tokens after the filled
+    prefix and hands attention only that prefix, so a step attends over the tokens that exist rather
+    than the whole buffer. The fill level is a Python int: no device sync per layer."""
+
+    filled = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.filled + key_states.shape[-2]
+        if end > self.max_cache_len:
+            raise RuntimeError(f"KV cache overflow: {end} > {self.max_cache_len} preallocated tokens")
+        self.keys[:, :, self.filled : end] = key_states
+        self.values[:, :, self.filled : end] = value_states
+        self.filled = end
+        return self.keys[:, :, :end], self.values[:, :, :end]  # [B, kv_heads, filled, head_dim] views
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.filled + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.filled
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """``tokens_to_remove`` is negative, as for transformers' static layers."""
+        self.filled = max(0, self.filled + tokens_to_remove) if tokens_to_remove < 0 else self.filled
+
+    def reset(self) -> None:
+        self.filled = 0
+
+
 @dataclass
 class SamplingConfig:
     """temperature 0: greedy acceptance (lossless). > 0: typical acceptance, as upstream Medusa."""
@@ -95,10 +127,10 @@ class MedusaDecoder:
         if window is not None and getattr(self.model.config, "use_sliding_window", True) and window < max_len:
             raise NotImplementedError(f"sliding-window attention (window {window}) shorter than the {max_len} tokens "
                                       f"needed is not supported; lower --max-new-tokens or the prompt length")
-        return Cache(layers=[StaticLayer(max_cache_len=max_len) for _ in range(self.model.config.num_hidden_layers)])
+        return Cache(layers=[PrefixStaticLayer(max_cache_len=max_len) for _ in range(self.model.config.num_hidden_layers)])
 
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, cache: Cache) -> torch.Tensor:
-        """tokens, positions: [T]; bias: [1, 1, T, max_len]. Returns the last hidden states [T, H]."""
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor | None, cache: Cache) -> torch.Tensor:
+        """tokens, positions: [T]; bias: [1, 1, T, cached + T] or None (attend to everything). Returns [T, H]."""
         out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=bias, cache=cache, use_cache=True)
         return out.last_hidden_state[0]
 
@@ -170,8 +202,7 @@ class MedusaDecoder:
         cache = self._new_cache(max_len)
         neg = torch.finfo(self.dtype).min
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        bias = torch.full((1, 1, n_prompt, max_len), neg, dtype=self.dtype, device=self.device)
-        bias[0, 0, :, :n_prompt] = torch.triu(torch.full((n_prompt, n_prompt), neg, dtype=self.dtype, device=self.device), 1)
+        bias = torch.triu(torch.full((n_prompt, n_prompt), neg, dtype=self.dtype, device=self.device), 1)[None, None]
         hidden = self._forward(prompt, torch.arange(n_prompt, device=self.device), bias, cache)[-1]  # [H]
         root = self._first_token(self.lm_head(hidden))  # [1]
         # the verify bias keeps 0 over the accepted prefix and the tree pattern over the tree slots
@@ -191,7 +222,9 @@ class MedusaDecoder:
             tree_tokens = state.root
         cur = state.cur
         state.tree_bias[0, 0, :, cur : cur + b.num_nodes] = b.attn_bias
-        hidden_all = self._forward(tree_tokens, cur + b.depths, state.tree_bias, state.cache)  # [N, H]
+        # one token attends to the whole prefix: no mask needed (the fast path plain decoding uses too)
+        bias = state.tree_bias[..., : cur + b.num_nodes] if b.num_nodes > 1 else None
+        hidden_all = self._forward(tree_tokens, cur + b.depths, bias, state.cache)  # [N, H]
         best, state.root = self._accept(tree_tokens, self.lm_head(hidden_all))
         path = self._root_paths[best][: self._depths[best] + 1]
         new_tokens = torch.cat([tree_tokens[path[1:]], state.root]).tolist()

@@ -126,3 +126,30 @@ def test_tune_two_workers_share_one_study(tiny_folder, stats_file, tmp_path):
     finished = [t for t in study.trials if t.state.is_finished()]
     assert 6 <= len(finished) <= 7  # both workers drew from one budget of 6 (one may overshoot by a trial)
     assert json.loads((tmp_path / "w0.json").read_text())["paths"] == json.loads((tmp_path / "w1.json").read_text())["paths"]
+
+
+def test_sweep_measures_each_budget(tiny_folder, stats_file, tmp_path):
+    latency = tmp_path / "latency.json"
+    assert invoke("profile", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--sizes", "1,2,4,8",
+                  "--repeats", 2, "--context", 16, "--out", latency).exit_code == 0
+    out = tmp_path / "sweep.json"
+    r = invoke("sweep", stats_file, "--latency", latency, "--budgets", "1,3", "--model", tiny_folder / "model",
+               "--heads", tiny_folder / "heads", "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:2",
+               "--max-new-tokens", 12, "--json", out)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(out.read_text())
+    assert [row["label"] for row in summary["rows"]][:3] == ["empty", "budget 1", "budget 3"]
+    assert summary["rows"][0]["tokens_per_step"] == 1.0
+
+
+def test_demo_writes_every_file_and_resumes(tiny_folder, tmp_path):
+    args = ["demo", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--calibrate-select", "0:3",
+            "--bench-select", "3:5", "--max-new-tokens", 12, "--out", tmp_path / "demo"]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    for name in ("stats.json", "latency.json", "tree.json", "tree.png", "curve.png", "report.json"):
+        assert (tmp_path / "demo" / name).exists(), name
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["identical"] == 1.0 and report["prompts"] == 2
+    again = invoke(*args)
+    assert again.exit_code == 0 and "reusing" in again.output

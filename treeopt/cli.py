@@ -237,6 +237,7 @@ def calibrate(
     select: Optional[str] = SelectOpt,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     topk: int = typer.Option(10, "--topk", help="ranks recorded per head"),
+    rollout: str = typer.Option("batched", "--rollout", help="batched (HF generate on batches: fast) | runtime (exact, one by one)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -249,7 +250,10 @@ def calibrate(
     ids = load_prompt_ids(loaded, prompts, select)
     provenance = {"heads": heads_path, "heads_sha256": heads_fingerprint(heads_path), "prompt_source": prompts,
                   "select": select, "command": command_line()}
-    stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, topk, provenance)
+    try:
+        stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, topk, provenance, rollout=rollout)
+    except ValueError as err:
+        fail(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)
     stats.save(out)
     acc = stats.accuracy()

@@ -61,7 +61,7 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
         echo(f"[1/4] calibrate on {cfg.prompts} --select {cfg.calibrate_select}")
         stats = calibrate(loaded, heads, ids_for(cfg.calibrate_select), cfg.max_new_tokens, cfg.topk,
                           {"heads": heads_path, "heads_sha256": base["heads"], "prompt_source": cfg.prompts,
-                           "select": cfg.calibrate_select})
+                           "select": cfg.calibrate_select}, rollout="batched")
         stats.save(stats_path)
         _stamp(stats_path, settings)
     # 2. profile
