@@ -134,6 +134,14 @@ class MedusaDecoder:
         out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=bias, cache=cache, use_cache=True)
         return out.last_hidden_state[0]
 
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """lm_head over the tree tokens. hidden [N, H] -> [N, V]. For a few rows, W @ h^T takes a faster
+        GEMM path than F.linear on CPU (about 2x at N=5 with MKL); same product, same argmax up to
+        float rounding."""
+        if hidden.shape[0] == 1 or self.device.type != "cpu" or getattr(self.lm_head, "bias", None) is not None:
+            return self.lm_head(hidden)
+        return (self.lm_head.weight @ hidden.T).T
+
     # ------------------------------------------------------------------ candidates
     def _head_candidates(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [H] of the last accepted node -> top-k tokens [D, topk] of the heads the tree reads."""
@@ -225,7 +233,7 @@ class MedusaDecoder:
         # one token attends to the whole prefix: no mask needed (the fast path plain decoding uses too)
         bias = state.tree_bias[..., : cur + b.num_nodes] if b.num_nodes > 1 else None
         hidden_all = self._forward(tree_tokens, cur + b.depths, bias, state.cache)  # [N, H]
-        best, state.root = self._accept(tree_tokens, self.lm_head(hidden_all))
+        best, state.root = self._accept(tree_tokens, self._logits(hidden_all))
         path = self._root_paths[best][: self._depths[best] + 1]
         new_tokens = torch.cat([tree_tokens[path[1:]], state.root]).tolist()
         self._move_kv(state.cache, cur, path, b.num_nodes)
