@@ -79,7 +79,7 @@ def sharegpt_conversations(path: Path | None = None) -> ShareGPTRead:
     return read_json_array_tolerant(path or sharegpt_path())
 
 
-def _first_human_turns(records: list[dict]) -> list[str]:
+def first_human_turns(records: list[dict]) -> list[str]:
     prompts = []
     for record in records:
         for turn in record.get("conversations", []):
@@ -117,7 +117,7 @@ def load_prompts(source: str) -> list[str]:
         with open(mtbench_path(), encoding="utf-8") as handle:
             return [json.loads(line)["turns"][0] for line in handle if line.strip()]
     if source == "sharegpt":
-        return _first_human_turns(sharegpt_conversations().records)
+        return first_human_turns(sharegpt_conversations().records)
     if source == "humaneval":
         with gzip.open(humaneval_path(), "rt", encoding="utf-8") as handle:
             return [json.loads(line)["prompt"] for line in handle if line.strip()]

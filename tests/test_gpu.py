@@ -1,0 +1,24 @@
+"""Lossless decoding on CUDA (run by scripts/gpu_check.sh; skipped without a GPU)."""
+
+import pytest
+import torch
+
+from conftest import tiny_heads, tiny_model
+from medusa_runtime.bench import hf_greedy
+from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.spec import TreeSpec
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tree_decoding_equals_hf_greedy_on_cuda(arch, dtype):
+    model = tiny_model(arch).to("cuda", dtype)
+    heads = tiny_heads(model, num_heads=3).to("cuda", dtype)
+    heads.attach_base_lm_head(model.get_output_embeddings())
+    tree = TreeSpec([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)])
+    for prompt in ([5, 6, 7], [9, 20, 31, 40]):
+        reference = hf_greedy(model, prompt, 24, [])
+        assert MedusaDecoder(model, heads, tree, []).generate(prompt, 24).tokens == reference
+        assert MedusaDecoder(model, None, tree, []).generate(prompt, 24, oracle=reference).tokens == reference
