@@ -38,4 +38,5 @@ def test_shipped_heads_decode_losslessly(smollm2):
 def test_oracle_chain_reaches_its_ceiling(smollm2):
     loaded, ids = smollm2
     report = run_bench(loaded, None, chain_tree(4), ids[:1], 32, oracle=True, progress=False, warmup=False)
-    assert report.identical == 1.0 and report.tokens_per_step > 4.0
+    assert report.identical == 1.0
+    assert report.tokens_per_step == 32 / 8  # prefill, then 6 full steps of 5 and one cut to 1

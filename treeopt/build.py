@@ -53,8 +53,10 @@ def path_probability_fn(stats: CalibrationStats, objective: str):
 
 
 def build_tree(stats: CalibrationStats, budget: int, objective: str = "empirical", max_depth: int | None = None,
-               max_children: int | None = None) -> BuiltTree:
-    """The ``budget`` most probable paths (depth <= max_depth, ranks < max_children), in insertion order."""
+               max_children: int | None = None, strict: bool = True) -> BuiltTree:
+    """The ``budget`` most probable paths (depth <= max_depth, ranks < max_children), in insertion order.
+
+    ``strict=False`` returns fewer paths when the stats support fewer (for budget searches)."""
     if budget < 0:
         raise BuildError(f"--budget {budget}: must be >= 0")
     depth = stats.num_heads if max_depth is None else max_depth
@@ -81,7 +83,7 @@ def build_tree(stats: CalibrationStats, budget: int, objective: str = "empirical
         paths.append(path)
         probs.append(-neg_p)
         push_children(path)
-    if len(paths) < budget:
+    if len(paths) < budget and strict:
         raise BuildError(
             f"--budget {budget}: the stats support only {len(paths)} paths with non-zero probability "
             f"(depth <= {depth}, ranks < {width}, {stats.positions} positions); lower --budget or calibrate on more prompts"

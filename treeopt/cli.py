@@ -304,11 +304,9 @@ def build(
         except ValueError:
             fail(f"--budget {budget!r}: an integer number of paths, or 'auto'")
     try:
-        built = build_tree(stats, n_paths, objective, max_depth, max_children)
+        built = build_tree(stats, n_paths, objective, max_depth, max_children, strict=not auto)
     except BuildError as err:
-        if not auto:
-            fail(str(err))
-        fail(f"{err} (with --budget auto, lower --max-budget)")
+        fail(str(err))
     curve = predicted_curve(stats, built)
     meta = {"builder": "treeopt build", "objective": objective, "budget": n_paths, "max_depth": max_depth,
             "max_children": max_children, "stats_file": str(stats_file), "stats_provenance": stats.provenance,
@@ -586,7 +584,9 @@ def sweep(
     try:
         sizes = sorted({int(b) for b in budgets.split(",") if b.strip()})
         lat = load_latency(latency)
-        built = build_tree(stats, max(sizes + [max(lat.sizes) - 1]))  # auto may pick up to the largest profiled size
+        built = build_tree(stats, max(sizes + [max(lat.sizes) - 1]), strict=False)  # auto may pick up to the largest profiled size
+        if len(built.paths) < max(sizes):
+            raise BuildError(f"--budgets {budgets}: the stats support only {len(built.paths)} paths; lower the budgets")
     except (ValueError, BuildError) as err:
         fail(str(err))
     choice = choose_budget(predicted_curve(stats, built), lat)

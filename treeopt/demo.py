@@ -77,7 +77,7 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     # 3. build auto
     echo("[3/4] build the tree with the best predicted tokens/s")
     budget = min(cfg.max_budget, max(cfg.sizes) - 1)
-    built = build_tree(stats, budget)
+    built = build_tree(stats, budget, strict=False)
     curve = predicted_curve(stats, built)
     choice = choose_budget(curve, latency)
     echo(choice.table())

@@ -47,7 +47,9 @@ def profile_latency(loaded, heads, sizes=DEFAULT_SIZES, repeats: int = 20, warmu
         spec = synthetic_tree(nodes, heads.num_heads if heads is not None else 1)
         decoder = MedusaDecoder(loaded.model, heads if nodes > 1 else None, spec, eos_token_ids=())
         max_new = (warmup + repeats) * (spec.depth + 1) + 2
-        state = decoder.prefill(prompt, max_new)
+        limit = getattr(loaded.model.config, "max_position_embeddings", None)
+        fits = prompt if limit is None else prompt[: max(1, limit - max_new)]  # a short-context model: shorter prefix
+        state = decoder.prefill(fits, max_new)
         times = []
         for i in range(warmup + repeats):
             _sync(loaded.device)
