@@ -153,3 +153,19 @@ def test_demo_writes_every_file_and_resumes(tiny_folder, tmp_path):
     assert report["identical"] == 1.0 and report["prompts"] == 2
     again = invoke(*args)
     assert again.exit_code == 0 and "reusing" in again.output
+
+
+def test_commands_that_need_no_model_do_not_import_torch(stats_file, tmp_path):
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from treeopt.cli import app\n"
+        f"r = CliRunner().invoke(app, ['build', {str(stats_file)!r}, '--budget', '3', '--out', {str(tmp_path / 't.json')!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        f"r = CliRunner().invoke(app, ['evaluate', {str(tmp_path / 't.json')!r}, {str(stats_file)!r}])\n"
+        f"r = CliRunner().invoke(app, ['export', {str(tmp_path / 't.json')!r}, '--format', 'triton'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'a no-model command imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
