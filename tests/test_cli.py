@@ -125,7 +125,10 @@ def test_tune_two_workers_share_one_study(tiny_folder, stats_file, tmp_path):
     study = optuna.load_study(study_name="shared", storage=storage)
     finished = [t for t in study.trials if t.state.is_finished()]
     assert 6 <= len(finished) <= 7  # both workers drew from one budget of 6 (one may overshoot by a trial)
-    assert json.loads((tmp_path / "w0.json").read_text())["paths"] == json.loads((tmp_path / "w1.json").read_text())["paths"]
+    # each worker writes the best tree of the shared study as it saw it when it stopped
+    trial_trees = [t.user_attrs.get("paths") for t in finished]
+    for i in range(2):
+        assert json.loads((tmp_path / f"w{i}.json").read_text())["paths"] in trial_trees
 
 
 def test_sweep_measures_each_budget(tiny_folder, stats_file, tmp_path):
