@@ -88,21 +88,21 @@ class MedusaHeads(nn.Module):
             for head in self.heads:
                 head[-1].weight.data.copy_(lm_head.weight.data)
 
-    def hidden(self, h: torch.Tensor) -> torch.Tensor:
+    def hidden(self, h: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
         """Per-head features before the lm_head. h: [..., H] -> [..., K, H] (shared lm_head only)."""
-        return torch.stack([head(h) for head in self.heads], dim=-2)
+        return torch.stack([head(h) for head in self.heads[:num_heads]], dim=-2)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h: [..., H] -> logits [..., K, V]."""
+    def forward(self, h: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
+        """h: [..., H] -> logits [..., K, V]; ``num_heads`` computes only the first heads (a shallow tree)."""
         if self.config.shared_lm_head:
             lm_head = self._base_lm_head[0]
             if lm_head is None:
                 raise RuntimeError("v2 heads need the base lm_head: call attach_base_lm_head(model.get_output_embeddings())")
-            features = self.hidden(h)  # [..., K, H]
+            features = self.hidden(h, num_heads)  # [..., K, H]
             if features.dim() == 2:
                 return project(features, lm_head.weight)  # one matmul for all heads
             return F.linear(features, lm_head.weight)
-        return torch.stack([head(h) for head in self.heads], dim=-2)
+        return torch.stack([head(h) for head in self.heads[:num_heads]], dim=-2)
 
     def save(self, folder: str | Path, extra_config: dict | None = None) -> None:
         from safetensors.torch import save_file

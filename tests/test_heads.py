@@ -86,3 +86,11 @@ def test_heads_of_another_model_are_refused(tmp_path, model):
 def test_empty_folder_is_a_clear_error(tmp_path, model):
     with pytest.raises(HeadsFormatError, match="no medusa_lm_head"):
         load_heads(tmp_path, model)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_first_heads_only(model, shared):
+    heads = tiny_heads(model, num_heads=3, shared=shared)
+    h = torch.randn(2, model.config.hidden_size)
+    assert torch.allclose(heads(h, 2), heads(h)[:, :2], atol=1e-5)  # other GEMM shapes: rounding only
+    assert heads(h[0], 1).shape == (1, model.config.vocab_size)
