@@ -69,7 +69,7 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -130,13 +130,13 @@ def run_bench(
     runs: list[PromptRun] = []
     bar = tqdm(prompt_ids, desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''})", disable=not progress)
     for i, ids in enumerate(bar):
-        _sync(loaded.device)
+        sync_device(loaded.device)
         t0 = time.perf_counter()
         reference = hf_greedy(model, ids, max_new_tokens, eos)
-        _sync(loaded.device)
+        sync_device(loaded.device)
         t1 = time.perf_counter()
         result = decoder.generate(ids, max_new_tokens, oracle=reference if oracle else None)
-        _sync(loaded.device)
+        sync_device(loaded.device)
         t2 = time.perf_counter()
         same = result.tokens == reference
         divergence = None

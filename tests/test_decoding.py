@@ -1,7 +1,6 @@
 """Lossless decoding against Hugging Face greedy on tiny random models, for many random trees."""
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -17,7 +17,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from medusa_runtime.bench import _sync, device_name
+from medusa_runtime.bench import sync_device, device_name
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.spec import TreeSpec
 
@@ -52,10 +52,10 @@ def profile_latency(loaded, heads, sizes=DEFAULT_SIZES, repeats: int = 20, warmu
         state = decoder.prefill(fits, max_new)
         times = []
         for i in range(warmup + repeats):
-            _sync(loaded.device)
+            sync_device(loaded.device)
             t0 = time.perf_counter()
             decoder.step(state)
-            _sync(loaded.device)
+            sync_device(loaded.device)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1000)
         times.sort()

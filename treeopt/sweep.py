@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from medusa_runtime.bench import _sync
+from medusa_runtime.bench import sync_device
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.spec import TreeSpec
 
@@ -34,10 +34,10 @@ def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tok
     totals = {label: [0, 0, 0.0] for label in trees}  # tokens, steps, seconds
     for ids in tqdm(prompt_ids, desc=f"sweep ({len(trees)} trees)", disable=not progress):
         for label, decoder in decoders.items():
-            _sync(loaded.device)
+            sync_device(loaded.device)
             t0 = time.perf_counter()
             result = decoder.generate(ids, max_new_tokens)
-            _sync(loaded.device)
+            sync_device(loaded.device)
             totals[label][0] += len(result.tokens)
             totals[label][1] += result.steps
             totals[label][2] += time.perf_counter() - t0
