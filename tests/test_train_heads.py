@@ -120,3 +120,14 @@ def test_text_rows_are_read(tmp_path):
     rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"text": "some text"}) + "\n")
     prompts, texts, _ = read_training_rows(str(rows))
     assert prompts == ["hi"] and texts == ["some text"]
+
+
+def test_hard_negatives_join_the_restricted_softmax(data, tmp_path):
+    """Targets use two tokens only; the softmax must still see the tokens the heads rank highest."""
+    model, features = data
+    narrow = type(features)(features.hidden, torch.where(features.targets >= 0, 5 + features.targets % 2, -1),
+                            features.sequence)
+    heads = fresh_heads(model)
+    cfg = TrainConfig(num_heads=2, epochs=1, batch_size=64, lr=1e-2)
+    result = train_heads(heads, narrow, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
+    assert result["softmax_vocab"] >= 8  # a single position's full-vocabulary top-8 is 8 distinct tokens

@@ -201,10 +201,13 @@ def train_heads_cmd(
     num_heads: int = typer.Option(4, "--num-heads"),
     num_layers: int = typer.Option(1, "--num-layers", help="ResBlocks per head"),
     shared_lm_head: bool = typer.Option(True, "--shared-lm-head/--own-lm-head", help="v2 (reuse the base lm_head) or v1"),
-    tokens: int = typer.Option(150_000, "--tokens", help="response tokens of self-distillation data"),
-    epochs: int = typer.Option(4, "--epochs"),
+    tokens: int = typer.Option(320_000, "--tokens", help="response tokens of self-distillation data"),
+    epochs: int = typer.Option(3, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
-    batch_size: int = typer.Option(256, "--batch-size"),
+    batch_size: int = typer.Option(256, "--batch-size", help="training positions per step"),
+    gen_batch_size: int = typer.Option(128, "--gen-batch-size", help="prompts answered together while generating data"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="length of each generated answer"),
+    max_prompt_tokens: int = typer.Option(128, "--max-prompt-tokens", help="skip longer prompts"),
     mtbench_select: str = typer.Option("0:80", "--mtbench-select", help="MT-Bench prompts for the accuracy report ('' to skip)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
     dtype: str = DtypeOpt,
@@ -214,7 +217,8 @@ def train_heads_cmd(
     from .train_heads import TrainConfig, TrainError, run_train_heads
 
     cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, tokens=tokens,
-                      epochs=epochs, lr=lr, batch_size=batch_size)
+                      epochs=epochs, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size,
+                      max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
     try:
         cfg.validate()
     except TrainError as err:

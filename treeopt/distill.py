@@ -72,6 +72,7 @@ def generate_trajectories(
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=pad_id,
+                    cache_implementation="static",  # preallocated: no per-step copy of the whole cache
                 )
             for row, ids in enumerate(batch):
                 response = []

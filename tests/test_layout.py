@@ -1,0 +1,74 @@
+"""MKL-packed linears: same results as nn.Linear, the packed path really taken, weights kept in sync."""
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_model
+from medusa_runtime.layout import PackedLinear, mkl_packing_available, pack_linears
+
+pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
+
+
+def packed_copy(linear: nn.Linear) -> PackedLinear:
+    return PackedLinear.from_linear(linear)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 32, 33, 200])
+def test_packed_linear_matches_linear(rows):
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 80)
+    packed = packed_copy(linear)
+    x = torch.randn(1, rows, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-5)
+        # a non-contiguous input (a transposed view) gives the same result
+        xt = torch.randn(48, rows).t()
+        torch.testing.assert_close(packed(xt), linear(xt), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_path_is_taken_only_for_small_row_counts(monkeypatch):
+    linear = packed_copy(nn.Linear(16, 16))
+    calls = []
+    original = PackedLinear._mkl_linear
+    monkeypatch.setattr(PackedLinear, "_mkl_linear", staticmethod(lambda *a: calls.append(a[-1]) or original(*a)))
+    with torch.inference_mode():
+        for rows in (1, 2, 8, 32, 33):
+            linear(torch.randn(rows, 16))
+    assert calls == [2, 8, 32]
+    with torch.enable_grad():  # training falls back to autograd-capable F.linear
+        linear(torch.randn(4, 16, requires_grad=True)).sum().backward()
+    assert calls == [2, 8, 32]
+
+
+def test_pack_linears_keeps_model_outputs_state_dict_and_tied_weights():
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    keys = list(model.state_dict())
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.inference_mode():
+        before = model(ids).logits
+    swapped = pack_linears(model)
+    assert swapped == 2 * 7 + 1  # 7 linears per layer, 2 layers, and the lm_head
+    assert all(type(m) is not nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    assert list(model.state_dict()) == keys
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_copy_follows_load_state_dict_and_dtype_changes():
+    torch.manual_seed(1)
+    packed = packed_copy(nn.Linear(8, 8))
+    other = nn.Linear(8, 8)
+    packed.load_state_dict(other.state_dict())
+    x = torch.randn(4, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), other(x))
+    packed.double()
+    assert packed._packed is None  # not fp32: stock F.linear
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x.double()), other.double()(x.double()))
+    packed.float()
+    assert packed._packed is not None
