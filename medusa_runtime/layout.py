@@ -5,7 +5,8 @@ CPU sends those few rows to a generic GEMM that repacks the whole weight on ever
 forward of SmolLM2-135M costs about twice a 1-token one although both stream the same weights.
 MKL can pack a weight once (``cblas_sgemm_pack``); ``torch.ops.mkl._mkl_linear`` then multiplies
 against the packed copy. Measured on this project's 2-core AVX-512 machine, fp32, all 30 layers of
-SmolLM2-135M plus its lm_head, weights streamed from memory (``python scripts/bench_linears.py``): 5 rows 66 ms -> 38 ms, 8 rows 93 -> 39 ms, 16 rows 146 -> 59 ms; 1 row unchanged.
+SmolLM2-135M plus its lm_head, weights streamed from memory (``python scripts/bench_linears.py``):
+5 rows 76.9 -> 39.4 ms, 8 rows 87.0 -> 40.6 ms, 16 rows 147.0 -> 65.7 ms; 1 row takes the stock path.
 
 ``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight
 Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path for

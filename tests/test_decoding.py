@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 from conftest import tiny_heads, tiny_model
 from medusa_runtime.bench import hf_greedy
-from medusa_runtime.layout import pack_linears
 from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
+from medusa_runtime.layout import pack_linears
 from medusa_runtime.spec import TreeSpec, chain_tree
 
 MODELS = {arch: tiny_model(arch, seed=i) for i, arch in enumerate(["llama", "qwen2", "mistral"])}
