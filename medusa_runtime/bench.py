@@ -57,6 +57,7 @@ class BenchReport:
     select: str | None = None
     temperature: float = 0.0
     median_speedup_per_prompt: float = 0.0
+    draft_vocab: int | None = None  # tokens the heads guess from (None: the whole vocabulary, or no heads)
     per_prompt: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -167,6 +168,7 @@ def run_bench(
         oracle=oracle,
         temperature=sampling.temperature,
         median_speedup_per_prompt=statistics.median(r.baseline_s / r.medusa_s for r in runs),
+        draft_vocab=None if oracle or heads is None or heads.draft_vocab is None else len(heads.draft_vocab),
         per_prompt=[asdict(r) for r in runs],
     )
 
@@ -182,7 +184,8 @@ def format_report(report: BenchReport) -> str:
     identical = f"{report.identical:.2f}" if report.identical is not None else "n/a (sampling)"
     lines += [
         "",
-        f"tree: {report.nodes} nodes{' (oracle)' if report.oracle else ''}   device: {report.device}   dtype: {report.dtype}",
+        f"tree: {report.nodes} nodes{' (oracle)' if report.oracle else ''}   device: {report.device}   dtype: {report.dtype}"
+        + (f"   heads guess from {report.draft_vocab} tokens" if report.draft_vocab else ""),
         f"tokens/step (bonus token included): {report.tokens_per_step:.3f}   predicted: {predicted}",
         f"baseline (HF generate): {report.baseline_tokens_per_s:.2f} tok/s   medusa: {report.tokens_per_s:.2f} tok/s",
         f"speedup: {report.speedup:.2f}x (total time)   median per prompt: {report.median_speedup_per_prompt:.2f}x   identical: {identical}",

@@ -148,8 +148,7 @@ class MedusaDecoder:
     # ------------------------------------------------------------------ candidates
     def _head_candidates(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [H] of the last accepted node -> top-k tokens [D, topk] of the heads the tree reads."""
-        logits = self.heads(hidden, self.buffers.num_heads_used)  # [D, V]: only the heads the tree reads
-        return logits.topk(self.buffers.topk, dim=-1).indices
+        return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used)  # only the heads the tree reads
 
     def _oracle_candidates(self, reference: list[int], emitted: int) -> torch.Tensor:
         """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose."""

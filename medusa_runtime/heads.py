@@ -7,6 +7,12 @@ is a ModuleList: ``{i}.{j}.linear.weight|bias`` for ResBlock j of head i and, in
 ``{i}.{L}.weight`` for head i's own lm_head. "v2" checkpoints have no per-head lm_head and reuse the base
 model's. Head count and depth are read from the keys (released configs are known to state them wrong).
 Loading is strict: a missing, unexpected or mis-shaped tensor is an error naming the key and the file.
+
+Optional ``draft_vocab.json`` (ours; upstream loaders ignore it): the token ids the heads may guess, e.g.
+the most frequent tokens of the base model's own answers. Guessing then multiplies the heads' features by
+those rows of the lm_head only (4,096 of SmolLM2's 49,152 rows: a twelfth of the memory traffic), as
+FR-Spec does for draft models. Verification is untouched, so decoding stays lossless; only guesses of
+tokens outside the set are lost.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHT_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
+DRAFT_VOCAB_FILE = "draft_vocab.json"
+DRAFT_VOCAB_FORMAT = "medusa-draft-vocab"
 
 
 class HeadsFormatError(ValueError):
@@ -65,6 +73,10 @@ class MedusaHeads(nn.Module):
         self.heads = nn.ModuleList(blocks)
         # the base lm_head is borrowed, not owned: it is never saved with the heads
         self._base_lm_head = [base_lm_head]
+        # [V'] token ids the heads may guess (None: all); a buffer so .to(device) moves it, never saved in the state dict
+        self.register_buffer("draft_vocab", None, persistent=False)
+        self.draft_vocab_meta: dict = {}
+        self._draft_rows: dict[int, tuple[tuple, torch.Tensor]] = {}  # id(weight) -> (key, weight[draft_vocab])
 
     @property
     def num_heads(self) -> int:
@@ -72,6 +84,32 @@ class MedusaHeads(nn.Module):
 
     def attach_base_lm_head(self, lm_head: nn.Module) -> None:
         self._base_lm_head = [lm_head]
+        self._draft_rows.clear()
+
+    def set_draft_vocab(self, tokens: torch.Tensor | list[int] | None, meta: dict | None = None) -> None:
+        """Restrict guesses to ``tokens`` (unique ids below the vocabulary size); None lifts the restriction."""
+        self._draft_rows.clear()
+        if tokens is None:
+            self.draft_vocab, self.draft_vocab_meta = None, {}
+            return
+        device = next(self.parameters()).device
+        ids = torch.as_tensor(tokens, dtype=torch.long).flatten().cpu()
+        if len(ids) == 0:
+            raise ValueError("draft vocabulary is empty")
+        if len(ids.unique()) != len(ids):
+            raise ValueError("draft vocabulary lists a token twice")
+        if self.config.vocab_size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"draft vocabulary has token ids outside 0..{self.config.vocab_size - 1}")
+        self.draft_vocab, self.draft_vocab_meta = ids.to(device), dict(meta or {})
+
+    def _rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight[draft_vocab] as one contiguous [V', H] matrix, gathered once per weight, device and dtype."""
+        key = (weight.data_ptr(), weight.dtype, weight.device)
+        cached = self._draft_rows.get(id(weight))
+        if cached is None or cached[0] != key:
+            rows = weight.detach()[self.draft_vocab.to(weight.device)].contiguous()  # [V', H]
+            self._draft_rows[id(weight)] = cached = (key, rows)
+        return cached[1]
 
     def init_from_base(self, lm_head: nn.Module) -> None:
         """Initialise own lm_heads (v1) from the base lm_head, as upstream does."""
@@ -93,6 +131,24 @@ class MedusaHeads(nn.Module):
             return lm_head(self.hidden(h, num_heads))  # one matmul for all heads: [..., K, V]
         return torch.stack([head(h) for head in self.heads[:num_heads]], dim=-2)
 
+    def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None) -> torch.Tensor:
+        """The token ids each head ranks highest: h [..., H] -> [..., K, topk], best first.
+
+        Without a draft vocabulary this is ``forward(h).topk(topk)``; with one, only its tokens compete and
+        the lm_head product covers only their rows."""
+        if self.draft_vocab is None:
+            return self(h, num_heads).topk(topk, dim=-1).indices
+        if topk > len(self.draft_vocab):
+            raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens")
+        if self.config.shared_lm_head:
+            lm_head = self._base_lm_head[0]
+            if lm_head is None:
+                raise RuntimeError("v2 heads need the base lm_head: call attach_base_lm_head(model.get_output_embeddings())")
+            logits = F.linear(self.hidden(h, num_heads), self._rows(lm_head.weight))  # [..., K, V']
+        else:
+            logits = torch.stack([F.linear(head[:-1](h), self._rows(head[-1].weight)) for head in self.heads[:num_heads]], dim=-2)
+        return self.draft_vocab[logits.topk(topk, dim=-1).indices]
+
     def save(self, folder: str | Path, extra_config: dict | None = None) -> None:
         from safetensors.torch import save_file
 
@@ -110,6 +166,33 @@ class MedusaHeads(nn.Module):
             **(extra_config or {}),
         }
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+        draft = folder / DRAFT_VOCAB_FILE
+        if self.draft_vocab is not None:
+            doc = {"format": DRAFT_VOCAB_FORMAT, "version": 1, "tokens": self.draft_vocab.cpu().tolist(), "meta": self.draft_vocab_meta}
+            draft.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+        elif draft.exists():
+            draft.unlink()  # a stale file would restrict heads it was not made for
+
+
+def read_draft_vocab(path: Path, vocab_size: int) -> tuple[list[int], dict]:
+    """Tokens and meta of a ``draft_vocab.json``; every problem is an error naming the file and field."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HeadsFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("format") != DRAFT_VOCAB_FORMAT or doc.get("version") != 1:
+        raise HeadsFormatError(f"{path}: fields 'format' and 'version' must be {DRAFT_VOCAB_FORMAT!r} and 1")
+    tokens = doc.get("tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise HeadsFormatError(f"{path}: field 'tokens' must be a non-empty list of token ids")
+    if len(set(tokens)) != len(tokens):
+        raise HeadsFormatError(f"{path}: field 'tokens' lists a token twice")
+    if vocab_size and (min(tokens) < 0 or max(tokens) >= vocab_size):
+        raise HeadsFormatError(f"{path}: field 'tokens' has ids outside 0..{vocab_size - 1}; these heads belong to another vocabulary")
+    meta = doc.get("meta", {})
+    if not isinstance(meta, dict):
+        raise HeadsFormatError(f"{path}: field 'meta' must be an object")
+    return tokens, meta
 
 
 def _read_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -199,6 +282,8 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if missing:
         raise HeadsFormatError(f"{path}: missing keys {missing}")
     heads.heads.load_state_dict(state, strict=True)
+    if (folder / DRAFT_VOCAB_FILE).exists():
+        heads.set_draft_vocab(*read_draft_vocab(folder / DRAFT_VOCAB_FILE, config.vocab_size))
     if base_model is not None:
         param = next(base_model.parameters())
         heads.to(device=param.device, dtype=param.dtype)

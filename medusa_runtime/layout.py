@@ -1,6 +1,6 @@
 """Faster small-batch linears on CPU: MKL's pre-packed GEMM for the few rows a tree verify step feeds.
 
-A verify step runs every linear layer on N tree tokens (N = 2..32 typically). Stock ``nn.Linear`` on
+A verify step runs every linear layer on N tree tokens (N = 2..64 typically). Stock ``nn.Linear`` on
 CPU sends those few rows to a generic GEMM that repacks the whole weight on every call, so a 5-token
 forward of SmolLM2-135M costs about twice a 1-token one although both stream the same weights.
 MKL can pack a weight once (``cblas_sgemm_pack``); ``torch.ops.mkl._mkl_linear`` then multiplies
@@ -10,8 +10,9 @@ SmolLM2-135M plus its lm_head, weights streamed from memory (``python scripts/be
 
 ``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight
 Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path for
-2..``max_rows`` rows without autograd, and stock ``F.linear`` otherwise (one row: plain decoding and the
-Hugging Face baseline run exactly as without packing; many rows: prefill and training). Results equal
+4..32 rows without autograd, and stock ``F.linear`` otherwise (1-3 rows, where the stock GEMM/GEMV is as
+fast: plain decoding and the Hugging Face baseline run exactly as without packing; many rows: prefill
+and training). Results equal
 ``F.linear`` up to float rounding. It costs one extra copy of every linear weight in memory, is CPU
 only, and does nothing where PyTorch was built without MKL. The model's own code is untouched: the
 modules are driven through their usual ``forward``.
@@ -34,7 +35,7 @@ class PackedLinear(nn.Linear):
     The packed copy follows the weight through ``.to()``/``load_state_dict`` (re-packed on CPU fp32,
     dropped elsewhere); an in-place edit of ``weight.data`` needs an explicit ``repack()``."""
 
-    max_rows = 32  # above this the stock GEMM is as fast or faster (measured)
+    min_rows, max_rows = 4, 32  # outside this range the stock GEMM is as fast or faster (bench_linears.py)
     _packed: torch.Tensor | None = None
 
     @classmethod
@@ -67,7 +68,7 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if 1 < rows <= self.max_rows and self._packed is not None and not torch.is_grad_enabled():
+        if self.min_rows <= rows <= self.max_rows and self._packed is not None and not torch.is_grad_enabled():
             return self._mkl_linear(x.contiguous(), self._packed, self.weight, self.bias, rows)
         return F.linear(x, self.weight, self.bias)
 

@@ -27,6 +27,9 @@ class TreeSpec:
     paths: list[tuple[int, ...]]
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.paths = [tuple(p) for p in self.paths]  # lists from JSON or callers become hashable tuples
+
     @property
     def nodes(self) -> int:
         """Tokens per verify step: the root plus one per path."""

@@ -172,3 +172,38 @@ def test_commands_that_need_no_model_do_not_import_torch(stats_file, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_train_heads_writes_heads_a_draft_vocab_and_a_readme(tiny_folder, tmp_path):
+    import random
+
+    from medusa_runtime.heads import load_heads
+
+    rng = random.Random(3)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": " ".join(f"w{rng.randrange(60)}" for _ in range(30))}) + "\n" for _ in range(40)))
+    out = tmp_path / "heads"
+    args = ("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 2, "--epochs", 2,
+            "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--draft-vocab", 16, "--out", out)
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    draft = json.loads((out / "draft_vocab.json").read_text())
+    assert draft["format"] == "medusa-draft-vocab" and len(draft["tokens"]) == 16
+    counts = {}
+    for line in rows.read_text().splitlines():  # text rows: the first token is the prompt, the rest the "answer"
+        for word in json.loads(line)["text"].split()[1:]:
+            counts[word] = counts.get(word, 0) + 1
+    top = sorted(counts.values(), reverse=True)
+    assert sorted((counts[f"w{t - 4}"] for t in draft["tokens"]), reverse=True) == top[:16]  # the 16 most frequent
+    assert "## Draft vocabulary" in (out / "README.md").read_text()
+    assert load_heads(out).draft_vocab.tolist() == draft["tokens"]
+    tree = tmp_path / "tree.json"
+    tree.write_text(json.dumps({"format": "medusa-tree", "version": 1, "paths": [[0], [1], [0, 0]]}))
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", out, "--tree", tree,
+               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:2", "--max-new-tokens", 12)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert summary["draft_vocab"] == 16 and summary["identical"] == 1.0 and "guess from 16 tokens" in r.output
+    assert invoke(*args).exit_code == 0  # the same command again resumes (nothing left to train) and succeeds
+    r = invoke(*args[:-4], "--draft-vocab", -1, "--out", out)
+    assert r.exit_code != 0 and "--draft-vocab -1" in r.output

@@ -94,3 +94,48 @@ def test_first_heads_only(model, shared):
     h = torch.randn(2, model.config.hidden_size)
     assert torch.allclose(heads(h, 2), heads(h)[:, :2], atol=1e-5)  # other GEMM shapes: rounding only
     assert heads(h[0], 1).shape == (1, model.config.vocab_size)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_candidates_are_the_full_topk_without_a_draft_vocab(model, shared):
+    heads = tiny_heads(model, num_heads=3, shared=shared)
+    h = torch.randn(4, model.config.hidden_size)
+    assert torch.equal(heads.candidates(h, 5), heads(h).topk(5, dim=-1).indices)
+    assert torch.equal(heads.candidates(h[0], 3, num_heads=2), heads(h[0], 2).topk(3, dim=-1).indices)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_draft_vocab_guesses_only_its_tokens_in_full_vocab_order(model, shared):
+    heads = tiny_heads(model, num_heads=3, shared=shared)
+    keep = torch.randperm(model.config.vocab_size, generator=torch.Generator().manual_seed(1))[:20]
+    heads.set_draft_vocab(keep)
+    h = torch.randn(6, model.config.hidden_size)
+    got = heads.candidates(h, 4)  # [6, 3, 4]
+    masked = torch.full((model.config.vocab_size,), float("-inf"))
+    masked[keep] = 0.0
+    expected = (heads(h) + masked).topk(4, dim=-1).indices  # the full logits, outside tokens excluded
+    assert torch.equal(got, expected)
+    assert torch.isin(got, keep).all()
+    with pytest.raises(ValueError, match="draft vocabulary has 20 tokens"):
+        heads.candidates(h, 21)
+
+
+def test_draft_vocab_round_trip_and_strict_errors(tmp_path, model):
+    heads = tiny_heads(model, num_heads=2)
+    heads.set_draft_vocab([5, 9, 7, 30], {"size": 4})
+    heads.save(tmp_path)
+    loaded = load_heads(tmp_path, model)
+    assert loaded.draft_vocab.tolist() == [5, 9, 7, 30] and loaded.draft_vocab_meta == {"size": 4}
+    h = torch.randn(3, model.config.hidden_size)
+    assert torch.equal(loaded.candidates(h, 2), heads.candidates(h, 2))
+    path = tmp_path / "draft_vocab.json"
+    for tokens, message in (([5, 5], "twice"), ([5, model.config.vocab_size], "outside"), ([], "non-empty"), (["a"], "non-empty")):
+        path.write_text(json.dumps({"format": "medusa-draft-vocab", "version": 1, "tokens": tokens}))
+        with pytest.raises(HeadsFormatError, match=f"draft_vocab.json: field 'tokens'.*{message}"):
+            load_heads(tmp_path, model)
+    path.write_text(json.dumps({"format": "other", "version": 1, "tokens": [1]}))
+    with pytest.raises(HeadsFormatError, match="draft_vocab.json: fields 'format' and 'version'"):
+        load_heads(tmp_path, model)
+    heads.set_draft_vocab(None)
+    heads.save(tmp_path)  # heads without a draft vocabulary must not inherit a stale file
+    assert not path.exists() and load_heads(tmp_path, model).draft_vocab is None

@@ -33,12 +33,12 @@ def test_packed_path_is_taken_only_for_small_row_counts(monkeypatch):
     original = PackedLinear._mkl_linear
     monkeypatch.setattr(PackedLinear, "_mkl_linear", staticmethod(lambda *a: calls.append(a[-1]) or original(*a)))
     with torch.inference_mode():
-        for rows in (1, 2, 8, 32, 33):
+        for rows in (1, 2, 3, 4, 8, 32, 33):
             linear(torch.randn(rows, 16))
-    assert calls == [2, 8, 32]
+    assert calls == [4, 8, 32]
     with torch.enable_grad():  # training falls back to autograd-capable F.linear
         linear(torch.randn(4, 16, requires_grad=True)).sum().backward()
-    assert calls == [2, 8, 32]
+    assert calls == [4, 8, 32]
 
 
 def test_pack_linears_keeps_model_outputs_state_dict_and_tied_weights():

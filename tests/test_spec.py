@@ -43,3 +43,8 @@ def test_chain_and_prefix():
     spec = chain_tree(3)
     assert spec.paths == [(0,), (0, 0), (0, 0, 0)]
     assert spec.prefix(2).paths == [(0,), (0, 0)]
+
+
+def test_paths_given_as_lists_become_tuples():
+    spec = TreeSpec([[0], [0, 1]])
+    assert spec.paths == [(0,), (0, 1)] and spec.depth == 2 and spec.topk == 2

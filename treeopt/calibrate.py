@@ -23,13 +23,17 @@ from .stats import CalibrationStats
 
 
 def heads_fingerprint(heads_path: str | Path | None) -> str | None:
-    """Short sha256 of the heads' weight file: identifies the heads a tree was built for."""
+    """Short sha256 of the heads' weight file and draft vocabulary: identifies the heads a tree was built for."""
     if heads_path is None:
         return None
     for name in ("medusa_lm_head.safetensors", "medusa_lm_head.pt"):
         path = Path(heads_path) / name
         if path.exists():
-            return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            digest = hashlib.sha256(path.read_bytes())
+            draft = Path(heads_path) / "draft_vocab.json"
+            if draft.exists():  # the guesses change with it, so do the stats
+                digest.update(draft.read_bytes())
+            return digest.hexdigest()[:12]
     return None
 
 
@@ -38,7 +42,7 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     """rows[t][k]: rank of new token t+k+2 in head k's top-k at new-token position t (0 = last prompt token)."""
     ids = torch.tensor([prompt_ids + response], device=loaded.device)
     hidden = loaded.model.base_model(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(response)]
-    top = heads(hidden).topk(topk, dim=-1).indices.cpu()  # [R, K, topk]
+    top = heads.candidates(hidden, topk).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
     R, K = top.shape[0], top.shape[1]
     future = torch.full((R, K), -1, dtype=torch.long)
     resp = torch.tensor(response, dtype=torch.long)

@@ -209,6 +209,7 @@ def train_heads_cmd(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="length of each generated answer"),
     max_prompt_tokens: int = typer.Option(128, "--max-prompt-tokens", help="skip longer prompts"),
     mtbench_select: str = typer.Option("0:80", "--mtbench-select", help="MT-Bench prompts for the accuracy report ('' to skip)"),
+    draft_vocab: int = typer.Option(4096, "--draft-vocab", help="guess only from the N most frequent answer tokens (0: whole vocabulary)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -225,10 +226,10 @@ def train_heads_cmd(
         fail(str(err))
     loaded, _, _ = load_everything(model, "none", dtype, device)
     try:
-        result = run_train_heads(loaded, data, cfg, out, overwrite, command_line(), mtbench_select or None)
+        result = run_train_heads(loaded, data, cfg, out, overwrite, command_line(), mtbench_select or None, draft_vocab=draft_vocab)
     except TrainError as err:
         fail(str(err))
-    for name in ("held_out", "mtbench"):
+    for name in ("held_out", "mtbench", "mtbench_draft_vocab"):
         if result[name]:
             typer.echo(f"{name}: top-1 per head " + " ".join(f"{a:.3f}" for a in result[name]["top1"]))
     typer.echo(f"heads written to {out} (see {out}/README.md)")

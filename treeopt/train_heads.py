@@ -170,17 +170,41 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
     )
 
 
+def draft_vocab_from(trajectories: list[Trajectory], size: int) -> tuple[list[int], dict] | None:
+    """The ``size`` most frequent tokens of the base model's answers (ties: lower id first), or None when the
+    answers hold fewer distinct tokens than that."""
+    counts: dict[int, int] = {}
+    for traj in trajectories:
+        for token in traj.response_ids:
+            counts[token] = counts.get(token, 0) + 1
+    if len(counts) < size:
+        return None
+    ranked = sorted(counts, key=lambda t: (-counts[t], t))[:size]
+    covered = sum(counts[t] for t in ranked) / sum(counts.values())
+    return ranked, {"size": size, "source": "most frequent tokens of the training answers",
+                    "answer_tokens": sum(counts.values()), "coverage_of_training_answers": round(covered, 4)}
+
+
+def token_coverage(tokens: list[int], trajectories: list[Trajectory]) -> float:
+    """Fraction of the answers' tokens that are in ``tokens``."""
+    keep, hit, total = set(tokens), 0, 0
+    for traj in trajectories:
+        hit += sum(t in keep for t in traj.response_ids)
+        total += len(traj.response_ids)
+    return hit / max(total, 1)
+
+
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
 def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, batch: int = 512) -> dict:
-    """Per-head top-1 / top-5 accuracy over the full vocabulary: {"top1": [...], "top5": [...], "positions": [...]}."""
+    """Per-head top-1 / top-5 accuracy of the heads' guesses: {"top1": [...], "top5": [...], "positions": [...]}."""
     K = heads.num_heads
     hit1, hit5, count = torch.zeros(K), torch.zeros(K), torch.zeros(K)
     param = next(heads.parameters())
     for s in range(0, len(hidden), batch):
         h = hidden[s : s + batch].to(param.device, param.dtype)
         t = targets[s : s + batch].to(param.device)
-        top5 = heads(h).topk(5, dim=-1).indices  # [B, K, 5]
+        top5 = heads.candidates(h, 5)  # [B, K, 5] (restricted to the draft vocabulary when one is set)
         valid = t >= 0
         hit1 += ((top5[..., 0] == t) & valid).sum(0).cpu()
         hit5 += ((top5 == t[..., None]).any(-1) & valid).sum(0).cpu()
@@ -302,7 +326,7 @@ def check_output_folder(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
 
 
 def write_readme(out: Path, command: str, data_desc: str, cfg: TrainConfig, result: dict, mtbench: dict | None,
-                 wall_s: float, device: str, tokens_seen: int) -> None:
+                 wall_s: float, device: str, tokens_seen: int, draft: dict | None = None) -> None:
     def table(acc: dict) -> str:
         rows = ["| head | predicts | top-1 | top-5 | positions |", "|---|---|---|---|---|"]
         for k, (a1, a5, n) in enumerate(zip(acc["top1"], acc["top5"], acc["positions"])):
@@ -325,12 +349,22 @@ Trained by `treeopt train-heads` (Medusa-1: base frozen, self-distillation on th
 """
     if mtbench:
         text += f"\n## MT-Bench greedy trajectories ({mtbench['description']})\n{table(mtbench['accuracy'])}\n"
+    if draft:
+        text += (f"\n## Draft vocabulary (`draft_vocab.json`, what the runtime guesses from)\n"
+                 f"The {draft['size']} most frequent tokens of the training answers ({draft['coverage_of_training_answers']:.3f} "
+                 f"of their tokens" + (f"; {draft['mtbench_coverage']:.3f} of the MT-Bench answers' tokens" if draft["accuracy"] else "")
+                 + f"). The heads' lm_head product then covers {draft['size']} of {draft['vocab_size']} rows.\n")
+        if draft.get("accuracy"):
+            text += f"\nMT-Bench accuracy with guesses restricted to it:\n{table(draft['accuracy'])}\n"
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
 def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: bool = False, command: str = "",
-                    mtbench_select: str | None = "0:80", progress: bool = True) -> dict:
+                    mtbench_select: str | None = "0:80", progress: bool = True, draft_vocab: int = 4096) -> dict:
+    """The whole pipeline; ``draft_vocab``: size of the draft vocabulary written with the heads (0: none)."""
     cfg.validate()
+    if draft_vocab < 0:
+        raise TrainError(f"--draft-vocab {draft_vocab}: must be >= 0 (0: guess from the whole vocabulary)")
     check_output_folder(out, cfg, overwrite)
     if overwrite and (out / ".work" / "train_state.pt").exists():
         (out / ".work" / "train_state.pt").unlink()
@@ -349,7 +383,10 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     heads.init_from_base(lm_head)
     heads.to(torch.float32)
     result = train_heads(heads, features, cfg, work / "train_state.pt", lm_head.weight, progress)
-    mtbench = None
+    mtbench, draft = None, None
+    chosen = draft_vocab_from(trajectories, draft_vocab) if draft_vocab else None
+    if draft_vocab and chosen is None:
+        print(f"no draft vocabulary written: the answers hold fewer than {draft_vocab} distinct tokens")
     if mtbench_select:
         from medusa_runtime.prompts import select_prompts
 
@@ -358,9 +395,16 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
         feats = compute_features(loaded, traj, cfg.num_heads, work / "features_mtbench")
         mtbench = {"description": f"MT-Bench --select {mtbench_select}, 128 new tokens, {len(feats.hidden)} positions",
                    "accuracy": head_accuracy(heads, feats.hidden, feats.targets)}
-    heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg)}})
+    if chosen:
+        heads.set_draft_vocab(*chosen)
+        draft = {**chosen[1], "vocab_size": hcfg.vocab_size, "accuracy": None}
+        if mtbench:
+            draft["accuracy"] = head_accuracy(heads, feats.hidden, feats.targets)
+            draft["mtbench_coverage"] = token_coverage(chosen[0], traj)
+    heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg), "draft_vocab": draft_vocab}})
     tokens_seen = result["steps"] * cfg.batch_size
     from medusa_runtime.bench import device_name
 
-    write_readme(out, command, desc, cfg, result, mtbench, time.time() - started, device_name(loaded.device), tokens_seen)
-    return {"held_out": result["held_out"], "mtbench": mtbench and mtbench["accuracy"], "out": str(out)}
+    write_readme(out, command, desc, cfg, result, mtbench, time.time() - started, device_name(loaded.device), tokens_seen, draft)
+    return {"held_out": result["held_out"], "mtbench": mtbench and mtbench["accuracy"],
+            "mtbench_draft_vocab": draft and draft["accuracy"], "out": str(out)}
