@@ -103,8 +103,9 @@ class MedusaHeads(nn.Module):
         self.draft_vocab, self.draft_vocab_meta = ids.to(device), dict(meta or {})
 
     def _rows(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight[draft_vocab] as one contiguous [V', H] matrix, gathered once per weight, device and dtype."""
-        key = (weight.data_ptr(), weight.dtype, weight.device)
+        """weight[draft_vocab] as one contiguous [V', H] matrix, gathered again only when the weight moves,
+        changes dtype or is edited in place (its version counter)."""
+        key = (weight.data_ptr(), weight.dtype, weight.device, weight._version)
         cached = self._draft_rows.get(id(weight))
         if cached is None or cached[0] != key:
             rows = weight.detach()[self.draft_vocab.to(weight.device)].contiguous()  # [V', H]
@@ -139,7 +140,8 @@ class MedusaHeads(nn.Module):
         if self.draft_vocab is None:
             return self(h, num_heads).topk(topk, dim=-1).indices
         if topk > len(self.draft_vocab):
-            raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens")
+            raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens; "
+                             f"use a tree with smaller ranks or heads written with a larger --draft-vocab")
         if self.config.shared_lm_head:
             lm_head = self._base_lm_head[0]
             if lm_head is None:

@@ -118,6 +118,12 @@ def test_draft_vocab_guesses_only_its_tokens_in_full_vocab_order(model, shared):
     assert torch.isin(got, keep).all()
     with pytest.raises(ValueError, match="draft vocabulary has 20 tokens"):
         heads.candidates(h, 21)
+    with torch.no_grad():  # an in-place edit of the weights is seen, not hidden behind the gathered rows
+        weight = model.get_output_embeddings().weight if shared else heads.heads[0][-1].weight
+        weight.mul_(-1.0)
+    assert torch.equal(heads.candidates(h, 4), (heads(h) + masked).topk(4, dim=-1).indices)
+    with torch.no_grad():
+        weight.mul_(-1.0)
 
 
 def test_draft_vocab_round_trip_and_strict_errors(tmp_path, model):
