@@ -131,3 +131,23 @@ def test_hard_negatives_join_the_restricted_softmax(data, tmp_path):
     cfg = TrainConfig(num_heads=2, epochs=1, batch_size=64, lr=1e-2)
     result = train_heads(heads, narrow, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
     assert result["softmax_vocab"] >= 8  # a single position's full-vocabulary top-8 is 8 distinct tokens
+
+
+def test_generation_resumes_after_a_run_killed_mid_line(tmp_path):
+    from treeopt.distill import generate_trajectories, read_trajectories
+
+    model = tiny_model("llama", seed=5)
+    loaded = loaded_tiny(model, eos=())
+    prompts = [[4 + i, 7, 9] for i in range(6)]
+    path = tmp_path / "answers.jsonl"
+    first = generate_trajectories(loaded, prompts[:3], path, 8, batch_size=3)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"prompt_ids": [10, 7, 9], "response_')  # killed mid-write
+    assert len(read_trajectories(path)) == 3  # the partial line is not a trajectory
+    every = generate_trajectories(loaded, prompts, path, 8, batch_size=3)
+    assert [t.prompt_ids for t in every[:3]] == [t.prompt_ids for t in first]
+    assert sorted(map(tuple, (t.prompt_ids for t in every))) == sorted(map(tuple, prompts))
+    assert all(t.response_ids == hf_greedy(model, t.prompt_ids, 8, []) for t in every)
+    path.write_text('{"prompt_ids": [1]}\n' + path.read_text())
+    with pytest.raises(ValueError, match="answers.jsonl:1"):
+        read_trajectories(path)

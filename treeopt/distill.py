@@ -24,15 +24,33 @@ class Trajectory:
 
 
 def read_trajectories(path: Path) -> list[Trajectory]:
+    """Every complete line of the file; an unterminated last line (a run killed mid-write) is ignored."""
     out = []
     if not Path(path).exists():
         return out
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # the partial tail: drop_partial_tail removes it before the file grows again
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            try:
                 row = json.loads(line)
                 out.append(Trajectory(row["prompt_ids"], row["response_ids"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{lineno}: not a trajectory line; delete the file to generate the answers again") from None
     return out
+
+
+def drop_partial_tail(path: Path) -> None:
+    """Cut an unterminated last line left by an interrupted run, so that appending stays line-aligned."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def generate_trajectories(
@@ -46,6 +64,7 @@ def generate_trajectories(
     """Greedy answers for ``prompt_ids`` appended to ``out_path``; stops once ``token_budget`` response
     tokens exist in the file. Returns every trajectory in the file."""
     model, tokenizer = loaded.model, loaded.tokenizer
+    drop_partial_tail(out_path)
     done = read_trajectories(out_path)
     seen = {tuple(t.prompt_ids) for t in done}
     have = sum(len(t.response_ids) for t in done)

@@ -161,7 +161,8 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
             tgt.append(targets)
             seq.append(torch.full((n,), start + j, dtype=torch.long))
         part = {"hidden": torch.cat(hid), "targets": torch.cat(tgt), "sequence": torch.cat(seq)}
-        torch.save(part, path)
+        torch.save(part, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # a run killed mid-save leaves no half-written chunk behind
         parts.append(part)
     return Features(
         hidden=torch.cat([p["hidden"] for p in parts]),
