@@ -99,7 +99,7 @@ class MedusaHeads(nn.Module):
         if len(ids.unique()) != len(ids):
             raise ValueError("draft vocabulary lists a token twice")
         if self.config.vocab_size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise ValueError(f"draft vocabulary has token ids outside 0..{self.config.vocab_size - 1}")
+            raise ValueError(f"draft vocabulary has token ids outside 0..{self.config.vocab_size - 1} (made for another vocabulary?)")
         self.draft_vocab, self.draft_vocab_meta = ids.to(device), dict(meta or {})
 
     def _rows(self, weight: torch.Tensor) -> torch.Tensor:
@@ -176,8 +176,8 @@ class MedusaHeads(nn.Module):
             draft.unlink()  # a stale file would restrict heads it was not made for
 
 
-def read_draft_vocab(path: Path, vocab_size: int) -> tuple[list[int], dict]:
-    """Tokens and meta of a ``draft_vocab.json``; every problem is an error naming the file and field."""
+def read_draft_vocab(path: Path) -> tuple[list[int], dict]:
+    """Tokens and meta of a ``draft_vocab.json`` (its shape; ``set_draft_vocab`` checks the ids)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -187,10 +187,6 @@ def read_draft_vocab(path: Path, vocab_size: int) -> tuple[list[int], dict]:
     tokens = doc.get("tokens")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise HeadsFormatError(f"{path}: field 'tokens' must be a non-empty list of token ids")
-    if len(set(tokens)) != len(tokens):
-        raise HeadsFormatError(f"{path}: field 'tokens' lists a token twice")
-    if vocab_size and (min(tokens) < 0 or max(tokens) >= vocab_size):
-        raise HeadsFormatError(f"{path}: field 'tokens' has ids outside 0..{vocab_size - 1}; these heads belong to another vocabulary")
     meta = doc.get("meta", {})
     if not isinstance(meta, dict):
         raise HeadsFormatError(f"{path}: field 'meta' must be an object")
@@ -284,8 +280,12 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if missing:
         raise HeadsFormatError(f"{path}: missing keys {missing}")
     heads.heads.load_state_dict(state, strict=True)
-    if (folder / DRAFT_VOCAB_FILE).exists():
-        heads.set_draft_vocab(*read_draft_vocab(folder / DRAFT_VOCAB_FILE, config.vocab_size))
+    draft = folder / DRAFT_VOCAB_FILE
+    if draft.exists():
+        try:
+            heads.set_draft_vocab(*read_draft_vocab(draft))
+        except ValueError as err:  # duplicates or ids outside the vocabulary
+            raise HeadsFormatError(f"{draft}: field 'tokens': {err}") from None
     if base_model is not None:
         param = next(base_model.parameters())
         heads.to(device=param.device, dtype=param.dtype)

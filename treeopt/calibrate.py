@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES
 from medusa_runtime.spec import chain_tree
 
 from . import __version__
@@ -26,11 +27,11 @@ def heads_fingerprint(heads_path: str | Path | None) -> str | None:
     """Short sha256 of the heads' weight file and draft vocabulary: identifies the heads a tree was built for."""
     if heads_path is None:
         return None
-    for name in ("medusa_lm_head.safetensors", "medusa_lm_head.pt"):
+    for name in WEIGHT_FILES:
         path = Path(heads_path) / name
         if path.exists():
             digest = hashlib.sha256(path.read_bytes())
-            draft = Path(heads_path) / "draft_vocab.json"
+            draft = Path(heads_path) / DRAFT_VOCAB_FILE
             if draft.exists():  # the guesses change with it, so do the stats
                 digest.update(draft.read_bytes())
             return digest.hexdigest()[:12]
