@@ -26,7 +26,7 @@ from torch import nn
 
 
 def mkl_packing_available() -> bool:
-    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class PackedLinear(nn.Linear):
@@ -35,12 +35,12 @@ class PackedLinear(nn.Linear):
     The packed copy follows the weight through ``.to()``/``load_state_dict`` (re-packed on CPU fp32,
     dropped elsewhere); an in-place edit of ``weight.data`` needs an explicit ``repack()``."""
 
-    min_rows, max_rows = 4, 32  # outside this range the stock GEMM is as fast or faster (bench_linears.py)
+    min_rows, max_rows = 1, 1 << 20  # oneDNN beat the stock GEMM at every row count measured (bench_linears.py)
     _packed: torch.Tensor | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> PackedLinear:
-        cls._mkl_linear = torch.ops.mkl._mkl_linear  # resolved once: op lookup costs microseconds per call
+        cls._onednn_linear = torch.ops.mkldnn._linear_pointwise  # resolved once: op lookup costs microseconds per call
         packed = cls.__new__(cls)
         nn.Module.__init__(packed)
         packed.in_features, packed.out_features = linear.in_features, linear.out_features
@@ -53,7 +53,7 @@ class PackedLinear(nn.Linear):
         weight = self.weight
         if weight.device.type == "cpu" and weight.dtype == torch.float32:
             with torch.no_grad():  # [packed bytes / 4, 1]; the batch-size hint does not restrict later calls
-                self._packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach().contiguous(), 8)
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 8)  # oneDNN layout
         else:
             self._packed = None
 
@@ -69,7 +69,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if self.min_rows <= rows <= self.max_rows and self._packed is not None and not torch.is_grad_enabled():
-            return self._mkl_linear(x.contiguous(), self._packed, self.weight, self.bias, rows)
+            return self._onednn_linear(x.contiguous(), self._packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
 

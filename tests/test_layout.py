@@ -27,18 +27,18 @@ def test_packed_linear_matches_linear(rows):
         torch.testing.assert_close(packed(xt), linear(xt), rtol=1e-5, atol=1e-5)
 
 
-def test_packed_path_is_taken_only_for_small_row_counts(monkeypatch):
+def test_packed_path_is_taken_without_autograd_only(monkeypatch):
     linear = packed_copy(nn.Linear(16, 16))
     calls = []
-    original = PackedLinear._mkl_linear
-    monkeypatch.setattr(PackedLinear, "_mkl_linear", staticmethod(lambda *a: calls.append(a[-1]) or original(*a)))
+    original = PackedLinear._onednn_linear
+    monkeypatch.setattr(PackedLinear, "_onednn_linear", staticmethod(lambda x, *a: calls.append(x.shape[0]) or original(x, *a)))
     with torch.inference_mode():
         for rows in (1, 2, 3, 4, 8, 32, 33):
             linear(torch.randn(rows, 16))
-    assert calls == [4, 8, 32]
+    assert calls == [1, 2, 3, 4, 8, 32, 33]
     with torch.enable_grad():  # training falls back to autograd-capable F.linear
         linear(torch.randn(4, 16, requires_grad=True)).sum().backward()
-    assert calls == [4, 8, 32]
+    assert calls == [1, 2, 3, 4, 8, 32, 33]
 
 
 def test_pack_linears_keeps_model_outputs_state_dict_and_tied_weights():
