@@ -1,21 +1,18 @@
-"""Faster small-batch linears on CPU: MKL's pre-packed GEMM for the few rows a tree verify step feeds.
+"""Faster linears on CPU: oneDNN's pre-packed fp32 GEMM, for the few rows decoding and tree verify feed.
 
-A verify step runs every linear layer on N tree tokens (N = 2..64 typically). Stock ``nn.Linear`` on
-CPU sends those few rows to a generic GEMM that repacks the whole weight on every call, so a 5-token
-forward of SmolLM2-135M costs about twice a 1-token one although both stream the same weights.
-MKL can pack a weight once (``cblas_sgemm_pack``); ``torch.ops.mkl._mkl_linear`` then multiplies
-against the packed copy. Measured on this project's 2-core AVX-512 machine, fp32, all 30 layers of
-SmolLM2-135M plus its lm_head, weights streamed from memory (``python scripts/bench_linears.py``):
-5 rows 76.9 -> 39.4 ms, 8 rows 87.0 -> 40.6 ms, 16 rows 147.0 -> 65.7 ms; 1 row takes the stock path.
+Stock ``nn.Linear`` on CPU calls a generic BLAS GEMM that is far from memory speed for 1-16 rows (on
+this project's 2-core AMD EPYC machine MKL also ran its packed kernel slowly). oneDNN packs a weight
+once (``torch.ops.mkldnn._reorder_linear_weight``) and ``_linear_pointwise`` multiplies against it.
+Measured side by side, all 30 layers of SmolLM2-135M plus its lm_head, fp32, random weights streamed
+from memory: rows 1/5/8/16/32: stock 45.5/58.9/58.1/70.8/97.0 ms, oneDNN 27.0/23.2/27.6/36.8/55.9 ms.
 
 ``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight
-Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path for
-4..32 rows without autograd, and stock ``F.linear`` otherwise (1-3 rows, where the stock GEMM/GEMV is as
-fast: plain decoding and the Hugging Face baseline run exactly as without packing; many rows: prefill
-and training). Results equal
+Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path
+without autograd and stock ``F.linear`` when gradients are on (training). The Hugging Face baseline
+runs the same modules, so speedups compare decoding strategies, not kernels. Results equal
 ``F.linear`` up to float rounding. It costs one extra copy of every linear weight in memory, is CPU
-only, and does nothing where PyTorch was built without MKL. The model's own code is untouched: the
-modules are driven through their usual ``forward``.
+fp32 only, and does nothing where PyTorch was built without oneDNN. The model's own code is
+untouched: the modules are driven through their usual ``forward``.
 """
 
 from __future__ import annotations
