@@ -22,17 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mkl_packing_available() -> bool:
+def onednn_packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class PackedLinear(nn.Linear):
-    """``nn.Linear`` with an MKL-packed copy of its weight for small row counts (inference only).
+    """``nn.Linear`` with a oneDNN-packed copy of its weight (inference only).
 
     The packed copy follows the weight through ``.to()``/``load_state_dict`` (re-packed on CPU fp32,
     dropped elsewhere); an in-place edit of ``weight.data`` needs an explicit ``repack()``."""
 
-    min_rows, max_rows = 1, 1 << 20  # oneDNN beat the stock GEMM at every row count measured (bench_linears.py)
     _packed: torch.Tensor | None = None
 
     @classmethod
@@ -49,8 +48,8 @@ class PackedLinear(nn.Linear):
     def repack(self) -> None:
         weight = self.weight
         if weight.device.type == "cpu" and weight.dtype == torch.float32:
-            with torch.no_grad():  # [packed bytes / 4, 1]; the batch-size hint does not restrict later calls
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 8)  # oneDNN layout
+            with torch.no_grad():  # the batch-size hint does not restrict later calls
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 8)
         else:
             self._packed = None
 
@@ -64,15 +63,14 @@ class PackedLinear(nn.Linear):
         self.repack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if self.min_rows <= rows <= self.max_rows and self._packed is not None and not torch.is_grad_enabled():
+        if self._packed is not None and not torch.is_grad_enabled():
             return self._onednn_linear(x.contiguous(), self._packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
 
 def pack_linears(model: nn.Module) -> int:
     """Replace every fp32 CPU ``nn.Linear`` under ``model`` by a ``PackedLinear``; returns how many."""
-    if not mkl_packing_available():
+    if not onednn_packing_available():
         return 0
     swapped = 0
     for parent in list(model.modules()):

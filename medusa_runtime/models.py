@@ -9,7 +9,7 @@
 
 The cache folder is ``$TREEOPT_CACHE`` or ``~/.cache/treeopt``. This module does not load Medusa heads
 (see ``heads.py``) and does not patch model code: models are driven through their public forward. On
-CPU, ``load_model`` swaps each fp32 ``nn.Linear`` for an MKL-packed subclass (``layout.py``): same weights
+CPU, ``load_model`` swaps each fp32 ``nn.Linear`` for a oneDNN-packed subclass (``layout.py``): same weights
 and state dict, about twice as fast on the 4-32 rows of a tree verify step.
 """
 

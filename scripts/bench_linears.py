@@ -1,4 +1,4 @@
-"""Micro-benchmark: stock nn.Linear vs MKL-packed PackedLinear on SmolLM2-135M's linear shapes.
+"""Micro-benchmark: stock nn.Linear vs oneDNN-packed PackedLinear on SmolLM2-135M's linear shapes.
 
 Random weights of the real shapes (30 layers x q/k/v/o/gate/up/down, plus the 49152 x 576 lm_head,
 about 540 MB in fp32, so every pass streams the weights from memory as a decoding step does). Prints a
@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from medusa_runtime.layout import PackedLinear, mkl_packing_available
+from medusa_runtime.layout import PackedLinear, onednn_packing_available
 
 HIDDEN, INTERMEDIATE, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
 SHAPES = [(HIDDEN, HIDDEN), (HIDDEN, KV), (HIDDEN, KV), (HIDDEN, HIDDEN),
@@ -39,13 +39,11 @@ def main() -> None:
     parser.add_argument("--rows", default="1,2,3,4,5,8,16,32,64")
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    if not mkl_packing_available():
-        raise SystemExit("this PyTorch build has no MKL: PackedLinear falls back to nn.Linear, nothing to compare")
+    if not onednn_packing_available():
+        raise SystemExit("this PyTorch build has no oneDNN: PackedLinear falls back to nn.Linear, nothing to compare")
     torch.manual_seed(0)
     stock = [nn.Linear(i, o, bias=False) for _ in range(LAYERS) for i, o in SHAPES] + [nn.Linear(HIDDEN, VOCAB, bias=False)]
     packed = [PackedLinear.from_linear(m) for m in stock]
-    for m in packed:  # measure the packed kernel at every row count, whatever range PackedLinear uses it for
-        m.min_rows, m.max_rows = 2, 1 << 30
     rows_list = [int(r) for r in args.rows.split(",")]
     result = {"device": f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "rows": {}}
     print(f"{'rows':>5} {'nn.Linear ms':>13} {'packed ms':>10} {'ratio':>6}")

@@ -11,7 +11,7 @@ from medusa_runtime.layout import pack_linears
 from medusa_runtime.spec import TreeSpec, chain_tree
 
 MODELS = {arch: tiny_model(arch, seed=i) for i, arch in enumerate(["llama", "qwen2", "mistral"])}
-MODELS["llama-packed"] = tiny_model("llama", seed=0)  # CPU loading swaps in MKL-packed linears (layout.py)
+MODELS["llama-packed"] = tiny_model("llama", seed=0)  # CPU loading swaps in oneDNN-packed linears (layout.py)
 pack_linears(MODELS["llama-packed"])
 MODELS["llama-draft-vocab"] = MODELS["llama"]  # heads that guess from a third of the 64 tokens only
 HEADS = {arch: tiny_heads(model, num_heads=3) for arch, model in MODELS.items()}

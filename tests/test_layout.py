@@ -1,13 +1,13 @@
-"""MKL-packed linears: same results as nn.Linear, the packed path really taken, weights kept in sync."""
+"""oneDNN-packed linears: same results as nn.Linear, the packed path really taken, weights kept in sync."""
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import tiny_model
-from medusa_runtime.layout import PackedLinear, mkl_packing_available, pack_linears
+from medusa_runtime.layout import PackedLinear, onednn_packing_available, pack_linears
 
-pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
+pytestmark = pytest.mark.skipif(not onednn_packing_available(), reason="PyTorch built without oneDNN")
 
 
 def packed_copy(linear: nn.Linear) -> PackedLinear:
