@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layout import PackedLinear, onednn_packing_available, pack_linears
+
 WEIGHT_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 DRAFT_VOCAB_FILE = "draft_vocab.json"
 DRAFT_VOCAB_FORMAT = "medusa-draft-vocab"
@@ -76,7 +78,7 @@ class MedusaHeads(nn.Module):
         # [V'] token ids the heads may guess (None: all); a buffer so .to(device) moves it, never saved in the state dict
         self.register_buffer("draft_vocab", None, persistent=False)
         self.draft_vocab_meta: dict = {}
-        self._draft_rows: dict[int, tuple[tuple, torch.Tensor]] = {}  # id(weight) -> (key, weight[draft_vocab])
+        self._draft_heads: dict[int, tuple[tuple, nn.Linear]] = {}  # id(weight) -> (key, linear over weight[draft_vocab])
 
     @property
     def num_heads(self) -> int:
@@ -84,11 +86,11 @@ class MedusaHeads(nn.Module):
 
     def attach_base_lm_head(self, lm_head: nn.Module) -> None:
         self._base_lm_head = [lm_head]
-        self._draft_rows.clear()
+        self._draft_heads.clear()
 
     def set_draft_vocab(self, tokens: torch.Tensor | list[int] | None, meta: dict | None = None) -> None:
         """Restrict guesses to ``tokens`` (unique ids below the vocabulary size); None lifts the restriction."""
-        self._draft_rows.clear()
+        self._draft_heads.clear()
         if tokens is None:
             self.draft_vocab, self.draft_vocab_meta = None, {}
             return
@@ -102,14 +104,16 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"draft vocabulary has token ids outside 0..{self.config.vocab_size - 1} (made for another vocabulary?)")
         self.draft_vocab, self.draft_vocab_meta = ids.to(device), dict(meta or {})
 
-    def _rows(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight[draft_vocab] as one contiguous [V', H] matrix, gathered again only when the weight moves,
-        changes dtype or is edited in place (its version counter)."""
+    def _draft_head(self, weight: torch.Tensor) -> nn.Linear:
+        """A bias-free linear over weight[draft_vocab] (one contiguous [V', H] matrix, oneDNN-packed on CPU fp32),
+        built again only when the weight moves, changes dtype or is edited in place (its version counter)."""
         key = (weight.data_ptr(), weight.dtype, weight.device, weight._version)
-        cached = self._draft_rows.get(id(weight))
+        cached = self._draft_heads.get(id(weight))
         if cached is None or cached[0] != key:
             rows = weight.detach()[self.draft_vocab.to(weight.device)].contiguous()  # [V', H]
-            self._draft_rows[id(weight)] = cached = (key, rows)
+            linear = nn.Linear(rows.shape[1], rows.shape[0], bias=False, device="meta")
+            linear.weight = nn.Parameter(rows, requires_grad=False)
+            self._draft_heads[id(weight)] = cached = (key, PackedLinear.from_linear(linear) if onednn_packing_available() else linear)
         return cached[1]
 
     def init_from_base(self, lm_head: nn.Module) -> None:
@@ -146,9 +150,9 @@ class MedusaHeads(nn.Module):
             lm_head = self._base_lm_head[0]
             if lm_head is None:
                 raise RuntimeError("v2 heads need the base lm_head: call attach_base_lm_head(model.get_output_embeddings())")
-            logits = F.linear(self.hidden(h, num_heads), self._rows(lm_head.weight))  # [..., K, V']
+            logits = self._draft_head(lm_head.weight)(self.hidden(h, num_heads))  # [..., K, V']
         else:
-            logits = torch.stack([F.linear(head[:-1](h), self._rows(head[-1].weight)) for head in self.heads[:num_heads]], dim=-2)
+            logits = torch.stack([self._draft_head(head[-1].weight)(head[:-1](h)) for head in self.heads[:num_heads]], dim=-2)
         return self.draft_vocab[logits.topk(topk, dim=-1).indices]
 
     def save(self, folder: str | Path, extra_config: dict | None = None) -> None:
@@ -289,6 +293,7 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if base_model is not None:
         param = next(base_model.parameters())
         heads.to(device=param.device, dtype=param.dtype)
+        pack_linears(heads)  # decoding feeds the heads one row: see layout.py
         heads.attach_base_lm_head(base_model.get_output_embeddings())
     heads.eval()
     heads.requires_grad_(False)

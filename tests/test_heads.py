@@ -6,6 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import tiny_heads, tiny_model
 from medusa_runtime.heads import HeadsFormatError, load_heads
+from medusa_runtime.layout import PackedLinear, onednn_packing_available
 
 
 @pytest.fixture
@@ -145,3 +146,21 @@ def test_draft_vocab_round_trip_and_strict_errors(tmp_path, model):
     heads.set_draft_vocab(None)
     heads.save(tmp_path)  # heads without a draft vocabulary must not inherit a stale file
     assert not path.exists() and load_heads(tmp_path, model).draft_vocab is None
+
+
+@pytest.mark.skipif(not onednn_packing_available(), reason="PyTorch built without oneDNN")
+@pytest.mark.parametrize("shared", [True, False])
+def test_loaded_heads_run_packed_and_guess_what_the_unpacked_heads_guess(tmp_path, model, shared):
+    heads = tiny_heads(model, num_heads=3, shared=shared)
+    with torch.no_grad():  # ResBlocks start at zero; give them weights so packing has something to get wrong
+        for block in heads.heads:
+            block[0].linear.weight.normal_(0, 0.2)
+    keep = torch.randperm(model.config.vocab_size, generator=torch.Generator().manual_seed(2))[:40]
+    heads.set_draft_vocab(keep)
+    heads.save(tmp_path)
+    loaded = load_heads(tmp_path, model)
+    assert all(isinstance(block[0].linear, PackedLinear) for block in loaded.heads)
+    h = torch.randn(5, model.config.hidden_size)
+    with torch.no_grad():
+        assert isinstance(loaded._draft_head(loaded.heads[0][-1].weight if not shared else model.get_output_embeddings().weight), PackedLinear)
+        assert torch.equal(loaded.candidates(h, 4), heads.candidates(h, 4))

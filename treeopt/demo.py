@@ -22,7 +22,7 @@ class DemoConfig:
     topk: int = 10
     max_budget: int = 127
     sizes: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-    repeats: int = 10
+    repeats: int = 20
 
 
 def _fresh(path: Path, settings: dict) -> bool:

@@ -1,0 +1,32 @@
+from types import SimpleNamespace
+
+import torch
+
+from conftest import tiny_heads, tiny_model
+from medusa_runtime.decoding import MedusaDecoder
+from treeopt.profile import profile_latency, synthetic_tree
+
+
+def test_sizes_are_timed_round_robin_and_the_plain_step_is_always_measured(monkeypatch):
+    model = tiny_model("llama")
+    loaded = SimpleNamespace(model=model, device=torch.device("cpu"), dtype=torch.float32, name="tiny")
+    order = []
+    real_step = MedusaDecoder.step
+
+    def recording_step(self, state, oracle=None):
+        order.append(self.buffers.num_nodes)
+        return real_step(self, state, oracle)
+
+    monkeypatch.setattr(MedusaDecoder, "step", recording_step)
+    result = profile_latency(loaded, tiny_heads(model, num_heads=2), sizes=(4, 2), repeats=3, warmup=1, progress=False)
+    # one step of every size per round, so a slow phase of the machine hits every size alike
+    assert order == [1, 2, 4] * 4
+    assert result["plain_step"]["nodes"] == 1 and result["order"] == "round-robin"
+    assert [r["nodes"] for r in result["verify"]] == [2, 4]
+    assert all(r["repeats"] == 3 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in result["verify"])
+
+
+def test_synthetic_tree_is_prefix_closed_and_sized():
+    spec = synthetic_tree(12, depth=3)
+    assert spec.nodes == 12
+    assert all(p[:-1] in set(spec.paths) | {()} for p in spec.paths)
