@@ -454,7 +454,7 @@ def profile(
     out: Path = typer.Option(..., "--out", help="latency JSON to write"),
     model: str = ModelOpt,
     heads: Optional[str] = HeadsOpt,
-    sizes: str = typer.Option("1,2,4,8,16,24,32,48,64,96,128,192,256", "--sizes", help="tree tokens per verify step"),
+    sizes: str = typer.Option("1,2,3,4,5,6,7,8,12,16,24,32,48,64,96,128,192,256", "--sizes", help="tree tokens per verify step (every size up to 8: kernels change there)"),
     repeats: int = typer.Option(20, "--repeats", help="timed steps per size (after 3 warm-up steps)"),
     context: int = typer.Option(256, "--context", help="KV-cache length the steps run at"),
     dtype: str = DtypeOpt,

@@ -28,7 +28,7 @@ from medusa_runtime.spec import TreeSpec
 from . import __version__
 from .tuning import LATENCY_FORMAT
 
-DEFAULT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+DEFAULT_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 def synthetic_tree(nodes: int, depth: int, width: int = 10) -> TreeSpec:
