@@ -120,8 +120,9 @@ class MedusaHeads(nn.Module):
         """Initialise own lm_heads (v1) from the base lm_head, as upstream does."""
         self.attach_base_lm_head(lm_head)
         if not self.config.shared_lm_head:
-            for head in self.heads:
-                head[-1].weight.data.copy_(lm_head.weight.data)
+            with torch.no_grad():  # an in-place copy that bumps the version, so packed copies follow
+                for head in self.heads:
+                    head[-1].weight.copy_(lm_head.weight)
 
     def hidden(self, h: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
         """Per-head features before the lm_head. h: [..., H] -> [..., K, H] (shared lm_head only)."""
@@ -293,7 +294,9 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if base_model is not None:
         param = next(base_model.parameters())
         heads.to(device=param.device, dtype=param.dtype)
-        pack_linears(heads)  # decoding feeds the heads one row: see layout.py
+        for head in heads.heads:  # the ResBlocks only: a v1 head's own lm_head would be a second 100 MB-scale copy
+            for block in head[: config.num_layers]:
+                pack_linears(block)  # decoding feeds the heads one row: see layout.py
         heads.attach_base_lm_head(base_model.get_output_embeddings())
     heads.eval()
     heads.requires_grad_(False)

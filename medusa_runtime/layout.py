@@ -27,17 +27,25 @@ def onednn_packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _version(weight: torch.Tensor) -> int:
+    """The in-place edit counter; tensors made under ``torch.inference_mode`` have none (-1)."""
+    return -1 if weight.is_inference() else weight._version
+
+
 class PackedLinear(nn.Linear):
     """``nn.Linear`` with a oneDNN-packed copy of its weight (inference only).
 
-    The packed copy follows the weight through ``.to()``/``load_state_dict`` (re-packed on CPU fp32,
-    dropped elsewhere); an in-place edit of ``weight.data`` needs an explicit ``repack()``."""
+    The packed copy follows the weight through ``.to()``/``load_state_dict`` and in-place edits that bump
+    its version counter (re-packed on CPU fp32, dropped elsewhere); an edit through ``weight.data``
+    bypasses the counter and needs an explicit ``repack()``."""
 
     _packed: torch.Tensor | None = None
+    _packed_version = -1
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> PackedLinear:
-        cls._onednn_linear = torch.ops.mkldnn._linear_pointwise  # resolved once: op lookup costs microseconds per call
+        if "_onednn_linear" not in cls.__dict__:  # resolved once: op lookup costs microseconds per call
+            cls._onednn_linear = torch.ops.mkldnn._linear_pointwise
         packed = cls.__new__(cls)
         nn.Module.__init__(packed)
         packed.in_features, packed.out_features = linear.in_features, linear.out_features
@@ -51,6 +59,7 @@ class PackedLinear(nn.Linear):
         if weight.device.type == "cpu" and weight.dtype == torch.float32:
             with torch.no_grad():  # the batch-size hint does not restrict later calls
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 8)
+            self._packed_version = _version(weight)
         else:
             self._packed = None
 
@@ -65,6 +74,8 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is not None and not torch.is_grad_enabled():
+            if _version(self.weight) != self._packed_version:  # edited in place since packing (an optimizer step)
+                self.repack()
             return self._onednn_linear(x.contiguous(), self._packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 

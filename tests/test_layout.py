@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_model
@@ -72,3 +73,23 @@ def test_packed_copy_follows_load_state_dict_and_dtype_changes():
         torch.testing.assert_close(packed(x.double()), other.double()(x.double()))
     packed.float()
     assert packed._packed is not None
+
+
+def test_in_place_weight_edit_is_followed_by_the_packed_copy():
+    linear = packed_copy(nn.Linear(16, 24))
+    x = torch.randn(3, 16)
+    with torch.no_grad():  # what an optimizer step does
+        linear.weight.mul_(-2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_a_packed_linear_over_an_inference_tensor_works():
+    """The heads build their draft-vocabulary linear inside decoding's inference mode."""
+    with torch.inference_mode():
+        weight = torch.randn(24, 16)  # an inference tensor: no version counter
+        linear = nn.Linear(16, 24, bias=False, device="meta")
+        linear.weight = nn.Parameter(weight, requires_grad=False)
+        packed = packed_copy(linear)
+        x = torch.randn(3, 16)
+        torch.testing.assert_close(packed(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
