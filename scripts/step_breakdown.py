@@ -2,8 +2,9 @@
 
 Decodes MT-Bench prompts with the default model, its shipped heads and a tree (default: the empty tree,
 i.e. plain decoding through the runtime), timing the runtime's own pieces with wall clocks around its
-methods, inside verify steps only (the prompt's prefill is left out). Prints a table of milliseconds per step, then one JSON line. Not a speed benchmark of its
-own: the pieces are what `treeopt bench` pays, split apart.
+methods, inside verify steps only (the prompt's prefill is left out). Prints a table of milliseconds per
+step, then one JSON line. Not a speed benchmark of its own: the pieces are what `treeopt bench` pays,
+split apart.
 
     python scripts/step_breakdown.py [--tree runs/demo/tree.json] [--select 1:5] [--max-new-tokens 128]
 """
@@ -35,29 +36,29 @@ def main() -> None:
     tree = load_tree(args.tree, heads.num_heads) if args.tree else TreeSpec([])
     decoder = MedusaDecoder(loaded.model, heads, tree, loaded.eos_token_ids)
     spent = dict.fromkeys([*PIECES, "step"], 0.0)  # seconds inside verify steps only (the prefill is not a step)
-    inside_step = [False]
+    in_step = False
 
-    def timed(method, name):
+    def piece(method, name):
         def wrapper(*a, **k):
             start = time.perf_counter()
             out = method(*a, **k)
-            if inside_step[0] or name == "step":
+            if in_step:
                 spent[name] += time.perf_counter() - start
             return out
         return wrapper
 
-    for name in PIECES:  # wrap the bound methods of this instance only
-        setattr(decoder, name, timed(getattr(decoder, name), name))
-    step = timed(decoder.step, "step")
-
-    def flagged_step(*a, **k):
-        inside_step[0] = True
+    def step(*a, _step=decoder.step, **k):
+        nonlocal in_step
+        in_step, start = True, time.perf_counter()
         try:
-            return step(*a, **k)
+            return _step(*a, **k)
         finally:
-            inside_step[0] = False
+            in_step = False
+            spent["step"] += time.perf_counter() - start
 
-    decoder.step = flagged_step
+    for name in PIECES:  # wrap the bound methods of this instance only
+        setattr(decoder, name, piece(getattr(decoder, name), name))
+    decoder.step = step
     prompts = [render_chat(loaded.tokenizer, p) for p in select_prompts("mt-bench", args.select)]
     decoder.generate(prompts[0], 8)  # warm-up
     spent.update(dict.fromkeys(spent, 0.0))
@@ -77,6 +78,7 @@ def main() -> None:
     print(f"{'whole step':<40} {step_ms:>8.2f}")
     print(json.dumps({"nodes": tree.nodes, "verify_steps": steps, "tokens_per_verify_step": tokens / steps,
                       "ms_per_step": {k: round(v, 3) for k, v in rows.items()}, "step_ms": round(step_ms, 3)}))
+
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from .tuning import PROFILE_SIZES
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Calibrate Medusa heads, build the optimal tree for your device, export it, and benchmark it.")
 
@@ -454,7 +456,7 @@ def profile(
     out: Path = typer.Option(..., "--out", help="latency JSON to write"),
     model: str = ModelOpt,
     heads: Optional[str] = HeadsOpt,
-    sizes: str = typer.Option("1,2,3,4,5,6,7,8,12,16,24,32,48,64,96,128,192,256", "--sizes", help="tree tokens per verify step (every size up to 8: kernels change there)"),
+    sizes: str = typer.Option(",".join(map(str, PROFILE_SIZES)), "--sizes", help="tree tokens per verify step (every size up to 8: kernels change there)"),
     repeats: int = typer.Option(20, "--repeats", help="timed steps per size (after 3 warm-up steps)"),
     context: int = typer.Option(256, "--context", help="KV-cache length the steps run at"),
     dtype: str = DtypeOpt,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from medusa_runtime.spec import TreeSpec
 
+from .tuning import PROFILE_SIZES
+
 
 @dataclass
 class DemoConfig:
@@ -21,9 +23,7 @@ class DemoConfig:
     max_new_tokens: int = 128
     topk: int = 10
     max_budget: int = 127
-    # every size up to 8: GEMM kernels switch blocking in the first rows (on this project's CPU 3-6 rows cost
-    # less than 1-2), so the small end of the curve cannot be interpolated
-    sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+    sizes: tuple[int, ...] = tuple(n for n in PROFILE_SIZES if n <= 128)
     repeats: int = 20
 
 

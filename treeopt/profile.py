@@ -28,10 +28,7 @@ from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.spec import TreeSpec
 
 from . import __version__
-from .tuning import LATENCY_FORMAT
-
-DEFAULT_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-
+from .tuning import LATENCY_FORMAT, PROFILE_SIZES
 
 def synthetic_tree(nodes: int, depth: int, width: int = 10) -> TreeSpec:
     """A plausible tree of ``nodes`` tokens: paths ordered by rank sum + depth (prefix-closed)."""
@@ -42,7 +39,7 @@ def synthetic_tree(nodes: int, depth: int, width: int = 10) -> TreeSpec:
     return TreeSpec(candidates[: nodes - 1])
 
 
-def profile_latency(loaded, heads, sizes=DEFAULT_SIZES, repeats: int = 20, warmup: int = 3, context: int = 256,
+def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmup: int = 3, context: int = 256,
                     progress: bool = True) -> dict:
     vocab = loaded.model.config.vocab_size
     g = torch.Generator().manual_seed(0)

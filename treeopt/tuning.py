@@ -7,9 +7,9 @@ measured size it is extrapolated from the last two points).
 The step cost used is each size's 10th-percentile time (``p10_ms``), not its median: on a shared machine
 the noise is time stolen by other work, which only ever adds, so a low quantile estimates what the step
 itself costs. On this project's CPU, medians over 20 round-robin repeats put 6- and 8-node steps within
-1% of each other in one profile and picked 8 nodes, which then decoded 1.22-1.32x against 1.43x for the
-6 nodes the 10th percentiles pick (``treeopt sweep`` agrees: 4-6 nodes are fastest there). Files
-without ``p10_ms`` fall back to medians.
+1% of each other in one profile and picked 8 nodes, which then decoded 1.22-1.32x over ``generate``; the
+same profile read by 10th percentiles picks 4 nodes, which decoded 1.35-1.36x (``treeopt sweep`` agrees:
+4-6 nodes are fastest there). Files without ``p10_ms`` fall back to medians.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LATENCY_FORMAT = "medusa-latency"
+# tree sizes ``treeopt profile`` times by default: every size up to 8, since GEMM kernels switch blocking in
+# the first rows (on this project's CPU 3-6 rows cost less than 1-2) and that end cannot be interpolated
+PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 @dataclass
