@@ -139,9 +139,10 @@ class MedusaDecoder:
         return self.lm_head(hidden)
 
     # ------------------------------------------------------------------ candidates
-    def _head_candidates(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [H] of the last accepted node -> top-k tokens [D, topk] of the heads the tree reads."""
-        return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used)  # only the heads the tree reads
+    def _head_candidates(self, hidden: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+        """hidden: [H] of the last accepted node, root: [1] the token after it -> top-k tokens [D, topk] of the
+        heads the tree reads (root-conditioned heads read the root too; plain Medusa heads ignore it)."""
+        return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used, root=root[0])
 
     def _oracle_candidates(self, reference: list[int], emitted: int) -> torch.Tensor:
         """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose."""
@@ -219,7 +220,7 @@ class MedusaDecoder:
         tokens (accepted path + bonus), not yet truncated at EOS or the token limit."""
         b = self.buffers
         if b.num_nodes > 1:
-            guesses = self._oracle_candidates(oracle, len(state.tokens)) if oracle is not None else self._head_candidates(state.hidden)
+            guesses = self._oracle_candidates(oracle, len(state.tokens)) if oracle is not None else self._head_candidates(state.hidden, state.root)
             tree_tokens = torch.cat([state.root, guesses.flatten()])[b.candidate_index]  # [N]
         else:
             tree_tokens = state.root

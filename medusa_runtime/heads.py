@@ -13,6 +13,13 @@ the most frequent tokens of the base model's own answers. Guessing then multipli
 those rows of the lm_head only (4,096 of SmolLM2's 49,152 rows: a twelfth of the memory traffic), as
 FR-Spec does for draft models. Verification is untouched, so decoding stays lossless; only guesses of
 tokens outside the set are lost.
+
+Root-conditioned heads (ours; ``"medusa_root_conditioned": true`` in config.json, keys ``root.{i}.weight``):
+head i reads h + R_i e(root) instead of h, where e is the base model's input embedding and root the token
+the base model itself predicts at the last accepted position (the tree's root, known before the heads
+run). Head 1 then guesses the token after a known token rather than after a distribution over it, as
+Hydra's sequentially dependent heads do for their first draft token. R_i starts at zero, so a fresh head
+is a Medusa head. Upstream loaders do not read these checkpoints; plain v1/v2 heads load as before.
 """
 
 from __future__ import annotations
@@ -37,6 +44,12 @@ class HeadsFormatError(ValueError):
     """A heads checkpoint that does not match what it must hold; the message names the file and key."""
 
 
+def _zero_linear(hidden: int) -> nn.Linear:
+    linear = nn.Linear(hidden, hidden, bias=False)
+    nn.init.zeros_(linear.weight)
+    return linear
+
+
 class ResBlock(nn.Module):
     """x + SiLU(W x + b), W zero-initialised so that a fresh head starts as the base lm_head."""
 
@@ -58,6 +71,7 @@ class HeadsConfig:
     vocab_size: int
     shared_lm_head: bool  # True: "v2", reuse the base lm_head
     base_model: str = ""
+    root_conditioned: bool = False  # heads also read the root token's input embedding (see the module docstring)
 
 
 class MedusaHeads(nn.Module):
@@ -73,8 +87,11 @@ class MedusaHeads(nn.Module):
                 layers.append(nn.Linear(config.hidden_size, config.vocab_size, bias=False))
             blocks.append(nn.Sequential(*layers))
         self.heads = nn.ModuleList(blocks)
-        # the base lm_head is borrowed, not owned: it is never saved with the heads
+        # R_i: [H, H] per head, zero so that a fresh head ignores the root; None for plain Medusa heads
+        self.root_proj = nn.ModuleList(_zero_linear(config.hidden_size) for _ in range(config.num_heads)) if config.root_conditioned else None
+        # the base lm_head and input embedding are borrowed, not owned: never saved with the heads
         self._base_lm_head = [base_lm_head]
+        self._base_embedding: list[nn.Module | None] = [None]
         # [V'] token ids the heads may guess (None: all); a buffer so .to(device) moves it, never saved in the state dict
         self.register_buffer("draft_vocab", None, persistent=False)
         self.draft_vocab_meta: dict = {}
@@ -87,6 +104,11 @@ class MedusaHeads(nn.Module):
     def attach_base_lm_head(self, lm_head: nn.Module) -> None:
         self._base_lm_head = [lm_head]
         self._draft_heads.clear()
+
+    def attach_base(self, model: nn.Module) -> None:
+        """Borrow what the heads read from the base model: its lm_head and (root-conditioned heads) its input embedding."""
+        self.attach_base_lm_head(model.get_output_embeddings())
+        self._base_embedding = [model.get_input_embeddings()]
 
     def set_draft_vocab(self, tokens: torch.Tensor | list[int] | None, meta: dict | None = None) -> None:
         """Restrict guesses to ``tokens`` (unique ids below the vocabulary size); None lifts the restriction."""
@@ -124,44 +146,81 @@ class MedusaHeads(nn.Module):
                 for head in self.heads:
                     head[-1].weight.copy_(lm_head.weight)
 
-    def hidden(self, h: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
-        """Per-head features before the lm_head. h: [..., H] -> [..., K, H] (shared lm_head only)."""
-        return torch.stack([head(h) for head in self.heads[:num_heads]], dim=-2)
+    def _inputs(self, h: torch.Tensor, root: torch.Tensor | None, num_heads: int | None) -> list[torch.Tensor]:
+        """What each head reads: h [..., H], root [...] token ids -> K tensors [..., H]."""
+        count = len(self.heads[:num_heads])
+        if self.root_proj is None:
+            return [h] * count
+        if root is None:
+            raise ValueError("root-conditioned heads need the root token: pass root= (the base model's next token)")
+        embedding = self._base_embedding[0]
+        if embedding is None:
+            raise RuntimeError("root-conditioned heads need the base input embedding: call attach_base(model)")
+        e = embedding(root).to(h.dtype)  # [..., H]
+        return [h + proj(e) for proj in self.root_proj[:count]]
 
-    def forward(self, h: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
-        """h: [..., H] -> logits [..., K, V]; ``num_heads`` computes only the first heads (a shallow tree)."""
+    def _body(self, k: int) -> nn.Module:
+        """Head k up to its lm_head: the whole head (v2), or all but its own lm_head (v1)."""
+        head = self.heads[k]
+        return head if self.config.shared_lm_head else head[:-1]
+
+    def hidden(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-head features before the lm_head. h: [..., H] (root: [...]) -> [..., K, H] (shared lm_head only)."""
+        return torch.stack([self.heads[k](x) for k, x in enumerate(self._inputs(h, root, num_heads))], dim=-2)
+
+    def forward(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
+        """h: [..., H] (root: [...]) -> logits [..., K, V]; ``num_heads`` computes only the first heads (a shallow tree)."""
         if self.config.shared_lm_head:
             lm_head = self._base_lm_head[0]
             if lm_head is None:
-                raise RuntimeError("v2 heads need the base lm_head: call attach_base_lm_head(model.get_output_embeddings())")
-            return lm_head(self.hidden(h, num_heads))  # one matmul for all heads: [..., K, V]
-        return torch.stack([head(h) for head in self.heads[:num_heads]], dim=-2)
+                raise RuntimeError("v2 heads need the base lm_head: call attach_base(model)")
+            return lm_head(self.hidden(h, num_heads, root))  # one matmul for all heads: [..., K, V]
+        return torch.stack([self.heads[k](x) for k, x in enumerate(self._inputs(h, root, num_heads))], dim=-2)
 
-    def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None) -> torch.Tensor:
-        """The token ids each head ranks highest: h [..., H] -> [..., K, topk], best first.
+    def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
+        """The token ids each head ranks highest: h [..., H] (root: [...], root-conditioned heads) -> [..., K, topk], best first.
 
         Without a draft vocabulary this is ``forward(h).topk(topk)``; with one, only its tokens compete and
         the lm_head product covers only their rows."""
         if self.draft_vocab is None:
-            return self(h, num_heads).topk(topk, dim=-1).indices
+            return self(h, num_heads, root).topk(topk, dim=-1).indices
         if topk > len(self.draft_vocab):
             raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens; "
                              f"use a tree with smaller ranks or heads written with a larger --draft-vocab")
         if self.config.shared_lm_head:
             lm_head = self._base_lm_head[0]
             if lm_head is None:
-                raise RuntimeError("v2 heads need the base lm_head: call attach_base_lm_head(model.get_output_embeddings())")
-            logits = self._draft_head(lm_head.weight)(self.hidden(h, num_heads))  # [..., K, V']
+                raise RuntimeError("v2 heads need the base lm_head: call attach_base(model)")
+            logits = self._draft_head(lm_head.weight)(self.hidden(h, num_heads, root))  # [..., K, V']
         else:
-            logits = torch.stack([self._draft_head(head[-1].weight)(head[:-1](h)) for head in self.heads[:num_heads]], dim=-2)
+            inputs = self._inputs(h, root, num_heads)
+            logits = torch.stack([self._draft_head(self.heads[k][-1].weight)(self._body(k)(x)) for k, x in enumerate(inputs)], dim=-2)
         return self.draft_vocab[logits.topk(topk, dim=-1).indices]
 
-    def save(self, folder: str | Path, extra_config: dict | None = None) -> None:
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors: upstream keys ``{i}.{j}...`` plus ``root.{i}.weight`` for root-conditioned heads."""
+        state = dict(self.heads.state_dict())
+        if self.root_proj is not None:
+            state.update({f"root.{k}": v for k, v in self.root_proj.state_dict().items()})
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``checkpoint_state`` (strict)."""
+        root = {k[len("root."):]: v for k, v in state.items() if k.startswith("root.")}
+        self.heads.load_state_dict({k: v for k, v in state.items() if not k.startswith("root.")}, strict=True)
+        if self.root_proj is not None or root:
+            if self.root_proj is None:
+                raise KeyError(f"unexpected root keys {sorted(root)[:3]} for heads that are not root-conditioned")
+            self.root_proj.load_state_dict(root, strict=True)
+
+    def save(self, folder: str | Path, extra_config: dict | None = None, weight_dtype: torch.dtype | None = None) -> None:
+        """Write the checkpoint; ``weight_dtype`` (e.g. float16) stores the tensors in that dtype, and loading casts
+        them back to the model's."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
+        state = {k: v.detach().to(weight_dtype or v.dtype).contiguous().cpu() for k, v in self.checkpoint_state().items()}
         save_file(state, str(folder / "medusa_lm_head.safetensors"))
         config = {
             "medusa_num_heads": self.config.num_heads,
@@ -170,6 +229,7 @@ class MedusaHeads(nn.Module):
             "hidden_size": self.config.hidden_size,
             "vocab_size": self.config.vocab_size,
             "medusa_shared_lm_head": self.config.shared_lm_head,
+            **({"medusa_root_conditioned": True} if self.config.root_conditioned else {}),
             **(extra_config or {}),
         }
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
@@ -217,12 +277,16 @@ def _read_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 
 _KEY = re.compile(r"^(\d+)\.(\d+)\.(linear\.weight|linear\.bias|weight)$")
+_ROOT_KEY = re.compile(r"^root\.(\d+)\.weight$")
 
 
 def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
     """Read head count, ResBlock depth, hidden size and lm_head kind from the state dict's keys."""
     layout: dict[int, dict[int, set[str]]] = {}
+    roots = sorted(int(m[1]) for m in map(_ROOT_KEY.match, state) if m)
     for key in state:
+        if _ROOT_KEY.match(key):
+            continue
         match = _KEY.match(key)
         if not match:
             raise HeadsFormatError(f"{path}: unexpected key {key!r}; expected '{{head}}.{{layer}}.linear.weight' style keys")
@@ -245,7 +309,10 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
             raise HeadsFormatError(f"{path}: missing key '{i}.{num_layers}.weight' (head {i}'s lm_head)")
     hidden = state["0.0.linear.weight"].shape[0] if num_layers else state["0.0.weight"].shape[1]
     vocab = 0 if shared else state[f"0.{num_layers}.weight"].shape[0]
-    return HeadsConfig(num_heads=len(heads), num_layers=num_layers, hidden_size=hidden, vocab_size=vocab, shared_lm_head=shared)
+    if roots and roots != heads:
+        raise HeadsFormatError(f"{path}: root-conditioned heads need one 'root.{{i}}.weight' per head 0..{len(heads) - 1}; found {roots}")
+    return HeadsConfig(num_heads=len(heads), num_layers=num_layers, hidden_size=hidden, vocab_size=vocab, shared_lm_head=shared,
+                       root_conditioned=bool(roots))
 
 
 def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> MedusaHeads:
@@ -273,7 +340,7 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
                 f"{path}: heads' lm_head has vocab {config.vocab_size}, base model has {base_model.config.vocab_size}"
             )
     heads = MedusaHeads(config)
-    expected = heads.heads.state_dict()
+    expected = heads.checkpoint_state()
     for key, tensor in state.items():
         if key not in expected:
             raise HeadsFormatError(f"{path}: unexpected key {key!r}")
@@ -284,7 +351,7 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     missing = sorted(set(expected) - set(state))
     if missing:
         raise HeadsFormatError(f"{path}: missing keys {missing}")
-    heads.heads.load_state_dict(state, strict=True)
+    heads.load_checkpoint_state(state)
     draft = folder / DRAFT_VOCAB_FILE
     if draft.exists():
         try:
@@ -297,7 +364,9 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
         for head in heads.heads:  # the ResBlocks only: a v1 head's own lm_head would be a second 100 MB-scale copy
             for block in head[: config.num_layers]:
                 pack_linears(block)  # decoding feeds the heads one row: see layout.py
-        heads.attach_base_lm_head(base_model.get_output_embeddings())
+        if heads.root_proj is not None:
+            pack_linears(heads.root_proj)
+        heads.attach_base(base_model)
     heads.eval()
     heads.requires_grad_(False)
     return heads

@@ -50,14 +50,18 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, std: float = 0.5) -> MedusaHeads:
+def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, std: float = 0.5, root: bool = False) -> MedusaHeads:
+    """Random heads; ``root``: root-conditioned, with random (non-zero) root projections."""
     torch.manual_seed(seed)
     cfg = model.config
-    heads = MedusaHeads(HeadsConfig(num_heads, 1, cfg.hidden_size, cfg.vocab_size, shared, base_model="tiny"))
+    heads = MedusaHeads(HeadsConfig(num_heads, 1, cfg.hidden_size, cfg.vocab_size, shared, base_model="tiny", root_conditioned=root))
     heads.init_from_base(model.get_output_embeddings())
+    heads.attach_base(model)
     with torch.no_grad():
         for head in heads.heads:
             torch.nn.init.normal_(head[0].linear.weight, std=std)
+        for proj in heads.root_proj or ():
+            torch.nn.init.normal_(proj.weight, std=std)
     heads.eval().requires_grad_(False)
     return heads
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 import pytest
 from typer.testing import CliRunner
 
@@ -184,9 +186,13 @@ def test_train_heads_writes_heads_a_draft_vocab_and_a_readme(tiny_folder, tmp_pa
     rows.write_text("".join(json.dumps({"text": " ".join(f"w{rng.randrange(60)}" for _ in range(30))}) + "\n" for _ in range(40)))
     out = tmp_path / "heads"
     args = ("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 2, "--epochs", 2,
-            "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--draft-vocab", 16, "--out", out)
+            "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--root-conditioned", "--draft-vocab", 16, "--out", out)
     r = invoke(*args)
     assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["medusa_root_conditioned"] is True
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(out / "medusa_lm_head.safetensors").values()} == {torch.float16}
     draft = json.loads((out / "draft_vocab.json").read_text())
     assert draft["format"] == "medusa-draft-vocab" and len(draft["tokens"]) == 16
     counts = {}
@@ -196,7 +202,7 @@ def test_train_heads_writes_heads_a_draft_vocab_and_a_readme(tiny_folder, tmp_pa
     top = sorted(counts.values(), reverse=True)
     assert sorted((counts[f"w{t - 4}"] for t in draft["tokens"]), reverse=True) == top[:16]  # the 16 most frequent
     assert "## Draft vocabulary" in (out / "README.md").read_text()
-    assert load_heads(out).draft_vocab.tolist() == draft["tokens"]
+    assert load_heads(out).draft_vocab.tolist() == draft["tokens"] and load_heads(out).config.root_conditioned
     tree = tmp_path / "tree.json"
     tree.write_text(json.dumps({"format": "medusa-tree", "version": 1, "paths": [[0], [1], [0, 0]]}))
     r = invoke("bench", "--model", tiny_folder / "model", "--heads", out, "--tree", tree,

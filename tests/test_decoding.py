@@ -14,7 +14,8 @@ MODELS = {arch: tiny_model(arch, seed=i) for i, arch in enumerate(["llama", "qwe
 MODELS["llama-packed"] = tiny_model("llama", seed=0)  # CPU loading swaps in oneDNN-packed linears (layout.py)
 pack_linears(MODELS["llama-packed"])
 MODELS["llama-draft-vocab"] = MODELS["llama"]  # heads that guess from a third of the 64 tokens only
-HEADS = {arch: tiny_heads(model, num_heads=3) for arch, model in MODELS.items()}
+MODELS["llama-root"] = MODELS["llama-packed"]  # root-conditioned heads (they also read the root token)
+HEADS = {arch: tiny_heads(model, num_heads=3, root=arch == "llama-root") for arch, model in MODELS.items()}
 HEADS["llama-draft-vocab"].set_draft_vocab(list(range(0, 64, 3)))
 
 

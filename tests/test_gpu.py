@@ -13,10 +13,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tree_decoding_equals_hf_greedy_on_cuda(arch, dtype):
+@pytest.mark.parametrize("root", [False, True])
+def test_tree_decoding_equals_hf_greedy_on_cuda(arch, dtype, root):
     model = tiny_model(arch).to("cuda", dtype)
-    heads = tiny_heads(model, num_heads=3).to("cuda", dtype)
-    heads.attach_base_lm_head(model.get_output_embeddings())
+    heads = tiny_heads(model, num_heads=3, root=root).to("cuda", dtype)
+    heads.attach_base(model)
     tree = TreeSpec([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)])
     for prompt in ([5, 6, 7], [9, 20, 31, 40]):
         reference = hf_greedy(model, prompt, 24, [])

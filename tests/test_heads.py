@@ -28,6 +28,37 @@ def test_save_load_round_trip(tmp_path, model, shared):
     assert loaded(h).shape == (2, 3, model.config.vocab_size)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_root_conditioned_round_trip_and_errors(tmp_path, model, shared):
+    heads = tiny_heads(model, num_heads=3, shared=shared, root=True)
+    heads.save(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["medusa_root_conditioned"] is True
+    loaded = load_heads(tmp_path, model)
+    assert loaded.config.root_conditioned and loaded.num_heads == 3
+    h, root = torch.randn(4, model.config.hidden_size), torch.tensor([5, 6, 7, 8])
+    with torch.inference_mode():
+        assert torch.allclose(loaded(h, root=root), heads(h, root=root), atol=1e-5)
+        assert not torch.allclose(loaded(h, root=root), loaded(h, root=root.flip(0)))  # the root matters
+        with pytest.raises(ValueError, match="need the root token"):
+            loaded(h)
+    state = load_file(tmp_path / "medusa_lm_head.safetensors")
+    del state["root.2.weight"]
+    save_file(state, tmp_path / "medusa_lm_head.safetensors")
+    with pytest.raises(HeadsFormatError, match=r"root\.\{i\}\.weight"):
+        load_heads(tmp_path, model)
+
+
+def test_fresh_root_conditioned_heads_are_medusa_heads(model):
+    from medusa_runtime.heads import HeadsConfig, MedusaHeads
+
+    plain = tiny_heads(model, num_heads=2)
+    rooted = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, model.config.vocab_size, True, root_conditioned=True))
+    rooted.heads.load_state_dict(plain.heads.state_dict())
+    rooted.attach_base(model)
+    h = torch.randn(3, model.config.hidden_size)
+    assert torch.equal(rooted(h, root=torch.tensor([1, 2, 3])), plain(h))  # zero projections: the root is ignored
+
+
 def test_head_count_comes_from_the_keys_not_the_config(tmp_path, model):
     tiny_heads(model, num_heads=4).save(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

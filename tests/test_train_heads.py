@@ -36,10 +36,10 @@ def test_targets_are_the_tokens_ahead(data):
 def test_training_lowers_loss_and_writes_a_loadable_checkpoint(data, tmp_path):
     model, features = data
     heads = fresh_heads(model)
-    before = head_accuracy(heads, features.hidden, features.targets)
+    before = head_accuracy(heads, features.hidden, features.targets, features.roots)
     cfg = TrainConfig(num_heads=2, epochs=15, batch_size=64, lr=1e-2)
     train_heads(heads, features, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
-    after = head_accuracy(heads, features.hidden, features.targets)
+    after = head_accuracy(heads, features.hidden, features.targets, features.roots)
     assert after["top1"][0] > before["top1"][0] + 0.1
     heads.save(tmp_path / "heads")
     loaded = load_heads(tmp_path / "heads", model)
@@ -122,11 +122,25 @@ def test_text_rows_are_read(tmp_path):
     assert prompts == ["hi"] and texts == ["some text"]
 
 
+def test_a_draft_vocabulary_is_the_training_softmax(data, tmp_path):
+    model, features = data
+    keep = torch.arange(0, VOCAB, 2)  # even tokens only: odd targets can never be guessed, so they are skipped
+    heads = fresh_heads(model)
+    cfg = TrainConfig(num_heads=2, epochs=3, batch_size=64, lr=1e-2)
+    result = train_heads(heads, features, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight,
+                         progress=False, softmax_vocab=keep)
+    assert result["softmax"] == "draft" and result["softmax_vocab"] == len(keep)
+    heads.set_draft_vocab(keep)
+    even = features.targets % 2 == 0
+    acc = head_accuracy(heads, features.hidden, torch.where(even, features.targets, -1), features.roots)
+    assert acc["top1"][0] > 0.5
+
+
 def test_hard_negatives_join_the_restricted_softmax(data, tmp_path):
     """Targets use two tokens only; the softmax must still see the tokens the heads rank highest."""
     model, features = data
     narrow = type(features)(features.hidden, torch.where(features.targets >= 0, 5 + features.targets % 2, -1),
-                            features.sequence)
+                            features.sequence, features.roots)
     heads = fresh_heads(model)
     cfg = TrainConfig(num_heads=2, epochs=1, batch_size=64, lr=1e-2)
     result = train_heads(heads, narrow, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
@@ -151,3 +165,44 @@ def test_generation_resumes_after_a_run_killed_mid_line(tmp_path):
     path.write_text('{"prompt_ids": [1]}\n' + path.read_text())
     with pytest.raises(ValueError, match="answers.jsonl:1"):
         read_trajectories(path)
+
+
+def test_answers_off_the_greedy_path_keep_only_on_path_targets(tmp_path):
+    """An answer written in another dtype leaves the fp32 greedy path at some token: targets are the model's
+    own argmax, and a head's target is kept only while the text it skips over is still the greedy path."""
+    model = tiny_model("llama", seed=5)
+    prompt = [4, 7, 9]
+    greedy = hf_greedy(model, prompt, 12, [])
+    off = (greedy[5] + 1) % VOCAB  # new token 6 (index 5) is not what the model would say
+    answer = greedy[:5] + [off] + hf_greedy(model, prompt + greedy[:5] + [off], 6, [])
+    features = compute_features(loaded_tiny(model, eos=()), [Trajectory(prompt, answer)], 3, tmp_path, ["greedy_path"])
+    assert features.roots[:5].tolist() == greedy[:5]  # position t (0 = last prompt token): root is new token t+1
+    assert features.roots[5].item() == greedy[5] != off  # the model's own prediction, not the text
+    # head k at t targets new token t+k+2; it is kept only if new tokens t+1..t+k+1 are all on the path
+    for t in range(len(answer)):
+        for k in range(3):
+            crosses = t <= 5 <= t + k  # the window of text new tokens t+1..t+k+1 holds index 5
+            if t + k >= len(answer) or crosses:  # past the end of what the model has read, or off the path
+                assert features.targets[t, k] == -1, (t, k)
+            elif t + k < 5:
+                assert features.targets[t, k] == greedy[t + k + 1], (t, k)
+            elif t + k + 1 < len(answer):  # after the detour the answer is greedy again
+                assert features.targets[t, k] == answer[t + k + 1], (t, k)
+
+
+def test_root_conditioned_heads_train_and_load_strictly(data, tmp_path):
+    model, features = data
+    heads = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, VOCAB, True, root_conditioned=True))
+    heads.init_from_base(model.get_output_embeddings())
+    heads.attach_base(model)
+    before = head_accuracy(heads, features.hidden, features.targets, features.roots)
+    cfg = TrainConfig(num_heads=2, epochs=15, batch_size=64, lr=1e-2, root_conditioned=True)
+    train_heads(heads, features, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
+    after = head_accuracy(heads, features.hidden, features.targets, features.roots)
+    assert after["top1"][0] > before["top1"][0] + 0.1
+    assert all(proj.weight.abs().sum() > 0 for proj in heads.root_proj)  # the root projections learned something
+    heads.save(tmp_path / "heads")
+    loaded = load_heads(tmp_path / "heads", model)
+    h, root = features.hidden[:5], features.roots[:5]
+    with torch.inference_mode():
+        assert torch.allclose(loaded(h, root=root), heads(h, root=root), atol=1e-5)

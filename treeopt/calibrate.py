@@ -43,10 +43,11 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     """rows[t][k]: rank of new token t+k+2 in head k's top-k at new-token position t (0 = last prompt token)."""
     ids = torch.tensor([prompt_ids + response], device=loaded.device)
     hidden = loaded.model.base_model(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(response)]
-    top = heads.candidates(hidden, topk).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
+    resp = torch.tensor(response, dtype=torch.long)
+    roots = resp[: hidden.shape[0]].to(loaded.device)  # [R]: at new-token position t the root is new token t+1
+    top = heads.candidates(hidden, topk, root=roots).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
     R, K = top.shape[0], top.shape[1]
     future = torch.full((R, K), -1, dtype=torch.long)
-    resp = torch.tensor(response, dtype=torch.long)
     for k in range(K):  # head k at t guesses new token t+k+2, i.e. response[t+k+1]
         n = max(R - (k + 1), 0)
         future[:n, k] = resp[k + 1 : k + 1 + n]

@@ -203,15 +203,20 @@ def train_heads_cmd(
     num_heads: int = typer.Option(4, "--num-heads"),
     num_layers: int = typer.Option(1, "--num-layers", help="ResBlocks per head"),
     shared_lm_head: bool = typer.Option(True, "--shared-lm-head/--own-lm-head", help="v2 (reuse the base lm_head) or v1"),
+    root_conditioned: bool = typer.Option(False, "--root-conditioned/--plain", help="heads also read the root token's embedding "
+                                          "(treeopt extension of the checkpoint format; --plain: upstream Medusa heads)"),
     tokens: int = typer.Option(320_000, "--tokens", help="response tokens of self-distillation data"),
     epochs: int = typer.Option(3, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(256, "--batch-size", help="training positions per step"),
     gen_batch_size: int = typer.Option(128, "--gen-batch-size", help="prompts answered together while generating data"),
+    gen_dtype: str = typer.Option("", "--gen-dtype", help="dtype that writes the answers (bfloat16: faster on CPUs with AVX512-BF16; "
+                                  "targets stay the training dtype's own argmax)"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="length of each generated answer"),
     max_prompt_tokens: int = typer.Option(128, "--max-prompt-tokens", help="skip longer prompts"),
     mtbench_select: str = typer.Option("0:80", "--mtbench-select", help="MT-Bench prompts for the accuracy report ('' to skip)"),
     draft_vocab: int = typer.Option(4096, "--draft-vocab", help="guess only from the N most frequent answer tokens (0: whole vocabulary)"),
+    save_dtype: str = typer.Option("float16", "--save-dtype", help="dtype the weights are stored in (and evaluated at)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -219,8 +224,9 @@ def train_heads_cmd(
     """Train Medusa-1 heads by self-distillation (base frozen) and write them with a README of figures."""
     from .train_heads import TrainConfig, TrainError, run_train_heads
 
-    cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, tokens=tokens,
-                      epochs=epochs, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size,
+    cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, root_conditioned=root_conditioned, tokens=tokens,
+                      epochs=epochs, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
+                      draft_vocab=draft_vocab, save_dtype=save_dtype,
                       max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
     try:
         cfg.validate()
@@ -228,10 +234,10 @@ def train_heads_cmd(
         fail(str(err))
     loaded, _, _ = load_everything(model, "none", dtype, device)
     try:
-        result = run_train_heads(loaded, data, cfg, out, overwrite, command_line(), mtbench_select or None, draft_vocab=draft_vocab)
+        result = run_train_heads(loaded, data, cfg, out, overwrite, command_line(), mtbench_select or None)
     except TrainError as err:
         fail(str(err))
-    for name in ("held_out", "mtbench", "mtbench_draft_vocab"):
+    for name in ("held_out", "mtbench"):
         if result[name]:
             typer.echo(f"{name}: top-1 per head " + " ".join(f"{a:.3f}" for a in result[name]["top1"]))
     typer.echo(f"heads written to {out} (see {out}/README.md)")

@@ -44,6 +44,7 @@ class TrainConfig:
     num_heads: int = 4
     num_layers: int = 1
     shared_lm_head: bool = True
+    root_conditioned: bool = False  # heads also read the root token's embedding (medusa_runtime/heads.py)
     tokens: int = 320_000  # response tokens of self-distillation data to generate / use
     epochs: int = 3
     lr: float = 1e-3
@@ -53,14 +54,26 @@ class TrainConfig:
     max_prompt_tokens: int = 128  # longer prompts are skipped: prompt tokens cost generation time, not data
     prompts: int = 12000  # training prompts considered (first N of a fixed shuffle)
     gen_batch_size: int = 128  # prompts answered together (128 measured fastest on a 2-core CPU)
+    gen_dtype: str = ""  # dtype of the model that writes the answers ("": the training model's own). Another
+    # dtype (bfloat16: ~1.7x faster on a CPU with AVX512-BF16) only writes the text; targets are then the
+    # training model's own argmax at each position, so heads still learn exactly what verification accepts
     eval_fraction: float = 0.05
     seed: int = 0
+    draft_vocab: int = 4096  # guesses come from the N most frequent answer tokens (0: whole vocabulary); with a
+    # shared lm_head the training softmax then runs over exactly those tokens, the competition the runtime holds
+    save_dtype: str = "float16"  # weights are rounded to this before evaluation and stored in it (float32: as trained)
 
     def validate(self) -> None:
         if self.num_heads < 1:
             raise TrainError(f"--num-heads {self.num_heads}: need at least 1 head")
         if self.num_layers < 0:
             raise TrainError(f"--num-layers {self.num_layers}: cannot be negative")
+        if self.draft_vocab < 0:
+            raise TrainError(f"--draft-vocab {self.draft_vocab}: must be >= 0 (0: guess from the whole vocabulary)")
+        if self.save_dtype not in ("float32", "bfloat16", "float16"):
+            raise TrainError(f"--save-dtype {self.save_dtype!r}: use float32, bfloat16 or float16")
+        if self.gen_dtype not in ("", "float32", "bfloat16", "float16"):
+            raise TrainError(f"--gen-dtype {self.gen_dtype!r}: use float32, bfloat16 or float16 (or leave it empty)")
         if min(self.epochs, self.batch_size, self.tokens, self.gen_batch_size, self.max_new_tokens) < 1:
             raise TrainError("--epochs, --batch-size, --gen-batch-size, --max-new-tokens and --tokens must be positive")
 
@@ -70,6 +83,7 @@ class Features:
     hidden: torch.Tensor  # [M, H] final hidden states (model dtype)
     targets: torch.Tensor  # [M, K] token ids, -1 where the sequence has no token k+1 steps ahead
     sequence: torch.Tensor  # [M] index of the trajectory each position comes from
+    roots: torch.Tensor  # [M] the base model's own next token at each position (what the runtime's root is)
 
 
 # --------------------------------------------------------------------------- data
@@ -106,6 +120,21 @@ def read_training_rows(data: str) -> tuple[list[str], list[str], str]:
     return prompts, texts, f"{path}: {len(prompts)} prompts, {len(texts)} texts"
 
 
+def generation_model(loaded, cfg: TrainConfig):
+    """The model that writes the answers: ``loaded`` itself, or a copy in ``cfg.gen_dtype``."""
+    if not cfg.gen_dtype or getattr(torch, cfg.gen_dtype) == loaded.dtype:
+        return loaded
+    from medusa_runtime.models import load_model
+
+    return load_model(loaded.name, str(loaded.device), cfg.gen_dtype)
+
+
+def answer_target_mode(loaded, cfg: TrainConfig) -> str:
+    """How ``compute_features`` reads targets from generated answers: "tokens" when the training model wrote
+    them itself, "greedy_path" when another dtype did (see ``compute_features``)."""
+    return "tokens" if not cfg.gen_dtype or getattr(torch, cfg.gen_dtype) == loaded.dtype else "greedy_path"
+
+
 def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: TrainConfig, out: Path) -> list[Trajectory]:
     trajectories = []
     if prompts:
@@ -118,7 +147,7 @@ def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: Trai
         random.Random(cfg.seed).shuffle(order)
         ids = [render_chat(loaded.tokenizer, p) for p in order[: cfg.prompts]]
         ids = [x for x in ids if len(x) <= cfg.max_prompt_tokens]
-        trajectories += generate_trajectories(loaded, ids, out / "trajectories.jsonl", cfg.max_new_tokens,
+        trajectories += generate_trajectories(generation_model(loaded, cfg), ids, out / "trajectories.jsonl", cfg.max_new_tokens,
                                               batch_size=cfg.gen_batch_size, token_budget=cfg.tokens)
     for text in texts:
         ids = loaded.tokenizer(text)["input_ids"][: cfg.max_prompt_tokens + cfg.max_new_tokens]
@@ -127,40 +156,60 @@ def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: Trai
     return trajectories
 
 
+TARGET_MODES = ("tokens", "argmax", "greedy_path")
+
+
 @torch.no_grad()  # not inference_mode: the features feed autograd later
 def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cache_dir: Path,
-                     use_sequence_targets: list[bool] | None = None, chunk: int = 64) -> Features:
-    """Hidden states and head targets for every position from the last prompt token on.
+                     target_modes: list[str] | None = None, chunk: int = 64) -> Features:
+    """Hidden states, roots and head targets for every position from the last prompt token on.
 
+    ``target_modes[i]`` says where trajectory i's targets come from (default "tokens"):
+      - "tokens": the answer is the model's own greedy output, so the token at t+1 is its prediction at t;
+      - "argmax": raw text; targets are the model's argmax at each position (off its greedy path);
+      - "greedy_path": an answer written by the same model in another dtype; targets are the model's argmax,
+        and head k's target at t is dropped (-1) unless the text from t+1 to t+k is what the model would have
+        said, because verification only ever sees the model's own greedy path.
     Cached per chunk of ``chunk`` trajectories under ``cache_dir`` (resumable)."""
+    for mode in set(target_modes or ()):
+        if mode not in TARGET_MODES:
+            raise ValueError(f"target mode {mode!r}: use one of {TARGET_MODES}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     base, lm_head = loaded.model.base_model, loaded.model.get_output_embeddings()
     parts = []
     for c, start in enumerate(tqdm(range(0, len(trajectories), chunk), desc="features: base hidden states")):
-        path = cache_dir / f"features_{c:05d}_{num_heads}.pt"
+        path = cache_dir / f"features_{c:05d}_{num_heads}_roots.pt"
         if path.exists():
             parts.append(torch.load(path, weights_only=True))
             continue
-        hid, tgt, seq = [], [], []
+        hid, tgt, seq, rts = [], [], [], []
         for j, traj in enumerate(trajectories[start : start + chunk]):
+            mode = target_modes[start + j] if target_modes is not None else "tokens"
             ids = traj.prompt_ids + traj.response_ids
             tokens = torch.tensor([ids], device=loaded.device)
             h = base(input_ids=tokens).last_hidden_state[0]  # [T, H]
-            if use_sequence_targets is None or use_sequence_targets[start + j]:
+            if mode == "tokens":
                 nxt = tokens[0, 1:]  # greedy answers: the token there is the base model's prediction
-                nxt = torch.cat([nxt, nxt.new_full((1,), -1)])
+                nxt = torch.cat([nxt, nxt.new_full((1,), -1)])  # [T]
             else:
-                nxt = lm_head(h).argmax(-1)  # raw text: the base model's own prediction at each position
+                nxt = lm_head(h).argmax(-1)  # [T]: the base model's own prediction at each position
+            on_path = torch.ones(len(ids), dtype=torch.bool)  # [T]: text at t+1 is the model's prediction at t
+            if mode == "greedy_path":
+                on_path[:-1] = (tokens[0, 1:] == nxt[:-1]).cpu()
+            nxt = nxt.cpu()
             first = len(traj.prompt_ids) - 1
             n = len(ids) - first
             targets = torch.full((n, num_heads), -1, dtype=torch.long)
+            still = on_path[first:].clone()  # [n]: the text from t+1 to t+k agrees with the model
             for k in range(1, num_heads + 1):  # head k (1-based) at t: prediction for token t+k+1 = nxt[t+k]
-                src = nxt[first + k :].cpu()
-                targets[: len(src), k - 1] = src
+                src = nxt[first + k :]
+                targets[: len(src), k - 1] = torch.where(still[: len(src)], src, -1)
+                still[: n - k] &= on_path[first + k :]
             hid.append(h[first:].cpu())
             tgt.append(targets)
             seq.append(torch.full((n,), start + j, dtype=torch.long))
-        part = {"hidden": torch.cat(hid), "targets": torch.cat(tgt), "sequence": torch.cat(seq)}
+            rts.append(nxt[first:].clamp(min=0))  # the root at t; -1 (past the end) has no targets anyway
+        part = {"hidden": torch.cat(hid), "targets": torch.cat(tgt), "sequence": torch.cat(seq), "roots": torch.cat(rts)}
         torch.save(part, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)  # a run killed mid-save leaves no half-written chunk behind
         parts.append(part)
@@ -168,6 +217,7 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
         hidden=torch.cat([p["hidden"] for p in parts]),
         targets=torch.cat([p["targets"] for p in parts]),
         sequence=torch.cat([p["sequence"] for p in parts]),
+        roots=torch.cat([p["roots"] for p in parts]),
     )
 
 
@@ -197,7 +247,7 @@ def token_coverage(tokens: list[int], trajectories: list[Trajectory]) -> float:
 
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, batch: int = 512) -> dict:
+def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, roots: torch.Tensor, batch: int = 512) -> dict:
     """Per-head top-1 / top-5 accuracy of the heads' guesses: {"top1": [...], "top5": [...], "positions": [...]}."""
     K = heads.num_heads
     hit1, hit5, count = torch.zeros(K), torch.zeros(K), torch.zeros(K)
@@ -205,7 +255,7 @@ def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tenso
     for s in range(0, len(hidden), batch):
         h = hidden[s : s + batch].to(param.device, param.dtype)
         t = targets[s : s + batch].to(param.device)
-        top5 = heads.candidates(h, 5)  # [B, K, 5] (restricted to the draft vocabulary when one is set)
+        top5 = heads.candidates(h, 5, root=roots[s : s + batch].to(param.device))  # [B, K, 5] (draft vocabulary when one is set)
         valid = t >= 0
         hit1 += ((top5[..., 0] == t) & valid).sum(0).cpu()
         hit5 += ((top5 == t[..., None]).any(-1) & valid).sum(0).cpu()
@@ -225,11 +275,21 @@ def _split(features: Features, fraction: float, seed: int) -> tuple[torch.Tensor
     return (~is_held).nonzero().squeeze(1), is_held.nonzero().squeeze(1)
 
 
+def _held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
+    return features.hidden[held_idx], features.targets[held_idx], features.roots[held_idx]
+
+
 def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_path: Path,
-                lm_weight: torch.Tensor, progress: bool = True) -> dict:
-    """Train ``heads`` in place; checkpoints to ``state_path`` every few hundred steps and resumes from it."""
+                lm_weight: torch.Tensor, progress: bool = True, softmax_vocab: torch.Tensor | None = None) -> dict:
+    """Train ``heads`` in place; checkpoints to ``state_path`` every few hundred steps and resumes from it.
+
+    ``softmax_vocab``: the tokens the heads will guess from (a draft vocabulary). With a shared lm_head the
+    softmax then runs over exactly those, and targets outside them are skipped (never guessable). Without it,
+    the softmax runs over the tokens that occur as targets plus mined hard negatives."""
     train_idx, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
-    vocab = features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
+    fixed = softmax_vocab is not None and heads.config.shared_lm_head
+    vocab = softmax_vocab.unique() if fixed else features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
 
     def restricted(vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         remap = torch.full((lm_weight.shape[0],), -1, dtype=torch.long)
@@ -239,14 +299,14 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     def mine(vocab: torch.Tensor, step: int) -> torch.Tensor:
         """Hard negatives: tokens outside the softmax that the heads now rank in their full-vocabulary top-k
         (a restricted softmax never pushes those down, yet at decoding time they compete)."""
-        if not heads.config.shared_lm_head:
+        if not heads.config.shared_lm_head or fixed:
             return vocab
         g = torch.Generator().manual_seed(cfg.seed + 7919 * step)
         sample = train_idx[torch.randperm(len(train_idx), generator=g)[:MINE_POSITIONS]]
         found = [vocab]
         with torch.no_grad():
             for chunk in sample.split(256):  # [256, K, V] logits at a time
-                logits = F.linear(heads.hidden(features.hidden[chunk].float()), lm_weight.detach().float())
+                logits = F.linear(heads.hidden(features.hidden[chunk].float(), root=features.roots[chunk]), lm_weight.detach().float())
                 found.append(logits.topk(MINE_TOPK, dim=-1).indices.flatten())
         return torch.unique(torch.cat(found))
 
@@ -262,7 +322,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         state = torch.load(state_path, weights_only=True)
         if state["config"] != asdict(cfg):
             raise TrainError(f"{state_path}: a checkpoint of a different configuration; pass --overwrite to start over")
-        heads.heads.load_state_dict(state["heads"])
+        heads.load_checkpoint_state(state["heads"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
@@ -281,11 +341,13 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         idx = perm[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
         h = features.hidden[idx].float()  # [B, H]
         t = features.targets[idx]  # [B, K]
+        root = features.roots[idx]  # [B]
         if heads.config.shared_lm_head:
-            logits = F.linear(heads.hidden(h), sub_weight)  # [B, K, V']
-            target = torch.where(t >= 0, remap[t.clamp(min=0)], -100)
+            logits = F.linear(heads.hidden(h, root=root), sub_weight)  # [B, K, V']
+            column = remap[t.clamp(min=0)]  # -1: a token outside the softmax (only with a fixed vocabulary)
+            target = torch.where((t >= 0) & (column >= 0), column, -100)
         else:
-            logits = heads(h)
+            logits = heads(h, root=root)
             target = torch.where(t >= 0, t, -100)
         losses = torch.stack([F.cross_entropy(logits[:, k], target[:, k], ignore_index=-100) for k in range(cfg.num_heads)])
         loss = (losses.nan_to_num(0.0) * weights).sum()
@@ -301,14 +363,14 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         bar.set_postfix(loss=f"{loss.item():.3f}", top1="/".join(f"{a:.2f}" for a in running))
         if step % CHECKPOINT_EVERY == 0 or step == total:
             tmp = state_path.with_suffix(".tmp")
-            torch.save({"config": asdict(cfg), "step": step, "heads": heads.heads.state_dict(), "vocab": vocab,
+            torch.save({"config": asdict(cfg), "step": step, "heads": heads.checkpoint_state(), "vocab": vocab,
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
             tmp.replace(state_path)
     bar.close()
     heads.eval()
-    return {"held_out": head_accuracy(heads, features.hidden[held_idx], features.targets[held_idx]),
+    return {"held_out": head_accuracy(heads, *_held_out(features, cfg)),
             "train_positions": len(train_idx), "held_out_positions": len(held_idx), "softmax_vocab": len(vocab),
-            "steps": total}
+            "softmax": "draft" if fixed else "targets+negatives", "steps": total}
 
 
 def check_output_folder(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
@@ -334,16 +396,29 @@ def write_readme(out: Path, command: str, data_desc: str, cfg: TrainConfig, resu
             rows.append(f"| {k + 1} | token t+{k + 2} | {a1:.3f} | {a5:.3f} | {n} |")
         return "\n".join(rows)
 
-    text = f"""# Medusa heads ({cfg.num_heads} heads x {cfg.num_layers} ResBlock, {'shared base lm_head (v2)' if cfg.shared_lm_head else 'own lm_head (v1)'})
+    kind = "shared base lm_head (v2)" if cfg.shared_lm_head else "own lm_head (v1)"
+    if cfg.root_conditioned:
+        kind += ", root-conditioned (treeopt extension: each head also reads the root token's embedding)"
+    if result["softmax"] == "draft":
+        softmax = (f"softmax during training over the {result['softmax_vocab']} tokens of the draft vocabulary, the tokens the "
+                   f"runtime guesses from (targets outside it are never guessable and are skipped)")
+    else:
+        softmax = (f"softmax during training over {result['softmax_vocab']} tokens: those that occur as targets plus hard "
+                   f"negatives (tokens the heads rank in their full-vocabulary top-{MINE_TOPK} on {MINE_POSITIONS} sampled "
+                   f"positions, every {MINE_EVERY} steps)")
+    guesses = f"weights as stored ({cfg.save_dtype})" + (", guesses from the draft vocabulary" if draft else ", guesses from the whole vocabulary")
+    text = f"""# Medusa heads ({cfg.num_heads} heads x {cfg.num_layers} ResBlock, {kind})
 
 Trained by `treeopt train-heads` (Medusa-1: base frozen, self-distillation on the base model's own greedy answers).
 
 - command: `{command}`
 - data: {data_desc}
 - positions: {result['train_positions']} training, {result['held_out_positions']} held out; tokens seen: {tokens_seen}
-- softmax during training over {result['softmax_vocab']} tokens: those that occur as targets plus hard negatives (tokens the heads rank in their full-vocabulary top-{MINE_TOPK} on {MINE_POSITIONS} sampled positions, every {MINE_EVERY} steps); accuracies below use the full vocabulary
+- {softmax}
 - wall time: {wall_s / 60:.1f} min on {device}
 - config: {json.dumps(asdict(cfg))}
+
+Accuracies below are the runtime's own guesses: {guesses}.
 
 ## Held-out accuracy (ShareGPT answers of the base model)
 {table(result['held_out'])}
@@ -353,19 +428,16 @@ Trained by `treeopt train-heads` (Medusa-1: base frozen, self-distillation on th
     if draft:
         text += (f"\n## Draft vocabulary (`draft_vocab.json`, what the runtime guesses from)\n"
                  f"The {draft['size']} most frequent tokens of the training answers ({draft['coverage_of_training_answers']:.3f} "
-                 f"of their tokens" + (f"; {draft['mtbench_coverage']:.3f} of the MT-Bench answers' tokens" if draft["accuracy"] else "")
+                 f"of their tokens" + (f"; {draft['mtbench_coverage']:.3f} of the MT-Bench answers' tokens" if draft.get("mtbench_coverage") else "")
                  + f"). The heads' lm_head product then covers {draft['size']} of {draft['vocab_size']} rows.\n")
-        if draft.get("accuracy"):
-            text += f"\nMT-Bench accuracy with guesses restricted to it:\n{table(draft['accuracy'])}\n"
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
 def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: bool = False, command: str = "",
-                    mtbench_select: str | None = "0:80", progress: bool = True, draft_vocab: int = 4096) -> dict:
-    """The whole pipeline; ``draft_vocab``: size of the draft vocabulary written with the heads (0: none)."""
+                    mtbench_select: str | None = "0:80", progress: bool = True) -> dict:
+    """The whole pipeline: data, features, training, evaluation, the checkpoint and its README."""
     cfg.validate()
-    if draft_vocab < 0:
-        raise TrainError(f"--draft-vocab {draft_vocab}: must be >= 0 (0: guess from the whole vocabulary)")
+    draft_vocab = cfg.draft_vocab
     check_output_folder(out, cfg, overwrite)
     if overwrite and (out / ".work" / "train_state.pt").exists():
         (out / ".work" / "train_state.pt").unlink()
@@ -375,19 +447,36 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     prompts, texts, desc = read_training_rows(data)
     trajectories = prepare_trajectories(loaded, prompts, texts, cfg, work)
     n_generated = len(trajectories) - len(texts)
-    sequence_targets = [True] * n_generated + [False] * len(texts)
-    features = compute_features(loaded, trajectories, cfg.num_heads, work / "features", sequence_targets)
+    if n_generated:
+        written = cfg.gen_dtype or str(loaded.dtype).replace("torch.", "")
+        desc += (f"; {n_generated} greedy answers of the base model ({sum(len(t.response_ids) for t in trajectories[:n_generated])} "
+                 f"tokens) written in {written}")
+        if answer_target_mode(loaded, cfg) == "greedy_path":
+            desc += (", targets recomputed by the training model itself, skipped where the answer leaves its greedy path")
+    modes = [answer_target_mode(loaded, cfg)] * n_generated + ["argmax"] * len(texts)
+    features = compute_features(loaded, trajectories, cfg.num_heads, work / "features", modes)
     lm_head = loaded.model.get_output_embeddings()
     hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, loaded.model.config.hidden_size, loaded.model.config.vocab_size,
-                       cfg.shared_lm_head, base_model=loaded.name)
+                       cfg.shared_lm_head, base_model=loaded.name, root_conditioned=cfg.root_conditioned)
     heads = MedusaHeads(hcfg)
     heads.init_from_base(lm_head)
+    heads.attach_base(loaded.model)
     heads.to(torch.float32)
-    result = train_heads(heads, features, cfg, work / "train_state.pt", lm_head.weight, progress)
-    mtbench, draft = None, None
     chosen = draft_vocab_from(trajectories, draft_vocab) if draft_vocab else None
     if draft_vocab and chosen is None:
         print(f"no draft vocabulary written: the answers hold fewer than {draft_vocab} distinct tokens")
+    result = train_heads(heads, features, cfg, work / "train_state.pt", lm_head.weight, progress,
+                         softmax_vocab=torch.tensor(chosen[0]) if chosen else None)
+    if cfg.save_dtype != "float32":  # evaluate exactly the weights that are written
+        with torch.no_grad():
+            for param in heads.parameters():
+                param.copy_(param.to(getattr(torch, cfg.save_dtype)))
+    if chosen:
+        heads.set_draft_vocab(*chosen)
+    result["held_out"] = head_accuracy(heads, *_held_out(features, cfg))  # as the runtime guesses
+    mtbench, draft = None, None
+    if chosen:
+        draft = {**chosen[1], "vocab_size": hcfg.vocab_size}
     if mtbench_select:
         from medusa_runtime.prompts import select_prompts
 
@@ -395,17 +484,12 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
         traj = generate_trajectories(loaded, ids, work / "mtbench_trajectories.jsonl", 128, batch_size=cfg.gen_batch_size)
         feats = compute_features(loaded, traj, cfg.num_heads, work / "features_mtbench")
         mtbench = {"description": f"MT-Bench --select {mtbench_select}, 128 new tokens, {len(feats.hidden)} positions",
-                   "accuracy": head_accuracy(heads, feats.hidden, feats.targets)}
-    if chosen:
-        heads.set_draft_vocab(*chosen)
-        draft = {**chosen[1], "vocab_size": hcfg.vocab_size, "accuracy": None}
-        if mtbench:
-            draft["accuracy"] = head_accuracy(heads, feats.hidden, feats.targets)
+                   "accuracy": head_accuracy(heads, feats.hidden, feats.targets, feats.roots)}
+        if draft:
             draft["mtbench_coverage"] = token_coverage(chosen[0], traj)
-    heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg), "draft_vocab": draft_vocab}})
+    heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg)}}, weight_dtype=getattr(torch, cfg.save_dtype))
     tokens_seen = result["steps"] * cfg.batch_size
     from medusa_runtime.bench import device_name
 
     write_readme(out, command, desc, cfg, result, mtbench, time.time() - started, device_name(loaded.device), tokens_seen, draft)
-    return {"held_out": result["held_out"], "mtbench": mtbench and mtbench["accuracy"],
-            "mtbench_draft_vocab": draft and draft["accuracy"], "out": str(out)}
+    return {"held_out": result["held_out"], "mtbench": mtbench and mtbench["accuracy"], "out": str(out)}
