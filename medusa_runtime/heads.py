@@ -16,8 +16,8 @@ tokens outside the set are lost.
 
 Root-conditioned heads (ours; ``"medusa_root_conditioned": true`` in config.json, keys ``root.{i}.weight``):
 head i reads h + R_i e(root) instead of h, where e is the base model's input embedding and root the token
-the base model itself predicts at the last accepted position (the tree's root, known before the heads
-run). Head 1 then guesses the token after a known token rather than after a distribution over it, as
+that follows the last accepted position (the tree's root, known before the heads run: the base model's
+argmax there under greedy decoding, the sampled token under typical acceptance; training uses the argmax). Head 1 then guesses the token after a known token rather than after a distribution over it, as
 Hydra's sequentially dependent heads do for their first draft token. R_i starts at zero, so a fresh head
 is a Medusa head. Upstream loaders do not read these checkpoints; plain v1/v2 heads load as before.
 """
@@ -326,6 +326,10 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if config_file.exists():
         declared = json.loads(config_file.read_text(encoding="utf-8"))
         config.base_model = declared.get("base_model_name_or_path", "") or ""
+        if bool(declared.get("medusa_root_conditioned", False)) != config.root_conditioned:
+            raise HeadsFormatError(f"{config_file}: 'medusa_root_conditioned' is {declared.get('medusa_root_conditioned', False)} "
+                                   f"but {path.name} {'has' if config.root_conditioned else 'has no'} 'root.{{i}}.weight' keys; "
+                                   f"the two files are from different heads")
     if base_model is not None:
         base_hidden = base_model.config.hidden_size
         if config.hidden_size != base_hidden:

@@ -41,6 +41,11 @@ def test_root_conditioned_round_trip_and_errors(tmp_path, model, shared):
         assert not torch.allclose(loaded(h, root=root), loaded(h, root=root.flip(0)))  # the root matters
         with pytest.raises(ValueError, match="need the root token"):
             loaded(h)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "medusa_root_conditioned": False}))
+    with pytest.raises(HeadsFormatError, match="medusa_root_conditioned"):
+        load_heads(tmp_path, model)
+    (tmp_path / "config.json").write_text(json.dumps(config))
     state = load_file(tmp_path / "medusa_lm_head.safetensors")
     del state["root.2.weight"]
     save_file(state, tmp_path / "medusa_lm_head.safetensors")

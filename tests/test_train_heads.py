@@ -206,3 +206,13 @@ def test_root_conditioned_heads_train_and_load_strictly(data, tmp_path):
     h, root = features.hidden[:5], features.roots[:5]
     with torch.inference_mode():
         assert torch.allclose(loaded(h, root=root), heads(h, root=root), atol=1e-5)
+
+
+def test_nothing_after_eos_is_a_target(tmp_path):
+    model = tiny_model("llama", seed=5)
+    loaded = loaded_tiny(model, eos=(1,))
+    answer = hf_greedy(model, [4, 7, 9], 8, []) + [1]  # ends in EOS (token 1)
+    with_eos = compute_features(loaded, [Trajectory([4, 7, 9], answer)], 3, tmp_path / "a", ["argmax"])
+    without = compute_features(loaded, [Trajectory([4, 7, 9], answer[:-1] + [5])], 3, tmp_path / "b", ["argmax"])
+    for k in range(3):  # head k at t = len - k - 1 would guess the token after EOS
+        assert with_eos.targets[len(answer) - k - 1, k] == -1 and without.targets[len(answer) - k - 1, k] >= 0

@@ -83,7 +83,7 @@ class Features:
     hidden: torch.Tensor  # [M, H] final hidden states (model dtype)
     targets: torch.Tensor  # [M, K] token ids, -1 where the sequence has no token k+1 steps ahead
     sequence: torch.Tensor  # [M] index of the trajectory each position comes from
-    roots: torch.Tensor  # [M] the base model's own next token at each position (what the runtime's root is)
+    roots: torch.Tensor  # [M] the base model's own next token at each position (what the runtime's root is; 0 past the end)
 
 
 # --------------------------------------------------------------------------- data
@@ -176,9 +176,11 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
             raise ValueError(f"target mode {mode!r}: use one of {TARGET_MODES}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     base, lm_head = loaded.model.base_model, loaded.model.get_output_embeddings()
+    eos = set(loaded.eos_token_ids)
     parts = []
     for c, start in enumerate(tqdm(range(0, len(trajectories), chunk), desc="features: base hidden states")):
-        path = cache_dir / f"features_{c:05d}_{num_heads}_roots.pt"
+        modes = sorted(set(target_modes[start : start + chunk])) if target_modes is not None else ["tokens"]
+        path = cache_dir / f"features_{c:05d}_{num_heads}_{'+'.join(modes)}.pt"  # a cache from other target modes is not reused
         if path.exists():
             parts.append(torch.load(path, weights_only=True))
             continue
@@ -193,6 +195,8 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
                 nxt = torch.cat([nxt, nxt.new_full((1,), -1)])  # [T]
             else:
                 nxt = lm_head(h).argmax(-1)  # [T]: the base model's own prediction at each position
+                if ids[-1] in eos:
+                    nxt[-1] = -1  # decoding stops at EOS: nothing after it is ever guessed
             on_path = torch.ones(len(ids), dtype=torch.bool)  # [T]: text at t+1 is the model's prediction at t
             if mode == "greedy_path":
                 on_path[:-1] = (tokens[0, 1:] == nxt[:-1]).cpu()
@@ -287,6 +291,9 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     ``softmax_vocab``: the tokens the heads will guess from (a draft vocabulary). With a shared lm_head the
     softmax then runs over exactly those, and targets outside them are skipped (never guessable). Without it,
     the softmax runs over the tokens that occur as targets plus mined hard negatives."""
+    if heads.config.root_conditioned != cfg.root_conditioned or heads.num_heads != cfg.num_heads:
+        raise TrainError(f"heads ({heads.num_heads}, root-conditioned: {heads.config.root_conditioned}) do not match the training "
+                         f"config ({cfg.num_heads}, root-conditioned: {cfg.root_conditioned})")
     train_idx, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
     fixed = softmax_vocab is not None and heads.config.shared_lm_head
     vocab = softmax_vocab.unique() if fixed else features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
@@ -453,7 +460,10 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
                  f"tokens) written in {written}")
         if answer_target_mode(loaded, cfg) == "greedy_path":
             desc += (", targets recomputed by the training model itself, skipped where the answer leaves its greedy path")
-    modes = [answer_target_mode(loaded, cfg)] * n_generated + ["argmax"] * len(texts)
+    # raw text: plain heads learn from every position; root-conditioned heads only where the text follows the
+    # model's own argmax, or the root they read and the token their target follows would differ
+    text_mode = "greedy_path" if cfg.root_conditioned else "argmax"
+    modes = [answer_target_mode(loaded, cfg)] * n_generated + [text_mode] * len(texts)
     features = compute_features(loaded, trajectories, cfg.num_heads, work / "features", modes)
     lm_head = loaded.model.get_output_embeddings()
     hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, loaded.model.config.hidden_size, loaded.model.config.vocab_size,
