@@ -17,7 +17,8 @@ tokens outside the set are lost.
 Root-conditioned heads (ours; ``"medusa_root_conditioned": true`` in config.json, keys ``root.{i}.weight``):
 head i reads h + R_i e(root) instead of h, where e is the base model's input embedding and root the token
 that follows the last accepted position (the tree's root, known before the heads run: the base model's
-argmax there under greedy decoding, the sampled token under typical acceptance; training uses the argmax). Head 1 then guesses the token after a known token rather than after a distribution over it, as
+argmax there under greedy decoding, the sampled token under typical acceptance; training uses the
+argmax). Head 1 then guesses the token after a known token rather than after a distribution over it, as
 Hydra's sequentially dependent heads do for their first draft token. R_i starts at zero, so a fresh head
 is a Medusa head. Upstream loaders do not read these checkpoints; plain v1/v2 heads load as before.
 """
@@ -159,11 +160,6 @@ class MedusaHeads(nn.Module):
         e = embedding(root).to(h.dtype)  # [..., H]
         return [h + proj(e) for proj in self.root_proj[:count]]
 
-    def _body(self, k: int) -> nn.Module:
-        """Head k up to its lm_head: the whole head (v2), or all but its own lm_head (v1)."""
-        head = self.heads[k]
-        return head if self.config.shared_lm_head else head[:-1]
-
     def hidden(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
         """Per-head features before the lm_head. h: [..., H] (root: [...]) -> [..., K, H] (shared lm_head only)."""
         return torch.stack([self.heads[k](x) for k, x in enumerate(self._inputs(h, root, num_heads))], dim=-2)
@@ -194,7 +190,7 @@ class MedusaHeads(nn.Module):
             logits = self._draft_head(lm_head.weight)(self.hidden(h, num_heads, root))  # [..., K, V']
         else:
             inputs = self._inputs(h, root, num_heads)
-            logits = torch.stack([self._draft_head(self.heads[k][-1].weight)(self._body(k)(x)) for k, x in enumerate(inputs)], dim=-2)
+            logits = torch.stack([self._draft_head(self.heads[k][-1].weight)(self.heads[k][:-1](x)) for k, x in enumerate(inputs)], dim=-2)
         return self.draft_vocab[logits.topk(topk, dim=-1).indices]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
@@ -208,9 +204,9 @@ class MedusaHeads(nn.Module):
         """Inverse of ``checkpoint_state`` (strict)."""
         root = {k[len("root."):]: v for k, v in state.items() if k.startswith("root.")}
         self.heads.load_state_dict({k: v for k, v in state.items() if not k.startswith("root.")}, strict=True)
-        if self.root_proj is not None or root:
-            if self.root_proj is None:
-                raise KeyError(f"unexpected root keys {sorted(root)[:3]} for heads that are not root-conditioned")
+        if root and self.root_proj is None:
+            raise KeyError(f"unexpected root keys {sorted(root)[:3]} for heads that are not root-conditioned")
+        if self.root_proj is not None:
             self.root_proj.load_state_dict(root, strict=True)
 
     def save(self, folder: str | Path, extra_config: dict | None = None, weight_dtype: torch.dtype | None = None) -> None:

@@ -22,8 +22,7 @@ import torch
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
 from medusa_runtime.models import load_model
 from treeopt.distill import read_trajectories
-from treeopt.train_heads import (TrainConfig, _held_out, compute_features, draft_vocab_from, head_accuracy,
-                                 train_heads)
+from treeopt.train_heads import TrainConfig, compute_features, draft_vocab_from, head_accuracy, held_out, train_heads
 
 
 def main() -> None:
@@ -58,7 +57,7 @@ def main() -> None:
             result = train_heads(heads, features, cfg, Path(tmp) / "state.pt", lm_head.weight,
                                  softmax_vocab=torch.tensor(draft[0]))
         heads.set_draft_vocab(*draft)
-        acc = head_accuracy(heads, *_held_out(features, cfg))
+        acc = head_accuracy(heads, *held_out(features, cfg))
         rows[kind] = {"top1": [round(a, 3) for a in acc["top1"]], "top5": [round(a, 3) for a in acc["top5"]],
                       "steps": result["steps"], "train_s": round(time.time() - started, 1)}
     print(f"{n} answers, {len(features.hidden)} positions, {args.epochs} epochs; held-out accuracy per head")

@@ -30,6 +30,7 @@ from medusa_runtime.spec import TreeSpec
 from . import __version__
 from .tuning import LATENCY_FORMAT, PROFILE_SIZES
 
+
 def synthetic_tree(nodes: int, depth: int, width: int = 10) -> TreeSpec:
     """A plausible tree of ``nodes`` tokens: paths ordered by rank sum + depth (prefix-closed)."""
     candidates = [p for d in range(1, depth + 1) for p in itertools.product(range(width), repeat=d)]

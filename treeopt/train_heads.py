@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
+from medusa_runtime.models import DTYPES, resolve_dtype
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
 
 from .distill import Trajectory, generate_trajectories
@@ -70,10 +71,10 @@ class TrainConfig:
             raise TrainError(f"--num-layers {self.num_layers}: cannot be negative")
         if self.draft_vocab < 0:
             raise TrainError(f"--draft-vocab {self.draft_vocab}: must be >= 0 (0: guess from the whole vocabulary)")
-        if self.save_dtype not in ("float32", "bfloat16", "float16"):
-            raise TrainError(f"--save-dtype {self.save_dtype!r}: use float32, bfloat16 or float16")
-        if self.gen_dtype not in ("", "float32", "bfloat16", "float16"):
-            raise TrainError(f"--gen-dtype {self.gen_dtype!r}: use float32, bfloat16 or float16 (or leave it empty)")
+        if self.save_dtype not in DTYPES:
+            raise TrainError(f"--save-dtype {self.save_dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.gen_dtype and self.gen_dtype not in DTYPES:
+            raise TrainError(f"--gen-dtype {self.gen_dtype!r}: use one of {', '.join(DTYPES)} (or leave it empty)")
         if min(self.epochs, self.batch_size, self.tokens, self.gen_batch_size, self.max_new_tokens) < 1:
             raise TrainError("--epochs, --batch-size, --gen-batch-size, --max-new-tokens and --tokens must be positive")
 
@@ -120,9 +121,14 @@ def read_training_rows(data: str) -> tuple[list[str], list[str], str]:
     return prompts, texts, f"{path}: {len(prompts)} prompts, {len(texts)} texts"
 
 
+def answers_in_own_dtype(loaded, cfg: TrainConfig) -> bool:
+    """True when the training model itself writes the answers (no ``--gen-dtype``, or its own dtype)."""
+    return not cfg.gen_dtype or resolve_dtype(cfg.gen_dtype) == loaded.dtype
+
+
 def generation_model(loaded, cfg: TrainConfig):
     """The model that writes the answers: ``loaded`` itself, or a copy in ``cfg.gen_dtype``."""
-    if not cfg.gen_dtype or getattr(torch, cfg.gen_dtype) == loaded.dtype:
+    if answers_in_own_dtype(loaded, cfg):
         return loaded
     from medusa_runtime.models import load_model
 
@@ -132,7 +138,7 @@ def generation_model(loaded, cfg: TrainConfig):
 def answer_target_mode(loaded, cfg: TrainConfig) -> str:
     """How ``compute_features`` reads targets from generated answers: "tokens" when the training model wrote
     them itself, "greedy_path" when another dtype did (see ``compute_features``)."""
-    return "tokens" if not cfg.gen_dtype or getattr(torch, cfg.gen_dtype) == loaded.dtype else "greedy_path"
+    return "tokens" if answers_in_own_dtype(loaded, cfg) else "greedy_path"
 
 
 def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: TrainConfig, out: Path) -> list[Trajectory]:
@@ -279,7 +285,8 @@ def _split(features: Features, fraction: float, seed: int) -> tuple[torch.Tensor
     return (~is_held).nonzero().squeeze(1), is_held.nonzero().squeeze(1)
 
 
-def _held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden, targets, roots) of the held-out answers: what ``head_accuracy`` takes."""
     _, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
     return features.hidden[held_idx], features.targets[held_idx], features.roots[held_idx]
 
@@ -287,6 +294,7 @@ def _held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch
 def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_path: Path,
                 lm_weight: torch.Tensor, progress: bool = True, softmax_vocab: torch.Tensor | None = None) -> dict:
     """Train ``heads`` in place; checkpoints to ``state_path`` every few hundred steps and resumes from it.
+    Returns the run's sizes (positions, softmax, steps); accuracy is the caller's (``head_accuracy``).
 
     ``softmax_vocab``: the tokens the heads will guess from (a draft vocabulary). With a shared lm_head the
     softmax then runs over exactly those, and targets outside them are skipped (never guessable). Without it,
@@ -375,8 +383,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
             tmp.replace(state_path)
     bar.close()
     heads.eval()
-    return {"held_out": head_accuracy(heads, *_held_out(features, cfg)),
-            "train_positions": len(train_idx), "held_out_positions": len(held_idx), "softmax_vocab": len(vocab),
+    return {"train_positions": len(train_idx), "held_out_positions": len(held_idx), "softmax_vocab": len(vocab),
             "softmax": "draft" if fixed else "targets+negatives", "steps": total}
 
 
@@ -480,10 +487,10 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     if cfg.save_dtype != "float32":  # evaluate exactly the weights that are written
         with torch.no_grad():
             for param in heads.parameters():
-                param.copy_(param.to(getattr(torch, cfg.save_dtype)))
+                param.copy_(param.to(resolve_dtype(cfg.save_dtype)))
     if chosen:
         heads.set_draft_vocab(*chosen)
-    result["held_out"] = head_accuracy(heads, *_held_out(features, cfg))  # as the runtime guesses
+    result["held_out"] = head_accuracy(heads, *held_out(features, cfg))  # as the runtime guesses: stored weights, draft vocabulary
     mtbench, draft = None, None
     if chosen:
         draft = {**chosen[1], "vocab_size": hcfg.vocab_size}
@@ -497,7 +504,7 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
                    "accuracy": head_accuracy(heads, feats.hidden, feats.targets, feats.roots)}
         if draft:
             draft["mtbench_coverage"] = token_coverage(chosen[0], traj)
-    heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg)}}, weight_dtype=getattr(torch, cfg.save_dtype))
+    heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg)}}, weight_dtype=resolve_dtype(cfg.save_dtype))
     tokens_seen = result["steps"] * cfg.batch_size
     from medusa_runtime.bench import device_name
 
