@@ -190,6 +190,18 @@ def test_answers_off_the_greedy_path_keep_only_on_path_targets(tmp_path):
                 assert features.targets[t, k] == answer[t + k + 1], (t, k)
 
 
+def test_answers_shorter_than_the_heads_reach(tmp_path):
+    """A one- or two-token answer (an early EOS) under 4 heads: every target past the answer is -1."""
+    model = tiny_model("llama", seed=5)
+    prompt = [4, 7, 9]
+    g = hf_greedy(model, prompt, 3, [])
+    trajs = [Trajectory(prompt, g[:1]), Trajectory(prompt, g[:2])]
+    features = compute_features(loaded_tiny(model, eos=()), trajs, 4, tmp_path, ["greedy_path"] * 2)
+    # targets are the model's argmax wherever it has read the text, so one token past the answer is known
+    assert features.targets.tolist() == [[g[1], -1, -1, -1], [-1] * 4,
+                                         [g[1], g[2], -1, -1], [g[2], -1, -1, -1], [-1] * 4]
+
+
 def test_root_conditioned_heads_train_and_load_strictly(data, tmp_path):
     model, features = data
     heads = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, VOCAB, True, root_conditioned=True))

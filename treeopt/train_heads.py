@@ -214,7 +214,8 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
             for k in range(1, num_heads + 1):  # head k (1-based) at t: prediction for token t+k+1 = nxt[t+k]
                 src = nxt[first + k :]
                 targets[: len(src), k - 1] = torch.where(still[: len(src)], src, -1)
-                still[: n - k] &= on_path[first + k :]
+                if k < n:  # an answer shorter than the heads' reach has no window left to check
+                    still[: n - k] &= on_path[first + k :]
             hid.append(h[first:].cpu())
             tgt.append(targets)
             seq.append(torch.full((n,), start + j, dtype=torch.long))
