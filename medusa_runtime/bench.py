@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .decoding import MedusaDecoder, SamplingConfig
+from .models import dtype_name
 from .spec import TreeSpec
 
 
@@ -163,7 +164,7 @@ def run_bench(
         prompts=len(runs),
         nodes=tree.nodes,
         device=device_name(loaded.device),
-        dtype=str(loaded.dtype).replace("torch.", ""),
+        dtype=dtype_name(loaded.dtype),
         max_new_tokens=max_new_tokens,
         oracle=oracle,
         temperature=sampling.temperature,

@@ -148,8 +148,8 @@ class MedusaHeads(nn.Module):
                     head[-1].weight.copy_(lm_head.weight)
 
     def _inputs(self, h: torch.Tensor, root: torch.Tensor | None, num_heads: int | None) -> list[torch.Tensor]:
-        """What each head reads: h [..., H], root [...] token ids -> K tensors [..., H]."""
-        count = len(self.heads[:num_heads])
+        """What each of the first ``num_heads`` heads reads: h [..., H], root [...] token ids -> tensors [..., H]."""
+        count = len(self.heads) if num_heads is None else min(num_heads, len(self.heads))
         if self.root_proj is None:
             return [h] * count
         if root is None:
@@ -158,20 +158,23 @@ class MedusaHeads(nn.Module):
         if embedding is None:
             raise RuntimeError("root-conditioned heads need the base input embedding: call attach_base(model)")
         e = embedding(root).to(h.dtype)  # [..., H]
-        return [h + proj(e) for proj in self.root_proj[:count]]
+        return [h + proj(e) for proj, _ in zip(self.root_proj, range(count))]
+
+    def _shared_lm_head(self) -> nn.Module:
+        lm_head = self._base_lm_head[0]
+        if lm_head is None:
+            raise RuntimeError("v2 heads need the base lm_head: call attach_base(model)")
+        return lm_head
 
     def hidden(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-head features before the lm_head. h: [..., H] (root: [...]) -> [..., K, H] (shared lm_head only)."""
-        return torch.stack([self.heads[k](x) for k, x in enumerate(self._inputs(h, root, num_heads))], dim=-2)
+        """Each head's own layers on what it reads. h: [..., H] (root: [...]) -> [..., K, H], the features before
+        the shared lm_head (v1 heads end in their own lm_head, so for them this is already [..., K, V] logits)."""
+        return torch.stack([head(x) for head, x in zip(self.heads, self._inputs(h, root, num_heads))], dim=-2)
 
     def forward(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
         """h: [..., H] (root: [...]) -> logits [..., K, V]; ``num_heads`` computes only the first heads (a shallow tree)."""
-        if self.config.shared_lm_head:
-            lm_head = self._base_lm_head[0]
-            if lm_head is None:
-                raise RuntimeError("v2 heads need the base lm_head: call attach_base(model)")
-            return lm_head(self.hidden(h, num_heads, root))  # one matmul for all heads: [..., K, V]
-        return torch.stack([self.heads[k](x) for k, x in enumerate(self._inputs(h, root, num_heads))], dim=-2)
+        out = self.hidden(h, num_heads, root)
+        return self._shared_lm_head()(out) if self.config.shared_lm_head else out  # shared: one matmul for all heads
 
     def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
         """The token ids each head ranks highest: h [..., H] (root: [...], root-conditioned heads) -> [..., K, topk], best first.
@@ -184,13 +187,10 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens; "
                              f"use a tree with smaller ranks or heads written with a larger --draft-vocab")
         if self.config.shared_lm_head:
-            lm_head = self._base_lm_head[0]
-            if lm_head is None:
-                raise RuntimeError("v2 heads need the base lm_head: call attach_base(model)")
-            logits = self._draft_head(lm_head.weight)(self.hidden(h, num_heads, root))  # [..., K, V']
+            logits = self._draft_head(self._shared_lm_head().weight)(self.hidden(h, num_heads, root))  # [..., K, V']
         else:
             inputs = self._inputs(h, root, num_heads)
-            logits = torch.stack([self._draft_head(self.heads[k][-1].weight)(self.heads[k][:-1](x)) for k, x in enumerate(inputs)], dim=-2)
+            logits = torch.stack([self._draft_head(head[-1].weight)(head[:-1](x)) for head, x in zip(self.heads, inputs)], dim=-2)
         return self.draft_vocab[logits.topk(topk, dim=-1).indices]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

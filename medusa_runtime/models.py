@@ -70,6 +70,11 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name ``resolve_dtype`` takes back: torch.bfloat16 -> "bfloat16" (what reports and files record)."""
+    return str(dtype).replace("torch.", "")
+
+
 def alias_gguf_path(alias: str) -> Path:
     package, filename = ALIASES[alias]
     import importlib.util

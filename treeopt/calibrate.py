@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES
+from medusa_runtime.models import dtype_name
 from medusa_runtime.spec import chain_tree
 
 from . import __version__
@@ -93,7 +94,7 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": loaded.name,
         "device": str(loaded.device),
-        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "dtype": dtype_name(loaded.dtype),
         "max_new_tokens": max_new_tokens,
         "prompts": len(prompt_ids),
         "rollout": rollout,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from medusa_runtime.bench import sync_device, device_name
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.models import dtype_name
 from medusa_runtime.spec import TreeSpec
 
 from . import __version__
@@ -74,7 +75,7 @@ def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmu
     plain = rows[0]
     return {
         "format": LATENCY_FORMAT, "version": 1, "device": device_name(loaded.device),
-        "dtype": str(loaded.dtype).replace("torch.", ""), "torch": torch.__version__, "model": loaded.name,
+        "dtype": dtype_name(loaded.dtype), "torch": torch.__version__, "model": loaded.name,
         "heads": heads.num_heads if heads is not None else 0, "context_tokens": context, "warmup": warmup, "order": "round-robin",
         "host": platform.node(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"treeopt {__version__}", "plain_step": plain, "verify": [r for r in rows if r["nodes"] > 1] or [plain],

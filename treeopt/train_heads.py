@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
-from medusa_runtime.models import DTYPES, resolve_dtype
+from medusa_runtime.models import DTYPES, dtype_name, resolve_dtype
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
 
 from .distill import Trajectory, generate_trajectories
@@ -452,7 +452,6 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
                     mtbench_select: str | None = "0:80", progress: bool = True) -> dict:
     """The whole pipeline: data, features, training, evaluation, the checkpoint and its README."""
     cfg.validate()
-    draft_vocab = cfg.draft_vocab
     check_output_folder(out, cfg, overwrite)
     if overwrite and (out / ".work" / "train_state.pt").exists():
         (out / ".work" / "train_state.pt").unlink()
@@ -463,7 +462,7 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     trajectories = prepare_trajectories(loaded, prompts, texts, cfg, work)
     n_generated = len(trajectories) - len(texts)
     if n_generated:
-        written = cfg.gen_dtype or str(loaded.dtype).replace("torch.", "")
+        written = cfg.gen_dtype or dtype_name(loaded.dtype)
         desc += (f"; {n_generated} greedy answers of the base model ({sum(len(t.response_ids) for t in trajectories[:n_generated])} "
                  f"tokens) written in {written}")
         if answer_target_mode(loaded, cfg) == "greedy_path":
@@ -480,21 +479,20 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     heads.init_from_base(lm_head)
     heads.attach_base(loaded.model)
     heads.to(torch.float32)
-    chosen = draft_vocab_from(trajectories, draft_vocab) if draft_vocab else None
-    if draft_vocab and chosen is None:
-        print(f"no draft vocabulary written: the answers hold fewer than {draft_vocab} distinct tokens")
+    chosen = draft_vocab_from(trajectories, cfg.draft_vocab) if cfg.draft_vocab else None
+    if cfg.draft_vocab and chosen is None:
+        print(f"no draft vocabulary written: the answers hold fewer than {cfg.draft_vocab} distinct tokens")
     result = train_heads(heads, features, cfg, work / "train_state.pt", lm_head.weight, progress,
                          softmax_vocab=torch.tensor(chosen[0]) if chosen else None)
     if cfg.save_dtype != "float32":  # evaluate exactly the weights that are written
         with torch.no_grad():
             for param in heads.parameters():
                 param.copy_(param.to(resolve_dtype(cfg.save_dtype)))
-    if chosen:
-        heads.set_draft_vocab(*chosen)
-    result["held_out"] = head_accuracy(heads, *held_out(features, cfg))  # as the runtime guesses: stored weights, draft vocabulary
     mtbench, draft = None, None
     if chosen:
+        heads.set_draft_vocab(*chosen)
         draft = {**chosen[1], "vocab_size": hcfg.vocab_size}
+    result["held_out"] = head_accuracy(heads, *held_out(features, cfg))  # as the runtime guesses: stored weights, draft vocabulary
     if mtbench_select:
         from medusa_runtime.prompts import select_prompts
 
