@@ -6,7 +6,7 @@ trains both kinds of heads with identical settings and prints each one's held-ou
 (guesses from the draft vocabulary, as the runtime makes them), then one JSON line. It trains nothing
 that is kept.
 
-    python scripts/ab_heads.py --work runs/heads_v4/.work --answers 640 --epochs 2
+    python scripts/ab_heads.py --work runs/heads_v5/.work --answers 640 --epochs 2
 """
 
 from __future__ import annotations
