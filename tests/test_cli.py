@@ -213,3 +213,19 @@ def test_train_heads_writes_heads_a_draft_vocab_and_a_readme(tiny_folder, tmp_pa
     assert invoke(*args).exit_code == 0  # the same command again resumes (nothing left to train) and succeeds
     r = invoke(*args[:-4], "--draft-vocab", -1, "--out", out)
     assert r.exit_code != 0 and "--draft-vocab -1" in r.output
+
+
+def test_train_heads_says_why_answers_stop_short_of_tokens(tiny_folder, tmp_path):
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 2} w{i + 5}"}) + "\n" for i in range(5)))
+    out = tmp_path / "heads"
+    r = invoke("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 2, "--epochs", 1,
+               "--batch-size", 16, "--max-new-tokens", 6, "--tokens", 100000, "--num-prompts", 3, "--draft-vocab", 0,
+               "--mtbench-select", "", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert len((out / ".work" / "trajectories.jsonl").read_text().splitlines()) == 3  # --num-prompts drew 3 of 5
+    why = "short of --tokens 100000: every prompt of the 3 drawn that fits --max-prompt-tokens 128 is answered"
+    assert why in r.output and "raise --num-prompts (the data holds 5 distinct prompts)" in r.output
+    assert why in (out / "README.md").read_text()
+    r = invoke("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-prompts", 0, "--out", tmp_path / "h0")
+    assert r.exit_code != 0 and "--num-prompts must be positive" in r.output

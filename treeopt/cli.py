@@ -214,6 +214,8 @@ def train_heads_cmd(
                                   "targets stay the training dtype's own argmax)"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="length of each generated answer"),
     max_prompt_tokens: int = typer.Option(128, "--max-prompt-tokens", help="skip longer prompts"),
+    num_prompts: int = typer.Option(12000, "--num-prompts", help="prompts drawn (a fixed shuffle) to answer; "
+                                    "answers stop at --tokens or when every drawn prompt is answered"),
     mtbench_select: str = typer.Option("0:80", "--mtbench-select", help="MT-Bench prompts for the accuracy report ('' to skip)"),
     draft_vocab: int = typer.Option(4096, "--draft-vocab", help="guess only from the N most frequent answer tokens (0: whole vocabulary)"),
     save_dtype: str = typer.Option("float16", "--save-dtype", help="dtype the weights are stored in (and evaluated at)"),
@@ -227,7 +229,7 @@ def train_heads_cmd(
     cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, root_conditioned=root_conditioned, tokens=tokens,
                       epochs=epochs, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
                       draft_vocab=draft_vocab, save_dtype=save_dtype,
-                      max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
+                      max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, prompts=num_prompts)
     try:
         cfg.validate()
     except TrainError as err:

@@ -75,8 +75,8 @@ class TrainConfig:
             raise TrainError(f"--save-dtype {self.save_dtype!r}: use one of {', '.join(DTYPES)}")
         if self.gen_dtype and self.gen_dtype not in DTYPES:
             raise TrainError(f"--gen-dtype {self.gen_dtype!r}: use one of {', '.join(DTYPES)} (or leave it empty)")
-        if min(self.epochs, self.batch_size, self.tokens, self.gen_batch_size, self.max_new_tokens) < 1:
-            raise TrainError("--epochs, --batch-size, --gen-batch-size, --max-new-tokens and --tokens must be positive")
+        if min(self.epochs, self.batch_size, self.tokens, self.gen_batch_size, self.max_new_tokens, self.prompts) < 1:
+            raise TrainError("--epochs, --batch-size, --gen-batch-size, --max-new-tokens, --tokens and --num-prompts must be positive")
 
 
 @dataclass
@@ -139,6 +139,19 @@ def answer_target_mode(loaded, cfg: TrainConfig) -> str:
     """How ``compute_features`` reads targets from generated answers: "tokens" when the training model wrote
     them itself, "greedy_path" when another dtype did (see ``compute_features``)."""
     return "tokens" if answers_in_own_dtype(loaded, cfg) else "greedy_path"
+
+
+def answer_shortfall(prompts: list[str], answered_tokens: int, cfg: TrainConfig) -> str | None:
+    """Why the answers stop short of ``--tokens``, or None when they reach it. Generation only stops early when
+    every drawn prompt that fits ``--max-prompt-tokens`` is answered, so the fix is to draw more prompts."""
+    if not prompts or answered_tokens >= cfg.tokens:
+        return None
+    available = len(dict.fromkeys(prompts))
+    drawn = min(cfg.prompts, available)
+    fix = (f"raise --num-prompts (the data holds {available} distinct prompts)" if drawn < available
+           else "every prompt of the data is drawn; add prompts or raise --max-prompt-tokens")
+    return (f"short of --tokens {cfg.tokens}: every prompt of the {drawn} drawn that fits --max-prompt-tokens "
+            f"{cfg.max_prompt_tokens} is answered; {fix}")
 
 
 def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: TrainConfig, out: Path) -> list[Trajectory]:
@@ -467,6 +480,10 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
                  f"tokens) written in {written}")
         if answer_target_mode(loaded, cfg) == "greedy_path":
             desc += (", targets recomputed by the training model itself, skipped where the answer leaves its greedy path")
+    shortfall = answer_shortfall(prompts, sum(len(t.response_ids) for t in trajectories[:n_generated]), cfg)
+    if shortfall:
+        print(f"answers: {shortfall}")
+        desc += f" ({shortfall})"
     # raw text: plain heads learn from every position; root-conditioned heads only where the text follows the
     # model's own argmax, or the root they read and the token their target follows would differ
     text_mode = "greedy_path" if cfg.root_conditioned else "argmax"
