@@ -202,6 +202,18 @@ def test_answers_shorter_than_the_heads_reach(tmp_path):
                                          [g[1], g[2], -1, -1], [g[2], -1, -1, -1], [-1] * 4]
 
 
+def test_answers_appended_later_complete_a_cached_partial_chunk(tmp_path):
+    """More answers after a finished run: the last chunk, cached when it held fewer, is featurised again."""
+    model = tiny_model("llama", seed=5)
+    loaded = loaded_tiny(model, eos=())
+    trajs = [Trajectory([4 + i, 7, 9], hf_greedy(model, [4 + i, 7, 9], 5, [])) for i in range(4)]
+    compute_features(loaded, trajs[:3], 2, tmp_path / "cache", chunk=2)  # chunk 1 holds one answer
+    resumed = compute_features(loaded, trajs, 2, tmp_path / "cache", chunk=2)
+    fresh = compute_features(loaded, trajs, 2, tmp_path / "fresh", chunk=2)
+    assert resumed.hidden.shape[0] == fresh.hidden.shape[0] == 4 * 6  # the last prompt token and 5 answer tokens each
+    assert torch.equal(resumed.targets, fresh.targets) and torch.equal(resumed.hidden, fresh.hidden)
+
+
 def test_root_conditioned_heads_train_and_load_strictly(data, tmp_path):
     model, features = data
     heads = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, VOCAB, True, root_conditioned=True))

@@ -189,7 +189,8 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
       - "greedy_path": an answer written by the same model in another dtype; targets are the model's argmax,
         and head k's target at t is dropped (-1) unless the text from t+1 to t+k is what the model would have
         said, because verification only ever sees the model's own greedy path.
-    Cached per chunk of ``chunk`` trajectories under ``cache_dir`` (resumable)."""
+    Cached per chunk of ``chunk`` trajectories under ``cache_dir`` (resumable; answers appended later are
+    featurised, including those that complete a formerly partial last chunk)."""
     for mode in set(target_modes or ()):
         if mode not in TARGET_MODES:
             raise ValueError(f"target mode {mode!r}: use one of {TARGET_MODES}")
@@ -199,7 +200,9 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
     parts = []
     for c, start in enumerate(tqdm(range(0, len(trajectories), chunk), desc="features: base hidden states")):
         modes = sorted(set(target_modes[start : start + chunk])) if target_modes is not None else ["tokens"]
-        path = cache_dir / f"features_{c:05d}_{num_heads}_{'+'.join(modes)}.pt"  # a cache from other target modes is not reused
+        count = len(trajectories[start : start + chunk])
+        # a cache from other target modes is not reused, nor a last chunk that held fewer answers than it does now
+        path = cache_dir / f"features_{c:05d}_{num_heads}_{'+'.join(modes)}{'' if count == chunk else f'_n{count}'}.pt"
         if path.exists():
             parts.append(torch.load(path, weights_only=True))
             continue
