@@ -200,14 +200,14 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
     parts = []
     for c, start in enumerate(tqdm(range(0, len(trajectories), chunk), desc="features: base hidden states")):
         modes = sorted(set(target_modes[start : start + chunk])) if target_modes is not None else ["tokens"]
-        count = len(trajectories[start : start + chunk])
+        batch = trajectories[start : start + chunk]
         # a cache from other target modes is not reused, nor a last chunk that held fewer answers than it does now
-        path = cache_dir / f"features_{c:05d}_{num_heads}_{'+'.join(modes)}{'' if count == chunk else f'_n{count}'}.pt"
+        path = cache_dir / f"features_{c:05d}_{num_heads}_{'+'.join(modes)}{'' if len(batch) == chunk else f'_n{len(batch)}'}.pt"
         if path.exists():
             parts.append(torch.load(path, weights_only=True))
             continue
         hid, tgt, seq, rts = [], [], [], []
-        for j, traj in enumerate(trajectories[start : start + chunk]):
+        for j, traj in enumerate(batch):
             mode = target_modes[start + j] if target_modes is not None else "tokens"
             ids = traj.prompt_ids + traj.response_ids
             tokens = torch.tensor([ids], device=loaded.device)
@@ -477,13 +477,13 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     prompts, texts, desc = read_training_rows(data)
     trajectories = prepare_trajectories(loaded, prompts, texts, cfg, work)
     n_generated = len(trajectories) - len(texts)
+    answered = sum(len(t.response_ids) for t in trajectories[:n_generated])
     if n_generated:
         written = cfg.gen_dtype or dtype_name(loaded.dtype)
-        desc += (f"; {n_generated} greedy answers of the base model ({sum(len(t.response_ids) for t in trajectories[:n_generated])} "
-                 f"tokens) written in {written}")
+        desc += f"; {n_generated} greedy answers of the base model ({answered} tokens) written in {written}"
         if answer_target_mode(loaded, cfg) == "greedy_path":
             desc += (", targets recomputed by the training model itself, skipped where the answer leaves its greedy path")
-    shortfall = answer_shortfall(prompts, sum(len(t.response_ids) for t in trajectories[:n_generated]), cfg)
+    shortfall = answer_shortfall(prompts, answered, cfg)
     if shortfall:
         print(f"answers: {shortfall}")
         desc += f" ({shortfall})"
