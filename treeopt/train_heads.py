@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,12 +142,17 @@ def answer_target_mode(loaded, cfg: TrainConfig) -> str:
     return "tokens" if answers_in_own_dtype(loaded, cfg) else "greedy_path"
 
 
+def distinct_prompts(prompts: list[str]) -> list[str]:
+    """Each prompt once, in first-seen order: what ``--num-prompts`` draws from (after a fixed shuffle)."""
+    return list(dict.fromkeys(prompts))
+
+
 def answer_shortfall(prompts: list[str], answered_tokens: int, cfg: TrainConfig) -> str | None:
     """Why the answers stop short of ``--tokens``, or None when they reach it. Generation only stops early when
     every drawn prompt that fits ``--max-prompt-tokens`` is answered, so the fix is to draw more prompts."""
     if not prompts or answered_tokens >= cfg.tokens:
         return None
-    available = len(dict.fromkeys(prompts))
+    available = len(distinct_prompts(prompts))
     drawn = min(cfg.prompts, available)
     fix = (f"raise --num-prompts (the data holds {available} distinct prompts)" if drawn < available
            else "every prompt of the data is drawn; add prompts or raise --max-prompt-tokens")
@@ -160,9 +166,7 @@ def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: Trai
         if not getattr(loaded.tokenizer, "chat_template", None):
             raise TrainError(f"model {loaded.name} has no chat template, so prompts cannot be answered as a chat; "
                              f"use a JSONL of {{\"text\": ...}} rows instead")
-        import random
-
-        order = list(dict.fromkeys(prompts))  # unique, in order
+        order = distinct_prompts(prompts)
         random.Random(cfg.seed).shuffle(order)
         ids = [render_chat(loaded.tokenizer, p) for p in order[: cfg.prompts]]
         ids = [x for x in ids if len(x) <= cfg.max_prompt_tokens]
