@@ -118,6 +118,9 @@ class MedusaDecoder:
         self._depths = self.buffers.depths.tolist()
         self._root_paths = self.buffers.root_paths.tolist()
         self.vocab_size = model.config.vocab_size
+        if heads is not None and self.tree.topk > heads.guess_count(self.vocab_size):
+            raise ValueError(f"the tree uses rank {self.tree.topk - 1} but the heads guess from only "
+                             f"{heads.guess_count(self.vocab_size)} tokens; use a tree with smaller ranks")
         self._generator = torch.Generator(device=self.device)
         self._accept = self._accept_typical if self.sampling.temperature > 0 else self._accept_greedy
 

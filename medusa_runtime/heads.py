@@ -26,7 +26,10 @@ is a Medusa head. Upstream loaders do not read these checkpoints; plain v1/v2 he
 from __future__ import annotations
 
 import json
+import pickle
 import re
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import is_int, json_type, one_line, read_json_object
 from .layout import PackedLinear, onednn_packing_available, pack_linears
 
 WEIGHT_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
@@ -110,6 +114,10 @@ class MedusaHeads(nn.Module):
         """Borrow what the heads read from the base model: its lm_head and (root-conditioned heads) its input embedding."""
         self.attach_base_lm_head(model.get_output_embeddings())
         self._base_embedding = [model.get_input_embeddings()]
+
+    def guess_count(self, vocab_size: int) -> int:
+        """How many tokens a head ranks: the draft vocabulary, or the whole vocabulary without one."""
+        return vocab_size if self.draft_vocab is None else int(self.draft_vocab.numel())
 
     def set_draft_vocab(self, tokens: torch.Tensor | list[int] | None, meta: dict | None = None) -> None:
         """Restrict guesses to ``tokens`` (unique ids below the vocabulary size); None lifts the restriction."""
@@ -239,37 +247,82 @@ class MedusaHeads(nn.Module):
 
 def read_draft_vocab(path: Path) -> tuple[list[int], dict]:
     """Tokens and meta of a ``draft_vocab.json`` (its shape; ``set_draft_vocab`` checks the ids)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HeadsFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(doc, dict) or doc.get("format") != DRAFT_VOCAB_FORMAT or doc.get("version") != 1:
-        raise HeadsFormatError(f"{path}: fields 'format' and 'version' must be {DRAFT_VOCAB_FORMAT!r} and 1")
+    fix = "write the heads again with 'treeopt train-heads', or delete the file to guess from the whole vocabulary"
+    doc = read_json_object(path, "draft vocabulary", fix, HeadsFormatError)
+    if doc.get("format") != DRAFT_VOCAB_FORMAT or doc.get("version") != 1:
+        raise HeadsFormatError(f"{path}: fields 'format' and 'version' must be {DRAFT_VOCAB_FORMAT!r} and 1; {fix}")
     tokens = doc.get("tokens")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise HeadsFormatError(f"{path}: field 'tokens' must be a non-empty list of token ids")
+    if not isinstance(tokens, list) or not tokens or not all(is_int(t) and 0 <= t < 2**31 for t in tokens):
+        raise HeadsFormatError(f"{path}: field 'tokens' must be a non-empty list of token ids (integers >= 0); {fix}")
     meta = doc.get("meta", {})
     if not isinstance(meta, dict):
-        raise HeadsFormatError(f"{path}: field 'meta' must be an object")
+        raise HeadsFormatError(f"{path}: field 'meta' must be an object, got a {json_type(meta)}; {fix}")
     return tokens, meta
+
+
+def read_heads_config(path: Path) -> dict:
+    """The declared ``config.json``: the upstream keys with their types (the counts are not trusted: see infer_config)."""
+    fix = "restore the heads' config.json (keys medusa_num_heads, medusa_num_layers, base_model_name_or_path)"
+    declared = read_json_object(path, "heads config", fix, HeadsFormatError)
+    for key, least in (("medusa_num_heads", 1), ("medusa_num_layers", 0)):
+        if key not in declared:
+            raise HeadsFormatError(f"{path}: field {key!r} is missing; {fix}")
+        if not is_int(declared[key]) or declared[key] < least:
+            raise HeadsFormatError(f"{path}: field {key!r} must be an integer >= {least}, got {declared[key]!r}; {fix}")
+    base = declared.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise HeadsFormatError(f"{path}: field 'base_model_name_or_path' must be a string, got a {json_type(base)}; {fix}")
+    if not isinstance(declared.get("medusa_root_conditioned", False), bool):
+        raise HeadsFormatError(f"{path}: field 'medusa_root_conditioned' must be true or false, "
+                               f"got {declared['medusa_root_conditioned']!r}; {fix}")
+    return declared
+
+
+# What torch.load raises on truncated or corrupt files (found by fuzzing both the zip and the legacy format):
+# the unpickler and the zip reader fail in many ways, and none of them must escape as a traceback.
+_TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError,
+                      AttributeError, AssertionError, OverflowError, struct.error, OSError)
+
+
+def _load_weights(path: Path) -> dict:
+    """The tensors of one weight file; a file that cannot be deserialised is a HeadsFormatError naming it."""
+    fix = "the file is truncated or corrupt; copy or write the heads again ('treeopt train-heads')"
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise HeadsFormatError(f"{path}: cannot be read as safetensors ({one_line(err)}); {fix}") from None
+    try:
+        with warnings.catch_warnings():  # a corrupt pickle also warns about its "protocol": the error below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except _TORCH_LOAD_ERRORS as err:
+        raise HeadsFormatError(f"{path}: cannot be read as a weights-only checkpoint ({one_line(err)}); {fix}") from None
+    if not isinstance(state, dict):
+        raise HeadsFormatError(f"{path}: expected a state dict, found {type(state).__name__}; {fix}")
+    return state
 
 
 def _read_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     for name in WEIGHT_FILES:
         path = folder / name
         if path.exists():
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(str(path)), path
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # torch raises UnpicklingError or RuntimeError for unsafe or corrupt files
-                raise HeadsFormatError(f"{path}: cannot be read as a weights-only checkpoint ({err})") from err
-            if not isinstance(state, dict):
-                raise HeadsFormatError(f"{path}: expected a state dict, found {type(state).__name__}")
+            state = _load_weights(path)
+            for key, value in state.items():
+                if not isinstance(key, str):
+                    raise HeadsFormatError(f"{path}: key {key!r} is not a string; the file is not a Medusa heads checkpoint")
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                    raise HeadsFormatError(f"{path}: key {key!r} holds {_describe(value)}, not a floating-point tensor; "
+                                           f"the file is not a Medusa heads checkpoint")
             return state, path
     raise HeadsFormatError(f"{folder}: no {' or '.join(WEIGHT_FILES)} found; is this a Medusa heads folder?")
+
+
+def _describe(value) -> str:
+    return f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 _KEY = re.compile(r"^(\d+)\.(\d+)\.(linear\.weight|linear\.bias|weight)$")
@@ -303,12 +356,34 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
                     raise HeadsFormatError(f"{path}: missing key '{i}.{j}.{kind}' (head {i}, ResBlock {j})")
         if not shared and "weight" not in layout[i].get(num_layers, set()):
             raise HeadsFormatError(f"{path}: missing key '{i}.{num_layers}.weight' (head {i}'s lm_head)")
-    hidden = state["0.0.linear.weight"].shape[0] if num_layers else state["0.0.weight"].shape[1]
-    vocab = 0 if shared else state[f"0.{num_layers}.weight"].shape[0]
     if roots and roots != heads:
         raise HeadsFormatError(f"{path}: root-conditioned heads need one 'root.{{i}}.weight' per head 0..{len(heads) - 1}; found {roots}")
+    first_key = "0.0.linear.weight" if num_layers else f"0.{num_layers}.weight"
+    if state[first_key].dim() != 2:
+        raise HeadsFormatError(f"{path}: key {first_key!r} has shape {tuple(state[first_key].shape)}, expected a matrix")
+    hidden = state[first_key].shape[0] if num_layers else state[first_key].shape[1]
+    vocab = 0 if shared else state[f"0.{num_layers}.weight"].shape[0]
+    expected = _expected_shapes(len(heads), num_layers, hidden, vocab, shared, bool(roots))
+    for key, tensor in state.items():  # every key and shape before any allocation: a bad file must not size the heads
+        if key not in expected:
+            raise HeadsFormatError(f"{path}: unexpected key {key!r}")
+        if tuple(tensor.shape) != expected[key]:
+            raise HeadsFormatError(f"{path}: key {key!r} has shape {tuple(tensor.shape)}, expected {expected[key]}")
     return HeadsConfig(num_heads=len(heads), num_layers=num_layers, hidden_size=hidden, vocab_size=vocab, shared_lm_head=shared,
                        root_conditioned=bool(roots))
+
+
+def _expected_shapes(num_heads: int, num_layers: int, hidden: int, vocab: int, shared: bool, root: bool) -> dict[str, tuple]:
+    """The keys and shapes of ``MedusaHeads(config).checkpoint_state()``, without building the heads."""
+    shapes: dict[str, tuple] = {}
+    for i in range(num_heads):
+        for j in range(num_layers):
+            shapes[f"{i}.{j}.linear.weight"], shapes[f"{i}.{j}.linear.bias"] = (hidden, hidden), (hidden,)
+        if not shared:
+            shapes[f"{i}.{num_layers}.weight"] = (vocab, hidden)
+        if root:
+            shapes[f"root.{i}.weight"] = (hidden, hidden)
+    return shapes
 
 
 def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> MedusaHeads:
@@ -320,7 +395,7 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     config = infer_config(state, path)
     config_file = folder / "config.json"
     if config_file.exists():
-        declared = json.loads(config_file.read_text(encoding="utf-8"))
+        declared = read_heads_config(config_file)
         config.base_model = declared.get("base_model_name_or_path", "") or ""
         if bool(declared.get("medusa_root_conditioned", False)) != config.root_conditioned:
             raise HeadsFormatError(f"{config_file}: 'medusa_root_conditioned' is {declared.get('medusa_root_conditioned', False)} "

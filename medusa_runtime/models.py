@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .files import one_line
 from .layout import pack_linears
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -127,25 +128,61 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
+class ModelLoadError(ValueError):
+    """A --model that cannot be loaded; the message names the folder or file and the fix."""
+
+
 def resolve_model_source(name: str) -> str:
     """Map --model to a local folder (converting GGUF once) or a hub id."""
+    path = Path(name).expanduser()
     if name in ALIASES:
         gguf = alias_gguf_path(name)
     elif name.endswith(".gguf"):
-        gguf = Path(name)
-        if not gguf.exists():
+        gguf = path
+        if not gguf.is_file():
             raise FileNotFoundError(f"--model {name}: no such GGUF file")
-    elif Path(name).is_dir():
-        if not (Path(name) / "config.json").exists():
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
             raise FileNotFoundError(f"--model {name}: folder has no config.json; is it a Hugging Face model folder?")
-        return name
+        return str(path)
+    elif path.exists():
+        raise FileNotFoundError(f"--model {name}: is a file; pass a Hugging Face model folder, a .gguf file or a hub id")
+    elif not _looks_like_hub_id(name):
+        raise FileNotFoundError(f"--model {name}: no such folder; pass a Hugging Face model folder, a .gguf file, "
+                                f"a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or the alias {DEFAULT_MODEL}")
     else:
         return name  # hub id
     folder = gguf_cache_folder(gguf)
     if not (folder / "config.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(gguf, folder)
+        try:
+            convert_gguf(gguf, folder)
+        except _load_errors() as err:
+            raise ModelLoadError(f"--model {name}: cannot be converted ({err.__class__.__name__}: {one_line(err)}); "
+                                 f"the GGUF file is truncated or corrupt: download it again") from None
     return str(folder)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """'org/name' or 'name' as the hub spells them; anything else (/abs, ./rel, a/b/c, ~) can only be a path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _load_errors() -> tuple[type[Exception], ...]:
+    """What ``from_pretrained`` and the GGUF conversion raise on a corrupt or incomplete model folder or file:
+    unreadable or non-JSON config/tokenizer files (OSError, ValueError), a bad weights file (SafetensorError),
+    config values of the wrong type (StrictDataclassError), missing config keys (KeyError, TypeError)."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, SafetensorError, StrictDataclassError)
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
@@ -153,11 +190,17 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype or "float32")
-    source = resolve_model_source(name)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
+    source = resolve_model_source(name)  # its errors name --model and the fix
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except _load_errors() as err:
+        fix = ("a file of the folder is missing, truncated or corrupt: copy or download the model again" if Path(source).is_dir()
+               else "check the hub id and the network, or pass a local Hugging Face model folder")
+        where = "" if source == name else f" (from {source})"
+        raise ModelLoadError(f"--model {name}: cannot be loaded{where} ({err.__class__.__name__}: {one_line(err)}); {fix}") from None
     model.to(dev).eval()
     model.requires_grad_(False)
     if dev.type == "cpu":
         pack_linears(model)  # tree verification feeds a few rows per linear: see layout.py
-    tokenizer = AutoTokenizer.from_pretrained(source)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, device=dev, dtype=torch_dtype)

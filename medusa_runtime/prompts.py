@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import parse_json, read_text
+
 SOURCES = ("mt-bench", "sharegpt", "humaneval")
 
 
@@ -91,23 +93,19 @@ def first_human_turns(records: list[dict]) -> list[str]:
 
 
 def read_jsonl_prompts(path: Path) -> list[str]:
+    """The ``prompt`` of every line of a JSONL file; errors name the file and line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
+    fix = "each line must be {\"prompt\": \"...\"}"
     prompts = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}); each line must be {{\"prompt\": ...}}")
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f"{path}:{lineno}: missing string field 'prompt'; each line must be {{\"prompt\": ...}}")
-            prompts.append(row["prompt"])
+    for lineno, line in enumerate(read_text(path, "prompts", fix).split("\n"), 1):  # not splitlines: U+2028 may sit in a string
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{path}:{lineno}", fix)
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f"{path}:{lineno}: missing string field 'prompt'; {fix}")
+        prompts.append(row["prompt"])
     if not prompts:
-        raise ValueError(f"{path}: no prompts found; each line must be {{\"prompt\": ...}}")
+        raise ValueError(f"{path}: no prompts found; {fix}")
     return prompts
 
 

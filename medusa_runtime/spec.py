@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import json_type, read_json, write_text_atomic
+
 FORMAT = "medusa-tree"
 VERSION = 1
 
@@ -52,7 +54,8 @@ class TreeSpec:
         return {"format": FORMAT, "version": VERSION, "paths": [list(p) for p in self.paths], "meta": self.meta}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        """Write the spec atomically: an interrupted save leaves the old file (or none), never half a spec."""
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
 
 
 def validate_paths(paths, num_heads: int | None = None, where: str = "tree") -> list[tuple[int, ...]]:
@@ -87,24 +90,19 @@ def validate_paths(paths, num_heads: int | None = None, where: str = "tree") -> 
 def load_tree(path: str | Path, num_heads: int | None = None) -> TreeSpec:
     """Read and validate a tree spec JSON file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TreeSpecError(f"{path}: no such tree file") from None
-    except json.JSONDecodeError as err:
-        raise TreeSpecError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
-                            f"for a medusa_choices list use 'treeopt import'") from None
+    fix = "write one with 'treeopt build' or convert a medusa_choices list with 'treeopt import'"
+    data = read_json(path, "tree", fix, TreeSpecError)
     if isinstance(data, list):
         raise TreeSpecError(f"{path}: a bare list is not a tree spec; convert it with 'treeopt import {path} --out tree.json'")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise TreeSpecError(f"{path}: field 'format' must be {FORMAT!r}")
+        raise TreeSpecError(f"{path}: field 'format' must be {FORMAT!r}; {fix}")
     if data.get("version") != VERSION:
         raise TreeSpecError(f"{path}: field 'version' is {data.get('version')!r}; this runtime reads version {VERSION}")
     if "paths" not in data:
-        raise TreeSpecError(f"{path}: field 'paths' is missing")
+        raise TreeSpecError(f"{path}: field 'paths' is missing; {fix}")
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
-        raise TreeSpecError(f"{path}: field 'meta' must be an object")
+        raise TreeSpecError(f"{path}: field 'meta' must be an object, got a {json_type(meta)}; remove it or make it {{}}")
     return TreeSpec(validate_paths(data["paths"], num_heads, where=str(path)), meta)
 
 

@@ -23,6 +23,31 @@ from medusa_runtime.spec import chain_tree
 from . import __version__
 from .stats import CalibrationStats
 
+ROLLOUT_BATCH = 8  # prompts answered together by the batched rollout; shards split the prompts in these blocks
+
+
+class ShardError(ValueError):
+    pass
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ShardError(f"--shard {text!r}: write it as I/N, e.g. 0/4 for the first of four shards") from None
+    if count < 1 or not 0 <= index < count:
+        raise ShardError(f"--shard {text!r}: needs N >= 1 and 0 <= I < N (shards are numbered from 0)")
+    return index, count
+
+
+def shard_prompts(num_prompts: int, index: int, count: int) -> list[int]:
+    """The prompts of shard ``index`` of ``count``: every count-th block of ROLLOUT_BATCH prompts.
+
+    Whole blocks, so that the batched rollout answers each prompt in the same batch as one run over all
+    prompts does (left padding depends on the batch): merged shards then equal that run exactly."""
+    return [i for i in range(num_prompts) if (i // ROLLOUT_BATCH) % count == index]
+
 
 def heads_fingerprint(heads_path: str | Path | None) -> str | None:
     """Short sha256 of the heads' weight file and draft vocabulary: identifies the heads a tree was built for."""
@@ -72,14 +97,16 @@ def greedy_rollouts(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: 
         from .distill import generate_trajectories
 
         with tempfile.TemporaryDirectory() as tmp:
-            done = generate_trajectories(loaded, prompt_ids, Path(tmp) / "rollouts.jsonl", max_new_tokens, batch_size=8)
+            done = generate_trajectories(loaded, prompt_ids, Path(tmp) / "rollouts.jsonl", max_new_tokens, batch_size=ROLLOUT_BATCH)
         by_prompt = {tuple(t.prompt_ids): t.response_ids for t in done}
         return [by_prompt[tuple(ids)] for ids in prompt_ids]
     raise ValueError(f"--rollout {rollout!r}: use 'batched' or 'runtime'")
 
 
 def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 128, topk: int = 10,
-              provenance: dict | None = None, progress: bool = True, rollout: str = "runtime") -> CalibrationStats:
+              provenance: dict | None = None, progress: bool = True, rollout: str = "runtime",
+              prompt_indices: list[int] | None = None) -> CalibrationStats:
+    """Stats of these prompts; ``prompt_indices``: their places in the full prompt list (for shards)."""
     if topk < 1:
         raise ValueError(f"--topk {topk}: must be >= 1")
     vocab = loaded.model.config.vocab_size
@@ -100,4 +127,4 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
         "rollout": rollout,
         **(provenance or {}),
     }
-    return CalibrationStats(heads.num_heads, topk, rollouts, new_tokens, meta)
+    return CalibrationStats(heads.num_heads, topk, rollouts, new_tokens, meta, prompt_indices)

@@ -14,6 +14,10 @@ from typing import Optional
 
 import typer
 
+from medusa_runtime.files import write_text_atomic
+
+from .build import DEFAULT_OBJECTIVE
+from .crossval import DEFAULT_FOLDS
 from .tuning import PROFILE_SIZES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -97,6 +101,10 @@ def load_runtime(model: str, heads: Optional[str], tree: Optional[Path], oracle:
     spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
     if spec.paths and medusa_heads is None and not oracle:
         fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
+    vocab = loaded.model.config.vocab_size
+    if medusa_heads is not None and not oracle and spec.topk > medusa_heads.guess_count(vocab):
+        fail(f"{tree}: the tree uses rank {spec.topk - 1} but the heads guess from only {medusa_heads.guess_count(vocab)} "
+             f"tokens; use a tree with smaller ranks (treeopt build --max-children)")
     return loaded, medusa_heads, heads_path, spec
 
 
@@ -191,7 +199,7 @@ def bench(
     typer.echo(format_report(report))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(json_out, json.dumps(report.to_json(), indent=1) + "\n")
     typer.echo(report_json_line(report))
 
 
@@ -256,28 +264,58 @@ def calibrate(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     topk: int = typer.Option(10, "--topk", help="ranks recorded per head"),
     rollout: str = typer.Option("batched", "--rollout", help="batched (HF generate on batches: fast) | runtime (exact, one by one)"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: calibrate only shard I of N (numbered from 0); "
+                                        "merge the N outputs with 'treeopt merge-stats'"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Roll out the base model greedily and measure each head's rank-r accuracy and the joint path statistics."""
-    from .calibrate import calibrate as run_calibration, heads_fingerprint
+    from .calibrate import ShardError, calibrate as run_calibration, heads_fingerprint, parse_shard, shard_prompts
 
     if topk < 1:
         fail(f"--topk {topk}: must be >= 1")
+    try:
+        shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
+    except ShardError as err:
+        fail(str(err))
     loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
     ids = load_prompt_ids(loaded, prompts, select)
     provenance = {"heads": heads_path, "heads_sha256": heads_fingerprint(heads_path), "prompt_source": prompts,
-                  "select": select, "command": command_line()}
+                  "select": select, "command": command_line(), "prompts_total": len(ids)}
+    indices = list(range(len(ids)))
+    if shard:
+        indices = shard_prompts(len(ids), shard_index, shard_count)
+        provenance["shard"] = [shard_index, shard_count]
+        if not indices:
+            fail(f"--shard {shard}: no prompts fall in this shard ({len(ids)} prompts in blocks of 8); use fewer shards")
     try:
-        stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, topk, provenance, rollout=rollout)
+        stats = run_calibration(loaded, medusa_heads, [ids[i] for i in indices], max_new_tokens, topk, provenance,
+                                rollout=rollout, prompt_indices=indices)
     except ValueError as err:
         fail(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)
     stats.save(out)
     acc = stats.accuracy()
-    typer.echo(f"{stats.positions} positions from {len(ids)} prompts; top-1 accuracy per head: "
+    typer.echo(f"{stats.positions} positions from {len(indices)} prompts; top-1 accuracy per head: "
                + " ".join(f"{a[0]:.3f}" for a in acc))
-    typer.echo(f"stats written to {out}")
+    typer.echo(f"stats written to {out}" + (f" (shard {shard_index}/{shard_count}: merge with 'treeopt merge-stats')" if shard else ""))
+
+
+@app.command("merge-stats")
+def merge_stats(
+    shards: list[Path] = typer.Argument(..., metavar="SHARD...", help="stats JSON of every 'calibrate --shard I/N' job"),
+    out: Path = typer.Option(..., "--out", help="merged stats JSON to write"),
+):
+    """Merge the stats of sharded calibration jobs into the stats of one run over all prompts (exactly)."""
+    from .stats import StatsError, merge_shards
+
+    try:
+        merged = merge_shards([(str(path), load_stats_or_fail(path)) for path in shards])
+    except StatsError as err:
+        fail(str(err))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    merged.save(out)
+    typer.echo(f"{merged.positions} positions from {len(merged.rollouts)} prompts in {len(shards)} shards; stats written to {out}")
 
 
 def load_stats_or_fail(path: Path):
@@ -296,92 +334,104 @@ def build(
     out: Path = typer.Option(..., "--out", help="tree spec JSON to write"),
     max_depth: Optional[int] = typer.Option(None, "--max-depth", help="default: every head the stats measured"),
     max_children: Optional[int] = typer.Option(None, "--max-children", help="ranks < C at every node (default: --topk of the stats)"),
-    objective: str = typer.Option("empirical", "--objective", help="empirical (joint path frequencies) | independent (product of a[k][r])"),
+    objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="shrunk (path frequencies shrunk towards the "
+                                  "per-head accuracies, strength by cross-validation) | empirical (raw path frequencies) | "
+                                  "independent (product of a[k][r])"),
+    target: Optional[str] = typer.Option(None, "--for", help="medusa | trtllm: build only trees that engine runs as they are "
+                                         "(its rank limit; trtllm: siblings ranked 0..k-1)"),
+    folds: int = typer.Option(DEFAULT_FOLDS, "--folds", help="cross-validation folds over prompts for the prediction "
+                              "and the shrinkage strength (0: in-sample replay, no cross-validation)"),
     latency: Optional[Path] = typer.Option(None, "--latency", help="latency JSON from 'treeopt profile' (for --budget auto)"),
     max_budget: int = typer.Option(255, "--max-budget", help="largest budget --budget auto considers"),
     png: Optional[Path] = typer.Option(None, "--png", help="with --budget auto: plot the predicted curves"),
 ):
     """Build the tree that maximises expected accepted tokens per step (provably optimal for its budget)."""
-    from medusa_runtime.spec import TreeSpec
-
-    from .build import BuildError, build_tree, predicted_curve
-    from .stats import replay_tokens_per_step
+    from .build import BuildError
+    from .design import TreeRequest, design_tree
 
     stats = load_stats_or_fail(stats_file)
     auto = budget.strip().lower() == "auto"
+    lat = None
     if auto:
         if latency is None:
             fail("--budget auto needs --latency latency.json (make one with 'treeopt profile')")
-        n_paths = max_budget
+        lat = load_latency_or_fail(latency)
     else:
         try:
             n_paths = int(budget)
         except ValueError:
             fail(f"--budget {budget!r}: an integer number of paths, or 'auto'")
+    if folds < 0:
+        fail(f"--folds {folds}: must be >= 0 (0: no cross-validation)")
+    request = TreeRequest(None if auto else n_paths, objective, max_depth, max_children, target, folds, max_budget)
+    sources = {"stats_file": str(stats_file), **({"latency_file": str(latency)} if auto else {})}
     try:
-        built = build_tree(stats, n_paths, objective, max_depth, max_children, strict=not auto)
+        designed = design_tree(stats, request, lat, sources)
     except BuildError as err:
         fail(str(err))
-    curve = predicted_curve(stats, built)
-    meta = {"builder": "treeopt build", "objective": objective, "budget": n_paths, "max_depth": max_depth,
-            "max_children": max_children, "stats_file": str(stats_file), "stats_provenance": stats.provenance,
-            "num_heads": stats.num_heads}
-    if auto:
-        from .tuning import choose_budget, load_latency
-
-        try:
-            lat = load_latency(latency)
-        except ValueError as err:
-            fail(str(err))
-        choice = choose_budget(curve, lat)
-        typer.echo(choice.table())
-        n_paths = choice.paths
-        meta.update({"budget": n_paths, "budget_auto": True, "latency_file": str(latency), "latency_device": lat.device,
-                     "predicted_speedup": round(choice.speedup, 4), "predicted_tokens_per_s": round(choice.tokens_per_s, 3),
-                     "throughput_curve": choice.rows})
+    if designed.choice is not None:
+        typer.echo(designed.choice.table())
         if png:
             from .viz import curve_png
 
-            curve_png(choice.rows, png, chosen=n_paths + 1, baseline_tokens_per_s=choice.baseline_tokens_per_s)
+            curve_png(designed.choice.rows, png, chosen=designed.spec.nodes, baseline_tokens_per_s=designed.choice.baseline_tokens_per_s)
             typer.echo(f"curve plot written to {png}")
-    paths = built.paths[:n_paths]
-    meta["expected_tokens_per_step"] = round(replay_tokens_per_step(stats, paths), 4)
-    meta["objective_estimate_tokens_per_step"] = round(built.expected_tokens_per_step(n_paths), 4)
-    meta["path_probabilities"] = [round(p, 6) for p in built.probabilities[:n_paths]]
-    meta["predicted_curve"] = [row for row in curve if row["paths"] <= n_paths]
-    spec = TreeSpec(paths, meta)
+    spec = designed.spec
     out.parent.mkdir(parents=True, exist_ok=True)
     spec.save(out)
-    typer.echo(f"{spec.nodes}-node tree (depth {spec.depth}, {objective}): predicted {meta['expected_tokens_per_step']:.3f} "
-               f"tokens/step on the calibration rollouts; written to {out}")
+    typer.echo(f"{spec.nodes}-node tree (depth {spec.depth}, {objective}{describe_strength(spec.meta)}): "
+               f"predicted {prediction_text(spec.meta)}; written to {out}")
+
+
+def describe_strength(meta: dict) -> str:
+    return f", shrinkage strength {meta['strength']:g}" if meta.get("objective") == "shrunk" else ""
+
+
+def prediction_text(meta: dict) -> str:
+    """'1.665 tokens/step (5-fold cross-validated; in-sample 1.666; 90% over prompt sets 1.62-1.71)'."""
+    cv = meta.get("cross_validation")
+    if not cv:
+        return f"{meta['expected_tokens_per_step']:.3f} tokens/step (in-sample replay of the calibration rollouts)"
+    low, high = cv["interval_90"]
+    return (f"{meta['expected_tokens_per_step']:.3f} tokens/step ({cv['folds']}-fold cross-validated over prompts; "
+            f"in-sample {meta['in_sample_tokens_per_step']:.3f}; 90% range over prompt sets of this size {low:.2f}-{high:.2f})")
+
+
+def load_latency_or_fail(path: Path):
+    from .tuning import load_latency
+
+    try:
+        return load_latency(path)
+    except ValueError as err:
+        fail(str(err))
 
 
 @app.command()
 def evaluate(
     tree: Path = typer.Argument(..., help="tree spec JSON (or any format 'treeopt import' reads)"),
     stats_file: Path = typer.Argument(..., metavar="STATS"),
+    folds: int = typer.Option(DEFAULT_FOLDS, "--folds", help="cross-validation folds for a tree built from these stats"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ):
-    """Predicted tokens/step of any tree on any calibration stats (replayed exactly, no independence assumption)."""
-    from .build import path_probability_fn
-    from .stats import replay_tokens_per_step
+    """Predicted tokens/step of any tree on any calibration stats: in-sample replay (exact, no independence
+    assumption), its range over prompt sets, and the cross-validated figure of a tree built from these stats."""
+    from .build import BuildError
+    from .design import evaluate_tree
 
     stats = load_stats_or_fail(stats_file)
     spec = load_any_tree(tree, stats.num_heads)
-    prob = path_probability_fn(stats, "empirical")
-    indep = path_probability_fn(stats, "independent")
-    result = {
-        "tree": str(tree), "nodes": spec.nodes, "depth": spec.depth,
-        "predicted_tokens_per_step": round(replay_tokens_per_step(stats, spec.paths), 4),
-        "empirical_estimate": round(1 + sum(prob(p) for p in spec.paths), 4),
-        "independent_estimate": round(1 + sum(indep(p) if max(p) < stats.topk else 0.0 for p in spec.paths), 4),
-        "stats": str(stats_file), "positions": stats.positions,
-    }
+    try:
+        result = {"tree": str(tree), **evaluate_tree(spec, stats, folds), "stats": str(stats_file)}
+    except BuildError as err:
+        fail(f"{tree}: {err}")
     if as_json:
         typer.echo(json.dumps(result))
     else:
+        low, high = result["interval_90"]
         typer.echo(f"{tree}: {spec.nodes} nodes, depth {spec.depth}\n"
-                   f"  predicted tokens/step (replay on {stats.positions} positions): {result['predicted_tokens_per_step']:.3f}\n"
+                   f"  in-sample tokens/step (replay on {stats.positions} positions, {result['prompts']} prompts): "
+                   f"{result['predicted_tokens_per_step']:.3f}   90% over prompt sets: {low:.3f}-{high:.3f}\n"
+                   f"  cross-validated: {result['cross_validated_tokens_per_step']:.3f} ({result['cross_validation']})\n"
                    f"  estimate from path frequencies: {result['empirical_estimate']:.3f}   "
                    f"under independence: {result['independent_estimate']:.3f}")
 
@@ -427,24 +477,36 @@ def show(
 
 @app.command()
 def export(
-    tree: Path = typer.Argument(..., help="tree spec JSON"),
-    fmt: str = typer.Option("medusa", "--format", help="medusa | trtllm-yaml | triton | json"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write here instead of stdout"),
+    tree: Path = typer.Argument(..., help="tree spec JSON (or any form 'treeopt import' reads)"),
+    fmt: str = typer.Option("medusa", "--format", help="medusa | medusa-list | trtllm | trtllm-yaml | trtllm-llmapi | "
+                                                       "triton | triton-pbtxt | json"),
+    num_heads: Optional[int] = typer.Option(None, "--num-heads", help="the engine's Medusa heads: refuse deeper trees "
+                                            "(trtllm-llmapi writes it; default: the tree's depth)"),
+    max_draft_len: Optional[int] = typer.Option(None, "--max-draft-len", help="TensorRT-LLM formats: the engine's "
+                                                "max_draft_len (default 63; trtllm-llmapi: the number of paths)"),
+    name: Optional[str] = typer.Option(None, "--name", help="--format medusa: the Python variable (default treeopt_tree)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write here instead of stdout (nothing is written on error)"),
 ):
-    """Write the tree as upstream Medusa / TensorRT-LLM medusa_choices, trtllm-bench YAML, or the Triton string."""
+    """Write the tree for an engine, after checking that engine's limits (ranks, depth, draft tokens, sibling gaps)."""
+    from medusa_runtime.files import write_text_atomic
     from medusa_runtime.spec import TreeSpecError
 
     from .formats import export_tree
 
     spec = load_any_tree(tree)
     try:
-        text = export_tree(spec, fmt)
+        text = export_tree(spec, fmt, num_heads=num_heads, max_draft_len=max_draft_len, name=name, where=str(tree))
     except TreeSpecError as err:
         fail(str(err))
-    if out:
-        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    else:
-        typer.echo(text.rstrip("\n"))
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, text)
+    except OSError as err:
+        fail(f"{out}: cannot be written ({err.strerror or err.__class__.__name__}); choose another --out")
+    typer.echo(f"{fmt}: {spec.nodes}-node tree (depth {spec.depth}) written to {out}")
 
 
 @app.command("import")
@@ -487,11 +549,36 @@ def profile(
     except ValueError as err:
         fail(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
     typer.echo(f"{'nodes':>5} {'median ms':>9} {'p10':>7} {'p90':>7}")
     for row in [result["plain_step"]] + [r for r in result["verify"] if r["nodes"] > 1]:
         typer.echo(f"{row['nodes']:>5} {row['median_ms']:>9.1f} {row['p10_ms']:>7.1f} {row['p90_ms']:>7.1f}")
     typer.echo(f"device: {result['device']}, dtype {result['dtype']}; written to {out}")
+
+
+def check_storage(storage: str) -> str:
+    """Refuse an optuna storage URL that cannot be opened before any model loads: not a URL, an unknown
+    database, a driver that is not installed, a SQLite file in a missing folder. Returns the URL with its
+    password hidden, for messages and the tree's meta."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "e.g. sqlite:///tune.db or postgresql+psycopg2://user@host/db"
+    try:
+        url = make_url(storage)
+        dialect = url.get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError: first
+        fail(f"--storage {storage.split('@')[-1]!r}: unknown database {url.drivername!r}; {example}")
+    except ArgumentError:
+        fail(f"--storage {storage.split('@')[-1]!r}: not a database URL; {example}")
+    shown = url.render_as_string(hide_password=True)
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        fail(f"--storage {shown}: its driver is not installed ({err}); install it or name an installed one in the URL, {example}")
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and not Path(url.database).parent.is_dir():
+        fail(f"--storage {shown}: folder {Path(url.database).parent} does not exist; create it or use another path")
+    return shown
 
 
 @app.command()
@@ -517,11 +604,15 @@ def tune(
     from medusa_runtime.bench import format_report, report_json_line, run_bench
     from medusa_runtime.decoding import SamplingConfig
 
+    from medusa_runtime.files import one_line, write_text_atomic
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .calibrate import calibrate as run_calibration, heads_fingerprint
     from .tune import TuneSpace, best_tree, run_study
 
     if trials < 1:
         fail("--trials must be >= 1")
+    shown_storage = check_storage(storage) if storage is not None else None  # before the model loads: fail fast
     loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
     ids = load_prompt_ids(loaded, prompts, select)
     if stats_file is not None:
@@ -531,8 +622,12 @@ def tune(
                                 {"heads": heads_path, "heads_sha256": heads_fingerprint(heads_path), "prompt_source": prompts, "select": select})
     out.parent.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out.parent.resolve() / 'treeopt-tune.db'}"
-    result = run_study(loaded, medusa_heads, stats, ids, trials, storage, study, max_new_tokens,
-                       TuneSpace(max_budget=max_budget, temperature=temperature))
+    try:
+        result = run_study(loaded, medusa_heads, stats, ids, trials, storage, study, max_new_tokens,
+                           TuneSpace(max_budget=max_budget, temperature=temperature))
+    except SQLAlchemyError as err:  # unreachable server, wrong credentials, a file that is not a database
+        fail(f"--storage {shown_storage or storage}: cannot be used ({err.__class__.__name__}: {one_line(getattr(err, 'orig', None) or err)}); "
+             f"check the server, the credentials or the file")
     try:
         spec = best_tree(result)
     except ValueError as err:
@@ -547,7 +642,8 @@ def tune(
         report.model, report.heads, report.tree, report.prompt_source, report.select = model, heads_path, str(out), prompts, holdout
         typer.echo("held-out:\n" + format_report(report))
         if json_out:
-            json_out.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(json_out, json.dumps(report.to_json(), indent=1) + "\n")
         typer.echo(report_json_line(report))
 
 
@@ -590,25 +686,25 @@ def sweep(
     """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts."""
     from medusa_runtime.spec import TreeSpec
 
-    from .build import BuildError, build_tree, predicted_curve
-    from .stats import replay_tokens_per_step
+    from .build import BuildError
+    from .design import TreeRequest, design_tree
     from .sweep import format_sweep, rows_json, run_sweep
-    from .tuning import choose_budget, load_latency
 
     stats = load_stats_or_fail(stats_file)
+    lat = load_latency_or_fail(latency)
     try:
         sizes = sorted({int(b) for b in budgets.split(",") if b.strip()})
-        lat = load_latency(latency)
-        built = build_tree(stats, max(sizes + [max(lat.sizes) - 1]), strict=False)  # auto may pick up to the largest profiled size
-        if len(built.paths) < max(sizes):
-            raise BuildError(f"--budgets {budgets}: the stats support only {len(built.paths)} paths; lower the budgets")
-    except (ValueError, BuildError) as err:
-        fail(str(err))
-    choice = choose_budget(predicted_curve(stats, built), lat)
+    except ValueError:
+        fail(f"--budgets {budgets!r}: a comma-separated list of integers, e.g. 4,8,16")
     trees = {"empty": TreeSpec([])}
-    for n in sizes:
-        trees[f"budget {n}"] = TreeSpec(built.paths[:n], {"expected_tokens_per_step": round(replay_tokens_per_step(stats, built.paths[:n]), 4)})
-    trees[f"auto ({choice.paths})"] = TreeSpec(built.paths[: choice.paths], {"expected_tokens_per_step": round(replay_tokens_per_step(stats, built.paths[: choice.paths]), 4)})
+    try:
+        for n in sizes:
+            trees[f"budget {n}"] = design_tree(stats, TreeRequest(n)).spec
+        auto_tree = design_tree(stats, TreeRequest(None, max_budget=max(lat.sizes) - 1), lat)  # up to the largest profiled size
+    except BuildError as err:
+        fail(str(err))
+    choice = auto_tree.choice
+    trees[f"auto ({choice.paths})"] = auto_tree.spec
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
     rows = run_sweep(loaded, medusa_heads, trees, load_prompt_ids(loaded, prompts, select), max_new_tokens)
     typer.echo(format_sweep(rows))
@@ -617,7 +713,7 @@ def sweep(
     summary = {"auto_paths": choice.paths, "auto_tokens_per_s": round(auto.tokens_per_s, 3), "best_budget_tokens_per_s": round(best, 3),
                "auto_vs_best": round(auto.tokens_per_s / best, 4), "prompts": prompts, "select": select, "rows": rows_json(rows)}
     if json_out:
-        json_out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(json_out, json.dumps(summary, indent=1) + "\n")
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
 
 

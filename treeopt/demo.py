@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medusa_runtime.spec import TreeSpec
+
+from medusa_runtime.files import write_text_atomic
 
 from .tuning import PROFILE_SIZES
 
@@ -40,10 +41,10 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     from medusa_runtime.bench import format_report, run_bench
     from medusa_runtime.prompts import render_chat, select_prompts
 
-    from .build import build_tree, predicted_curve
+    from .design import TreeRequest, design_tree
     from .calibrate import calibrate, heads_fingerprint
     from .profile import profile_latency
-    from .stats import load_stats, replay_tokens_per_step
+    from .stats import load_stats
     from .tuning import choose_budget, load_latency
     from .viz import curve_png, tree_png
 
@@ -73,33 +74,23 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
         echo(f"[2/4] profile: reusing {latency_path}")
     else:
         echo("[2/4] profile verify-step latency on this device")
-        latency_path.write_text(json.dumps(profile_latency(loaded, heads, cfg.sizes, cfg.repeats), indent=1) + "\n")
+        write_text_atomic(latency_path, json.dumps(profile_latency(loaded, heads, cfg.sizes, cfg.repeats), indent=1) + "\n")
         _stamp(latency_path, settings)
     latency = load_latency(latency_path)
     # 3. build auto
     echo("[3/4] build the tree with the best predicted tokens/s")
-    budget = min(cfg.max_budget, max(cfg.sizes) - 1)
-    built = build_tree(stats, budget, strict=False)
-    curve = predicted_curve(stats, built)
-    choice = choose_budget(curve, latency)
+    designed = design_tree(stats, TreeRequest(None, max_budget=min(cfg.max_budget, max(cfg.sizes) - 1)), latency,
+                           {"builder": "treeopt demo"})
+    choice, spec = designed.choice, designed.spec
     echo(choice.table())
-    paths = built.paths[: choice.paths]
-    spec = TreeSpec(paths, {
-        "builder": "treeopt demo", "objective": "empirical", "budget": choice.paths, "budget_auto": True,
-        "expected_tokens_per_step": round(replay_tokens_per_step(stats, paths), 4),
-        "predicted_speedup": round(choice.speedup, 4), "predicted_tokens_per_s": round(choice.tokens_per_s, 3),
-        "latency_device": latency.device, "stats_provenance": stats.provenance,
-        "path_probabilities": [round(p, 6) for p in built.probabilities[: choice.paths]],
-        "predicted_curve": [r for r in curve if r["paths"] <= choice.paths], "throughput_curve": choice.rows,
-    })
     spec.save(out / "tree.json")
-    tree_png(spec, out / "tree.png", dict(zip(paths, spec.meta["path_probabilities"])))
+    tree_png(spec, out / "tree.png", dict(zip(spec.paths, spec.meta["path_probabilities"])))
     curve_png(choice.rows, out / "curve.png", chosen=spec.nodes, baseline_tokens_per_s=choice.baseline_tokens_per_s)
     # 4. bench on held-out prompts
     echo(f"[4/4] bench on held-out {cfg.prompts} --select {cfg.bench_select}: HF generate vs Medusa ({spec.nodes} nodes)")
     report = run_bench(loaded, heads, spec, ids_for(cfg.bench_select), cfg.max_new_tokens)
     report.model, report.heads, report.tree = loaded.name, heads_path, str(out / "tree.json")
     report.prompt_source, report.select = cfg.prompts, cfg.bench_select
-    (out / "report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(report.to_json(), indent=1) + "\n")
     echo(format_report(report))
     return report.to_json()

@@ -14,12 +14,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medusa_runtime.files import is_int, json_type, read_json_object
+
 STATS_FORMAT = "medusa-calibration"
 STATS_VERSION = 1
 
 
 class StatsError(ValueError):
-    pass
+    """Stats that cannot be used; the message names the file, the field and the fix."""
 
 
 @dataclass
@@ -29,6 +31,10 @@ class CalibrationStats:
     rollouts: list[list[list[int]]]  # [prompt][position][head] rank or -1; position 0 = last prompt token
     new_tokens: list[int]  # tokens generated per prompt (the replay emits exactly these)
     provenance: dict = field(default_factory=dict)
+    prompt_indices: list[int] | None = None  # each rollout's index in the selected prompt list (None: 0, 1, 2, ...)
+
+    def indices(self) -> list[int]:
+        return list(range(len(self.rollouts))) if self.prompt_indices is None else self.prompt_indices
 
     @property
     def positions(self) -> int:
@@ -71,6 +77,7 @@ class CalibrationStats:
             "accuracy": self.accuracy(),
             "prefix_counts": {".".join(map(str, k)): v for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))},
             "new_tokens": self.new_tokens,
+            "prompt_indices": self.indices(),
             "rollouts": self.rollouts,
         }
 
@@ -81,47 +88,143 @@ class CalibrationStats:
         tmp.replace(path)
 
 
+REDO = "re-run 'treeopt calibrate'"
+
+
 def load_stats(path: str | Path) -> CalibrationStats:
+    """Read stats and check every field ``build``, ``evaluate`` and the replay index into."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StatsError(f"{path}: no such stats file; make one with 'treeopt calibrate --out {path}'") from None
-    except json.JSONDecodeError as err:
-        raise StatsError(f"{path}: not valid JSON ({err.msg}); re-run 'treeopt calibrate'") from None
-    if not isinstance(data, dict) or data.get("format") != STATS_FORMAT:
+    data = read_json_object(path, "stats", f"make one with 'treeopt calibrate --out {path}'", StatsError)
+    if data.get("format") != STATS_FORMAT:
         raise StatsError(f"{path}: field 'format' must be {STATS_FORMAT!r}; is this a 'treeopt calibrate' output?")
     if data.get("version") != STATS_VERSION:
         raise StatsError(f"{path}: field 'version' is {data.get('version')!r}; this treeopt reads version {STATS_VERSION}")
     for key in ("num_heads", "topk", "rollouts", "new_tokens"):
         if key not in data:
-            raise StatsError(f"{path}: field {key!r} is missing; re-run 'treeopt calibrate'")
-    if len(data["rollouts"]) != len(data["new_tokens"]):
-        raise StatsError(f"{path}: 'rollouts' and 'new_tokens' differ in length")
-    return CalibrationStats(data["num_heads"], data["topk"], data["rollouts"], data["new_tokens"], data.get("provenance", {}))
+            raise StatsError(f"{path}: field {key!r} is missing; {REDO}")
+    num_heads, topk, rollouts, new_tokens = data["num_heads"], data["topk"], data["rollouts"], data["new_tokens"]
+    for key, value in (("num_heads", num_heads), ("topk", topk)):
+        if not is_int(value) or value < 1:
+            raise StatsError(f"{path}: field {key!r} must be a positive integer, got {value!r}; {REDO}")
+    if not isinstance(new_tokens, list) or not all(is_int(n) and n >= 0 for n in new_tokens):
+        raise StatsError(f"{path}: field 'new_tokens' must be a list of token counts (integers >= 0); {REDO}")
+    if not isinstance(rollouts, list):
+        raise StatsError(f"{path}: field 'rollouts' must be a list (one per prompt), got a {json_type(rollouts)}; {REDO}")
+    if len(rollouts) != len(new_tokens):
+        raise StatsError(f"{path}: 'rollouts' and 'new_tokens' differ in length ({len(rollouts)} and {len(new_tokens)}); {REDO}")
+    for i, (rows, n_new) in enumerate(zip(rollouts, new_tokens)):
+        _check_rows(path, i, rows, n_new, num_heads, topk)
+    provenance = data.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise StatsError(f"{path}: field 'provenance' must be an object, got a {json_type(provenance)}; remove it or {REDO}")
+    indices = data.get("prompt_indices")
+    if indices is not None and (not isinstance(indices, list) or len(indices) != len(rollouts)
+                                or not all(is_int(i) and i >= 0 for i in indices) or len(set(indices)) != len(indices)):
+        raise StatsError(f"{path}: field 'prompt_indices' must list one distinct prompt index (integer >= 0) per rollout; {REDO}")
+    return CalibrationStats(num_heads, topk, rollouts, new_tokens, provenance, indices)
 
 
-def replay_steps(stats: CalibrationStats, paths) -> tuple[int, int]:
-    """(tokens, steps) of decoding the calibration prompts with this tree; steps include the prefill."""
+def _check_rows(path: Path, i: int, rows, n_new: int, num_heads: int, topk: int) -> None:
+    """rollouts[i]: one row of ``num_heads`` ranks in -1..topk-1 per position, enough rows to replay ``n_new`` tokens."""
+    shape = f"a list of rows of {num_heads} ranks (integers from -1 to {topk - 1})"
+    if not isinstance(rows, list):
+        raise StatsError(f"{path}: field 'rollouts[{i}]' must be {shape}, got a {json_type(rows)}; {REDO}")
+    ranks = range(-1, topk)
+    for t, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != num_heads or not all(is_int(r) and r in ranks for r in row):
+            raise StatsError(f"{path}: field 'rollouts[{i}][{t}]' = {_short(row)} is not a row of {num_heads} ranks "
+                             f"(integers from -1 to {topk - 1}); {REDO}")
+    if n_new > len(rows) + 1:  # the replay reads the row of every emitted token but the last
+        raise StatsError(f"{path}: field 'new_tokens[{i}]' = {n_new} needs at least {n_new - 1} rows in 'rollouts[{i}]', "
+                         f"which has {len(rows)}; {REDO}")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def replay_per_prompt(stats: CalibrationStats, paths) -> list[tuple[int, int]]:
+    """(tokens, steps) of decoding each calibration prompt with this tree; steps include the prefill.
+    Prompts that generated nothing contribute (0, 0)."""
     tree = set(map(tuple, paths))
     depth_limit = max((len(p) for p in tree), default=0)
-    tokens = steps = 0
+    out = []
     for rows, n_new in zip(stats.rollouts, stats.new_tokens):
         if n_new == 0:
+            out.append((0, 0))
             continue
-        emitted, s = 1, 1  # the prefill emits the first token
+        emitted, steps = 1, 1  # the prefill emits the first token
         while emitted < n_new:
             row = rows[emitted - 1]  # hidden state of the last emitted token's position
             d = 0
             while d < depth_limit and d < len(row) and row[d] >= 0 and tuple(row[: d + 1]) in tree:
                 d += 1
             emitted += d + 1
-            s += 1
-        tokens += n_new
-        steps += s
-    return tokens, steps
+            steps += 1
+        out.append((n_new, steps))
+    return out
+
+
+def replay_steps(stats: CalibrationStats, paths) -> tuple[int, int]:
+    """(tokens, steps) of decoding all calibration prompts with this tree; steps include the prefill."""
+    per_prompt = replay_per_prompt(stats, paths)
+    return sum(t for t, _ in per_prompt), sum(s for _, s in per_prompt)
 
 
 def replay_tokens_per_step(stats: CalibrationStats, paths) -> float:
     tokens, steps = replay_steps(stats, paths)
     return tokens / max(steps, 1)
+
+
+def subset(stats: CalibrationStats, prompts: list[int]) -> CalibrationStats:
+    """The stats of these prompts only (indices into ``stats.rollouts``), same heads and top-k."""
+    return CalibrationStats(stats.num_heads, stats.topk, [stats.rollouts[i] for i in prompts],
+                            [stats.new_tokens[i] for i in prompts], dict(stats.provenance),
+                            [stats.indices()[i] for i in prompts])
+
+
+SHARD_INVARIANTS = ("model", "heads_sha256", "dtype", "max_new_tokens", "prompt_source", "select", "rollout", "prompts_total")
+
+
+def merge_shards(shards: list[tuple[str, CalibrationStats]]) -> CalibrationStats:
+    """The stats of one run over all prompts, from the stats of its ``calibrate --shard I/N`` jobs.
+
+    Each shard must say which shard it is (provenance ``shard`` = [I, N]); all N must be there once, from
+    the same model, heads, prompts and settings. Rollouts are put back in prompt order, so the result is
+    the one-run stats (its provenance lists the shard files instead of one command)."""
+    if not shards:
+        raise StatsError("merge-stats: no stats files given")
+    first_name, first = shards[0]
+    seen: dict[int, str] = {}
+    for name, stats in shards:
+        shard = stats.provenance.get("shard")
+        if not (isinstance(shard, list) and len(shard) == 2 and all(is_int(x) for x in shard)):
+            raise StatsError(f"{name}: field 'provenance.shard' is missing; merge only outputs of 'treeopt calibrate --shard I/N'")
+        if (stats.num_heads, stats.topk) != (first.num_heads, first.topk):
+            raise StatsError(f"{name}: {stats.num_heads} heads, top-{stats.topk}; {first_name} has {first.num_heads} heads, "
+                             f"top-{first.topk}; calibrate every shard with the same heads and --topk")
+        for key in SHARD_INVARIANTS + ("shard",):
+            mine, theirs = stats.provenance.get(key), first.provenance.get(key)
+            if key == "shard":  # the shard count must agree, the shard number must not
+                mine, theirs = mine[1], theirs[1]
+            if mine != theirs:
+                raise StatsError(f"{name}: {key} is {mine!r} but {theirs!r} in {first_name}; every shard must come "
+                                 f"from the same calibrate command")
+        if shard[0] in seen:
+            raise StatsError(f"{name}: shard {shard[0]}/{shard[1]} is also {seen[shard[0]]}; give each shard once")
+        seen[shard[0]] = name
+    count = first.provenance["shard"][1]
+    missing = sorted(set(range(count)) - set(seen))
+    if missing:
+        raise StatsError(f"merge-stats: shards {', '.join(f'{i}/{count}' for i in missing)} are missing; "
+                         f"run 'treeopt calibrate --shard I/{count}' for them")
+    rows = sorted(((index, rollout, n_new) for _, stats in shards
+                   for index, rollout, n_new in zip(stats.indices(), stats.rollouts, stats.new_tokens)), key=lambda r: r[0])
+    total = first.provenance.get("prompts_total", len(rows))
+    if [index for index, _, _ in rows] != list(range(total)):
+        raise StatsError(f"merge-stats: the shards hold prompts {[i for i, _, _ in rows][:8]}..., not each of the "
+                         f"{total} prompts once; re-run the shards")
+    provenance = {k: v for k, v in first.provenance.items() if k not in ("shard", "command", "date")}
+    provenance.update({"prompts": total, "merged_from": [name for name, _ in shards]})
+    return CalibrationStats(first.num_heads, first.topk, [r for _, r, _ in rows], [n for _, _, n in rows], provenance)

@@ -23,7 +23,8 @@ class SweepRow:
     paths: int
     tokens_per_step: float
     tokens_per_s: float
-    predicted_tokens_per_step: float | None
+    predicted_tokens_per_step: float | None  # cross-validated (what ``build`` writes as the prediction)
+    in_sample_tokens_per_step: float | None  # replay on the calibration rollouts the tree was chosen on
 
 
 def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tokens: int = 128, progress: bool = True) -> list[SweepRow]:
@@ -41,17 +42,20 @@ def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tok
             totals[label][0] += len(result.tokens)
             totals[label][1] += result.steps
             totals[label][2] += time.perf_counter() - t0
-    return [SweepRow(label, len(trees[label].paths), t / s, t / sec, trees[label].meta.get("expected_tokens_per_step"))
+    return [SweepRow(label, len(trees[label].paths), t / s, t / sec, trees[label].meta.get("expected_tokens_per_step"),
+                     trees[label].meta.get("in_sample_tokens_per_step"))
             for label, (t, s, sec) in totals.items()]
 
 
 def format_sweep(rows: list[SweepRow]) -> str:
     best = max(r.tokens_per_s for r in rows)
-    lines = [f"{'tree':>12} {'nodes':>5} {'tok/step':>8} {'predicted':>9} {'tok/s':>7} {'vs best':>7}"]
+    lines = [f"{'tree':>12} {'nodes':>5} {'tok/step':>8} {'predicted':>9} {'error':>6} {'in-sample':>9} {'tok/s':>7} {'vs best':>7}"]
     for r in rows:
         predicted = f"{r.predicted_tokens_per_step:.3f}" if r.predicted_tokens_per_step is not None else "-"
-        lines.append(f"{r.label:>12} {r.paths + 1:>5} {r.tokens_per_step:>8.3f} {predicted:>9} {r.tokens_per_s:>7.2f} "
-                     f"{r.tokens_per_s / best:>7.1%}")
+        error = f"{r.predicted_tokens_per_step / r.tokens_per_step - 1:+.1%}" if r.predicted_tokens_per_step is not None else "-"
+        in_sample = f"{r.in_sample_tokens_per_step:.3f}" if r.in_sample_tokens_per_step is not None else "-"
+        lines.append(f"{r.label:>12} {r.paths + 1:>5} {r.tokens_per_step:>8.3f} {predicted:>9} {error:>6} {in_sample:>9} "
+                     f"{r.tokens_per_s:>7.2f} {r.tokens_per_s / best:>7.1%}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from medusa_runtime.files import parse_json, read_text
+
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
 from medusa_runtime.models import DTYPES, dtype_name, resolve_dtype
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
@@ -103,20 +105,17 @@ def read_training_rows(data: str) -> tuple[list[str], list[str], str]:
     if not path.exists():
         raise TrainError(f"--data {data}: no such file; use 'sharegpt' or a JSONL file of {{\"prompt\"|\"text\": ...}} rows")
     prompts, texts = [], []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TrainError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-                prompts.append(row["prompt"])
-            elif isinstance(row, dict) and isinstance(row.get("text"), str):
-                texts.append(row["text"])
-            else:
-                raise TrainError(f"{path}:{lineno}: each line needs a string field 'prompt' or 'text'")
+    fix = "each line needs a JSON object with a string field 'prompt' or 'text'"
+    for lineno, line in enumerate(read_text(path, "training data", fix, TrainError).splitlines(), 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{path}:{lineno}", fix, TrainError)
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            prompts.append(row["prompt"])
+        elif isinstance(row, dict) and isinstance(row.get("text"), str):
+            texts.append(row["text"])
+        else:
+            raise TrainError(f"{path}:{lineno}: each line needs a string field 'prompt' or 'text'")
     if not prompts and not texts:
         raise TrainError(f"{path}: no rows; each line needs a string field 'prompt' or 'text'")
     return prompts, texts, f"{path}: {len(prompts)} prompts, {len(texts)} texts"

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from medusa_runtime.files import is_int, is_positive_number, json_type, read_json_object
+
 LATENCY_FORMAT = "medusa-latency"
 # tree sizes ``treeopt profile`` times by default: every size up to 8, since GEMM kernels switch blocking in
 # the first rows (on this project's CPU 3-6 rows cost less than 1-2) and that end cannot be interpolated
@@ -49,22 +51,33 @@ class LatencyProfile:
 
 
 def load_latency(path: str | Path) -> LatencyProfile:
+    """Read a latency file and check the fields ``LatencyProfile.at`` and ``choose_budget`` compute with."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such latency file; make one with 'treeopt profile --out {path}'") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}); re-run 'treeopt profile'") from None
-    if not isinstance(data, dict) or data.get("format") != LATENCY_FORMAT:
+    redo = "re-run 'treeopt profile'"
+    data = read_json_object(path, "latency", f"make one with 'treeopt profile --out {path}'")
+    if data.get("format") != LATENCY_FORMAT:
         raise ValueError(f"{path}: field 'format' must be {LATENCY_FORMAT!r}; is this a 'treeopt profile' output?")
-    rows = sorted(data.get("verify", []), key=lambda r: r["nodes"])
-    if not rows or "plain_step" not in data:
-        raise ValueError(f"{path}: fields 'verify' and 'plain_step' are required; re-run 'treeopt profile'")
-    stat = "p10_ms" if all("p10_ms" in r for r in [*rows, data["plain_step"]]) else "median_ms"
+    if "verify" not in data or "plain_step" not in data:
+        raise ValueError(f"{path}: fields 'verify' and 'plain_step' are required; {redo}")
+    rows, plain = data["verify"], data["plain_step"]
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: field 'verify' must be a non-empty list of objects (one per tree size); {redo}")
+    if not isinstance(plain, dict):
+        raise ValueError(f"{path}: field 'plain_step' must be an object, got a {json_type(plain)}; {redo}")
+    for i, row in enumerate(rows):
+        if not is_int(row.get("nodes")) or row["nodes"] < 1:
+            raise ValueError(f"{path}: field 'verify[{i}].nodes' must be a tree size (an integer >= 1), got {row.get('nodes')!r}; {redo}")
+    rows = sorted(rows, key=lambda r: r["nodes"])
+    for a, b in zip(rows, rows[1:]):
+        if a["nodes"] == b["nodes"]:
+            raise ValueError(f"{path}: field 'verify' lists tree size {a['nodes']} twice; keep one row per size or {redo}")
+    stat = "p10_ms" if all("p10_ms" in r for r in [*rows, plain]) else "median_ms"
+    for where, row in [*((f"verify[nodes={r['nodes']}]", r) for r in rows), ("plain_step", plain)]:
+        if not is_positive_number(row.get(stat)):
+            raise ValueError(f"{path}: field '{where}.{stat}' must be a positive number of milliseconds, got {row.get(stat)!r}; {redo}")
     return LatencyProfile(
-        device=data.get("device", "?"), dtype=data.get("dtype", "?"), sizes=[r["nodes"] for r in rows],
-        step_ms=[r[stat] for r in rows], plain_step_ms=data["plain_step"][stat],
+        device=str(data.get("device", "?")), dtype=str(data.get("dtype", "?")), sizes=[r["nodes"] for r in rows],
+        step_ms=[r[stat] for r in rows], plain_step_ms=plain[stat],
         meta={k: v for k, v in data.items() if k not in ("verify", "plain_step")}, statistic=stat,
     )
 

@@ -1,7 +1,8 @@
-"""Pictures and text views of trees and curves (matplotlib, networkx). No model, no torch."""
+"""Pictures and text views of trees and curves (matplotlib). No model, no torch."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from medusa_runtime.spec import TreeSpec
@@ -24,48 +25,105 @@ def tree_text(spec: TreeSpec, probabilities: dict[tuple[int, ...], float] | None
     return "\n".join(lines)
 
 
-def tree_png(spec: TreeSpec, out: str | Path, probabilities: dict[tuple[int, ...], float] | None = None, title: str = "") -> None:
+# layout constants of tree_png, in inches (figure sizes follow the layout's extent, never a fixed canvas)
+_COL_MAX_IN = 0.6     # width of one leaf column when there is room
+_ROW_MAX_IN = 0.9     # height of one depth level when there is room
+_MAX_WIDTH_IN = 30.0  # widest figure (3300 px at 110 dpi); wider trees get narrower columns and smaller nodes
+_MAX_HEIGHT_IN = 16.0  # tallest figure (1760 px); deeper trees get lower rows
+_ROW_PAD = 0.3        # rows of space above the root and below the deepest nodes (a node's radius is 0.225 rows)
+_LEFT_IN, _RIGHT_IN, _TOP_IN, _BOTTOM_IN = 0.85, 0.2, 0.4, 0.1  # head labels, right edge, title, bottom edge
+_DPI = 110
+
+
+def tree_layout(spec: TreeSpec) -> tuple[dict[tuple[int, ...], tuple[float, int]], int]:
+    """Layered layout: leaves one column each, left to right in depth-first rank order, parents centred over
+    their children; x is in columns (leaf i at i + 0.5), y is the depth. Returns (positions, columns)."""
+    children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for p in spec.paths:
+        children.setdefault(p[:-1], []).append(p)
+    pos: dict[tuple[int, ...], tuple[float, int]] = {}
+    next_col = [0]
+
+    def place(node: tuple[int, ...]) -> float:  # recursion depth = tree depth (a few heads), never deep
+        kids = sorted(children.get(node, []))
+        if kids:
+            xs = [place(k) for k in kids]
+            x = (xs[0] + xs[-1]) / 2
+        else:
+            x = next_col[0] + 0.5
+            next_col[0] += 1
+        pos[node] = (x, len(node))
+        return x
+
+    place(())
+    return pos, next_col[0]
+
+
+def tree_figure(spec: TreeSpec, probabilities: dict[tuple[int, ...], float] | None = None, title: str = ""):
+    """The tree as a matplotlib Figure sized from its layout: every node, label and the title inside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import networkx as nx
+    from matplotlib.collections import LineCollection
 
-    graph = nx.DiGraph()
-    graph.add_node(())
-    for p in spec.paths:
-        graph.add_edge(p[:-1], p)
-    # layered layout: leaves spread left to right in depth-first order, parents centred over children
-    pos: dict[tuple[int, ...], tuple[float, float]] = {}
-    next_x = [0.0]
+    pos, columns = tree_layout(spec)
+    depth = spec.depth
+    col_in = min(_COL_MAX_IN, (_MAX_WIDTH_IN - _LEFT_IN - _RIGHT_IN) / columns)
+    row_in = min(_ROW_MAX_IN, (_MAX_HEIGHT_IN - _TOP_IN - _BOTTOM_IN) / (depth + 2 * _ROW_PAD))
+    plot_w, plot_h = columns * col_in, (depth + 2 * _ROW_PAD) * row_in
+    diameter_pt = 72 * min(0.8 * col_in, 0.45 * row_in)
+    font = min(7.0, diameter_pt * 0.3)
+    cmap = plt.get_cmap("viridis")
 
-    def place(node: tuple[int, ...]) -> float:
-        kids = sorted(graph.successors(node))
-        if not kids:
-            x = next_x[0]
-            next_x[0] += 1.0
-        else:
-            xs = [place(k) for k in kids]
-            x = sum(xs) / len(xs)
-        pos[node] = (x, -len(node))
-        return x
-
-    place(())
-    width = max(6.0, min(40.0, next_x[0] * 0.45))
-    fig, ax = plt.subplots(figsize=(width, 1.6 + 1.3 * max(spec.depth, 1)))
-    labels, colors = {}, []
-    for node in graph.nodes:
-        p = probabilities.get(node) if probabilities else None
-        labels[node] = "root" if not node else f"r{node[-1]}" + (f"\n{p:.2f}" if p is not None else "")
-        colors.append(1.0 if not node else (p if p is not None else 0.5))
-    nx.draw_networkx(graph, pos, ax=ax, labels=labels, node_color=colors, cmap="viridis", vmin=0, vmax=1,
-                     node_size=520, font_size=7, font_color="white", arrows=False, edge_color="#999")
-    for d in range(1, spec.depth + 1):
-        ax.text(-1.2, -d, f"head {d}", ha="right", va="center", fontsize=8)
-    ax.set_title(title or f"{spec.nodes}-node Medusa tree (label: head rank, P(path accepted))", fontsize=10)
+    fig = plt.figure(dpi=_DPI)
+    title = title or f"{spec.nodes}-node Medusa tree (label: head rank" + (", P(path accepted))" if probabilities else ")")
+    title_artist = fig.text(0.5, 1.0, title, ha="center", va="top", fontsize=10)
+    renderer = fig.canvas.get_renderer()
+    title_w = title_artist.get_window_extent(renderer).width / _DPI
+    left_in = _LEFT_IN if depth else _RIGHT_IN  # room for the head labels
+    width = max(left_in + plot_w + _RIGHT_IN, min(_MAX_WIDTH_IN, title_w + 0.4))
+    height = _TOP_IN + plot_h + _BOTTOM_IN
+    width, height = math.ceil(width * _DPI) / _DPI, math.ceil(height * _DPI) / _DPI  # whole pixels
+    fig.set_size_inches(width, height)
+    if title_w + 0.4 > width:  # only a title longer than 30 inches: wrap it rather than cut it
+        title_artist.set_wrap(True)
+    title_artist.set_y(1 - 0.1 / height)
+    # the tree centred under the title where the head labels leave room, else just right of them
+    left = min(max(left_in, (width - plot_w) / 2), width - _RIGHT_IN - plot_w)
+    ax = fig.add_axes((left / width, _BOTTOM_IN / height, plot_w / width, plot_h / height))
+    ax.set_xlim(0, columns)
+    ax.set_ylim(depth + _ROW_PAD, -_ROW_PAD)
     ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+
+    nodes = [()] + list(spec.paths)
+    ax.add_collection(LineCollection([[pos[p[:-1]], pos[p]] for p in spec.paths], colors="#999", linewidths=1, zorder=1))
+    values = []
+    for node in nodes:
+        p = probabilities.get(node) if probabilities and node else None
+        values.append(1.0 if not node else (p if p is not None else 0.5))
+    ax.scatter([pos[n][0] for n in nodes], [pos[n][1] for n in nodes], s=diameter_pt ** 2, c=[cmap(v) for v in values],
+               zorder=2, linewidths=0)
+    if font >= 3.5:  # smaller text is unreadable: very wide trees show coloured nodes only
+        for node, value in zip(nodes, values):
+            p = probabilities.get(node) if probabilities and node else None
+            label = "root" if not node else f"r{node[-1]}" + (f"\n{p:.2f}" if p is not None else "")
+            ax.text(*pos[node], label, ha="center", va="center", fontsize=font if node else min(font, 6.0),
+                    color="black" if value > 0.6 else "white", zorder=3)
+    head_font = min(8.0, 0.6 * 72 * row_in)
+    every = max(1, math.ceil(4.0 / head_font))  # rows too low for readable labels: label every n-th head
+    for d in range(every, depth + 1, every) if every > 1 else range(1, depth + 1):
+        ax.annotate(f"head {d}", xy=(0, d), xycoords=("axes fraction", "data"), xytext=(-8, 0),
+                    textcoords="offset points", ha="right", va="center", fontsize=max(head_font, 4.0))
+    return fig
+
+
+def tree_png(spec: TreeSpec, out: str | Path, probabilities: dict[tuple[int, ...], float] | None = None, title: str = "") -> None:
+    """Draw the tree to a PNG: nodes labelled with their head rank (and P(path) when known), one row per head."""
+    import matplotlib.pyplot as plt
+
+    fig = tree_figure(spec, probabilities, title)
+    fig.savefig(out, dpi=_DPI)
     plt.close(fig)
 
 
