@@ -10,15 +10,25 @@ from hypothesis import strategies as st
 
 from test_build import all_valid_trees, random_stats
 from treeopt.build import build_tree, path_probability_fn
-from treeopt.crossval import bootstrap_interval, cross_validate, prompt_folds
-from treeopt.design import TreeRequest, design_tree, evaluate_tree
+from treeopt.crossval import CrossValidationError, bootstrap_interval, cross_validate, prompt_folds
+from treeopt.design import TreeRequest, design_tree
+from treeopt.evaluate import evaluate_tree
 from treeopt.stats import CalibrationStats, replay_per_prompt, replay_steps, subset
 
 
-def test_folds_partition_the_prompts():
-    folds = prompt_folds(11, 4)
+def test_folds_partition_the_prompts_that_generated_tokens():
+    stats = random_stats(0, prompts=11)
+    folds = prompt_folds(stats, 4)
     assert sorted(i for f in folds for i in f) == list(range(11))
     assert folds[1] == [1, 5, 9]
+    # prompts that generated nothing are left out, and no fold is left with only such prompts
+    stats.new_tokens = [n if i % 2 == 0 else 0 for i, n in enumerate(stats.new_tokens)]
+    assert prompt_folds(stats, 2) == [[0, 4, 8], [2, 6, 10]]
+
+
+def test_one_fold_is_refused():
+    with pytest.raises(CrossValidationError, match="--folds 1"):
+        cross_validate(random_stats(0, prompts=4), [3], "empirical", folds=1)
 
 
 def test_cross_validation_replays_each_fold_with_a_tree_built_without_it():
@@ -26,9 +36,12 @@ def test_cross_validation_replays_each_fold_with_a_tree_built_without_it():
     cv = cross_validate(stats, [4, 9], "empirical", folds=3)
     for n in (4, 9):
         tokens = steps = 0
-        for fold, held_out in enumerate(prompt_folds(6, 3)):
-            train = subset(stats, [i for i in range(6) if i % 3 != fold])
-            t, s = replay_steps(subset(stats, held_out), build_tree(train, n, "empirical", strict=False).paths)
+        for fold in range(3):  # prompt i is held out in fold i % 3, written out by hand
+            train = CalibrationStats(3, 3, [r for i, r in enumerate(stats.rollouts) if i % 3 != fold],
+                                     [t for i, t in enumerate(stats.new_tokens) if i % 3 != fold])
+            test = CalibrationStats(3, 3, [r for i, r in enumerate(stats.rollouts) if i % 3 == fold],
+                                    [t for i, t in enumerate(stats.new_tokens) if i % 3 == fold])
+            t, s = replay_steps(test, build_tree(train, n, "empirical", strict=False).paths)
             tokens, steps = tokens + t, steps + s
         assert cv.tokens_per_step(n) == tokens / steps
 
@@ -101,14 +114,26 @@ def test_target_limits_ranks_and_gaps():
     assert max(r for p in trtllm.paths for r in p) < 16 and not has_sibling_gap([p for p in trtllm.paths if len(p) == 1])
 
 
+@pytest.mark.parametrize("folds", [0, 3, 4])
+def test_evaluate_reruns_the_build_s_own_procedure(folds):
+    stats = random_stats(9, num_heads=3, topk=3, prompts=8, length=30)
+    stats.provenance = {"model": "m"}
+    spec = design_tree(stats, TreeRequest(7, folds=folds)).spec
+    evaluated = evaluate_tree(spec, stats)
+    assert evaluated["cross_validated_tokens_per_step"] == spec.meta["expected_tokens_per_step"]
+    assert evaluated["predicted_tokens_per_step"] == spec.meta["in_sample_tokens_per_step"]
+
+
 def test_spec_prediction_is_the_cross_validated_one_and_evaluate_agrees():
     stats = random_stats(9, num_heads=3, topk=3, prompts=8, length=30)
+    stats.provenance = {"model": "m"}
     spec = design_tree(stats, TreeRequest(7, folds=4)).spec
     cv = spec.meta["cross_validation"]
     assert spec.meta["expected_tokens_per_step"] == cv["tokens_per_step"]
     assert spec.meta["in_sample_tokens_per_step"] == round(replay_steps(stats, spec.paths)[0] / replay_steps(stats, spec.paths)[1], 4)
     assert cv["interval_90"][0] <= cv["tokens_per_step"] <= cv["interval_90"][1]
-    evaluated = evaluate_tree(spec, stats, folds=4)
+    assert 0 <= cv["strength_spread"] < 0.5
+    evaluated = evaluate_tree(spec, stats)
     assert evaluated["cross_validated_tokens_per_step"] == spec.meta["expected_tokens_per_step"]
     other = random_stats(10, num_heads=3, topk=3, prompts=8, length=30)
     other.provenance = {"model": "another run"}

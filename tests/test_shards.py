@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from treeopt.calibrate import ShardError, parse_shard, shard_prompts
+from treeopt.calibrate import ROLLOUT_BATCH, ShardError, parse_shard, shard_prompts
 from treeopt.cli import app
 from treeopt.stats import CalibrationStats, StatsError, load_stats, merge_shards
 
@@ -18,8 +18,10 @@ def invoke(*args):
 def test_shards_partition_the_prompts_in_whole_rollout_batches(count):
     shards = [shard_prompts(37, i, count) for i in range(count)]
     assert sorted(i for s in shards for i in s) == list(range(37))
-    for index, shard in enumerate(shards):
-        assert all((i // 8) % count == index for i in shard)
+    for start in range(0, 37, ROLLOUT_BATCH):  # each batch of one run lies wholly inside one shard
+        block = set(range(start, min(start + ROLLOUT_BATCH, 37)))
+        assert sum(block <= set(s) for s in shards) == 1
+    assert all(len(s) >= ROLLOUT_BATCH for s in shards[:2])  # and shards are not one prompt each
 
 
 def test_parse_shard():
@@ -67,5 +69,12 @@ def shard(index, count, **provenance):
 def test_shards_of_different_runs_are_refused():
     with pytest.raises(StatsError, match="model is 'other'"):
         merge_shards([("a", shard(0, 2)), ("b", shard(1, 2, model="other"))])
-    with pytest.raises(StatsError, match="shard is 3"):
+    with pytest.raises(StatsError, match="one of 2 shards"):
         merge_shards([("a", shard(0, 2)), ("b", shard(1, 3))])
+    with pytest.raises(StatsError, match="0 <= I < N"):
+        merge_shards([("a", shard(0, 2)), ("b", shard(2, 2))])
+
+
+def test_merge_does_not_depend_on_the_order_of_the_files():
+    a, b = shard(0, 2, device="cpu"), shard(1, 2, device="cpu")
+    assert merge_shards([("a", a), ("b", b)]) == merge_shards([("b", b), ("a", a)])

@@ -18,6 +18,7 @@ from medusa_runtime.files import write_text_atomic
 
 from .build import DEFAULT_OBJECTIVE
 from .crossval import DEFAULT_FOLDS
+from .design import DEFAULT_MAX_BUDGET
 from .tuning import PROFILE_SIZES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -270,7 +271,7 @@ def calibrate(
     device: str = DeviceOpt,
 ):
     """Roll out the base model greedily and measure each head's rank-r accuracy and the joint path statistics."""
-    from .calibrate import ShardError, calibrate as run_calibration, heads_fingerprint, parse_shard, shard_prompts
+    from .calibrate import ROLLOUT_BATCH, ShardError, calibrate as run_calibration, heads_fingerprint, parse_shard, shard_prompts
 
     if topk < 1:
         fail(f"--topk {topk}: must be >= 1")
@@ -287,7 +288,8 @@ def calibrate(
         indices = shard_prompts(len(ids), shard_index, shard_count)
         provenance["shard"] = [shard_index, shard_count]
         if not indices:
-            fail(f"--shard {shard}: no prompts fall in this shard ({len(ids)} prompts in blocks of 8); use fewer shards")
+            fail(f"--shard {shard}: no prompts fall in this shard ({len(ids)} prompts in blocks of {ROLLOUT_BATCH}); "
+                 f"use fewer shards")
     try:
         stats = run_calibration(loaded, medusa_heads, [ids[i] for i in indices], max_new_tokens, topk, provenance,
                                 rollout=rollout, prompt_indices=indices)
@@ -342,7 +344,7 @@ def build(
     folds: int = typer.Option(DEFAULT_FOLDS, "--folds", help="cross-validation folds over prompts for the prediction "
                               "and the shrinkage strength (0: in-sample replay, no cross-validation)"),
     latency: Optional[Path] = typer.Option(None, "--latency", help="latency JSON from 'treeopt profile' (for --budget auto)"),
-    max_budget: int = typer.Option(255, "--max-budget", help="largest budget --budget auto considers"),
+    max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, "--max-budget", help="largest budget --budget auto considers"),
     png: Optional[Path] = typer.Option(None, "--png", help="with --budget auto: plot the predicted curves"),
 ):
     """Build the tree that maximises expected accepted tokens per step (provably optimal for its budget)."""
@@ -351,18 +353,14 @@ def build(
 
     stats = load_stats_or_fail(stats_file)
     auto = budget.strip().lower() == "auto"
-    lat = None
-    if auto:
-        if latency is None:
-            fail("--budget auto needs --latency latency.json (make one with 'treeopt profile')")
-        lat = load_latency_or_fail(latency)
-    else:
+    lat = load_latency_or_fail(latency) if auto and latency is not None else None
+    if not auto:
         try:
             n_paths = int(budget)
         except ValueError:
             fail(f"--budget {budget!r}: an integer number of paths, or 'auto'")
-    if folds < 0:
-        fail(f"--folds {folds}: must be >= 0 (0: no cross-validation)")
+    if folds < 0 or folds == 1:
+        fail(f"--folds {folds}: use 0 (no cross-validation) or >= 2")
     request = TreeRequest(None if auto else n_paths, objective, max_depth, max_children, target, folds, max_budget)
     sources = {"stats_file": str(stats_file), **({"latency_file": str(latency)} if auto else {})}
     try:
@@ -410,18 +408,17 @@ def load_latency_or_fail(path: Path):
 def evaluate(
     tree: Path = typer.Argument(..., help="tree spec JSON (or any format 'treeopt import' reads)"),
     stats_file: Path = typer.Argument(..., metavar="STATS"),
-    folds: int = typer.Option(DEFAULT_FOLDS, "--folds", help="cross-validation folds for a tree built from these stats"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ):
     """Predicted tokens/step of any tree on any calibration stats: in-sample replay (exact, no independence
     assumption), its range over prompt sets, and the cross-validated figure of a tree built from these stats."""
     from .build import BuildError
-    from .design import evaluate_tree
+    from .evaluate import evaluate_tree
 
     stats = load_stats_or_fail(stats_file)
     spec = load_any_tree(tree, stats.num_heads)
     try:
-        result = {"tree": str(tree), **evaluate_tree(spec, stats, folds), "stats": str(stats_file)}
+        result = {"tree": str(tree), **evaluate_tree(spec, stats), "stats": str(stats_file)}
     except BuildError as err:
         fail(f"{tree}: {err}")
     if as_json:
@@ -702,7 +699,7 @@ def sweep(
             trees[f"budget {n}"] = design_tree(stats, TreeRequest(n)).spec
         auto_tree = design_tree(stats, TreeRequest(None, max_budget=max(lat.sizes) - 1), lat)  # up to the largest profiled size
     except BuildError as err:
-        fail(str(err))
+        fail(f"--budgets {budgets}: {err}")
     choice = auto_tree.choice
     trees[f"auto ({choice.paths})"] = auto_tree.spec
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
@@ -713,6 +710,7 @@ def sweep(
     summary = {"auto_paths": choice.paths, "auto_tokens_per_s": round(auto.tokens_per_s, 3), "best_budget_tokens_per_s": round(best, 3),
                "auto_vs_best": round(auto.tokens_per_s / best, 4), "prompts": prompts, "select": select, "rows": rows_json(rows)}
     if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(json_out, json.dumps(summary, indent=1) + "\n")
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
 

@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from medusa_runtime.files import write_text_atomic
 
 from .tuning import PROFILE_SIZES
@@ -34,7 +33,7 @@ def _fresh(path: Path, settings: dict) -> bool:
 
 
 def _stamp(path: Path, settings: dict) -> None:
-    path.with_name(path.name + ".settings.json").write_text(json.dumps(settings))
+    write_text_atomic(path.with_name(path.name + ".settings.json"), json.dumps(settings))
 
 
 def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, echo=print) -> dict:
@@ -45,7 +44,7 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     from .calibrate import calibrate, heads_fingerprint
     from .profile import profile_latency
     from .stats import load_stats
-    from .tuning import choose_budget, load_latency
+    from .tuning import load_latency
     from .viz import curve_png, tree_png
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""From calibration stats to a tree spec: what ``build``, ``sweep`` and ``demo`` share. Pure Python.
+"""From calibration stats to a tree spec: what ``build``, ``sweep``, ``demo`` and ``tune`` share. Pure Python.
 
 One request (a budget or ``auto``, an objective, limits, an engine target) gives one spec whose
 ``meta.expected_tokens_per_step`` is the cross-validated estimate for its size (``crossval.py``), with
@@ -19,6 +19,18 @@ from .stats import CalibrationStats, replay_tokens_per_step
 from .tuning import BudgetChoice, LatencyProfile, choose_budget
 
 
+DEFAULT_MAX_BUDGET = 255  # largest size ``--budget auto`` considers
+
+
+@dataclass
+class ShapeLimits:
+    """The shape a build may take once an engine target's own limits are applied."""
+
+    max_depth: int | None
+    max_children: int | None
+    gap_free_depth: int  # siblings ranked 0..k-1 down to this depth
+
+
 @dataclass
 class TreeRequest:
     budget: int | None  # paths (nodes - 1); None: auto, from a latency profile
@@ -26,20 +38,26 @@ class TreeRequest:
     max_depth: int | None = None
     max_children: int | None = None
     target: str | None = None  # an engine in formats.BUILD_TARGETS: build only trees it runs as they are
-    folds: int = DEFAULT_FOLDS  # 0: no cross-validation (predictions are the in-sample replay)
-    max_budget: int = 255  # largest size ``auto`` considers
+    folds: int = DEFAULT_FOLDS  # 0: no cross-validation (predictions are the in-sample replay; shrunk = empirical)
+    max_budget: int = DEFAULT_MAX_BUDGET
 
-    def limits(self) -> tuple[int | None, bool]:
-        """(max_children, gap_free_depth) after the target engine's limits."""
+    def limits(self, num_heads: int) -> ShapeLimits:
+        """The requested depth and width, tightened by the target engine's limits (an engine's depth
+        limit beyond the heads' own is no limit)."""
         if self.target is None:
-            return self.max_children, 0
+            return ShapeLimits(self.max_depth, self.max_children, 0)
         from .formats import BUILD_TARGETS
 
         if self.target not in BUILD_TARGETS:
             raise BuildError(f"--for {self.target!r}: use one of {', '.join(BUILD_TARGETS)}")
         engine = BUILD_TARGETS[self.target]
-        children = engine.max_rank if self.max_children is None else min(self.max_children, engine.max_rank)
-        return children, engine.gap_free_depth
+
+        def tighter(mine: int | None, theirs: int | None) -> int | None:
+            return theirs if mine is None else mine if theirs is None else min(mine, theirs)
+
+        engine_depth = engine.max_depth if engine.max_depth is not None and engine.max_depth < num_heads else None
+        return ShapeLimits(tighter(self.max_depth, engine_depth), tighter(self.max_children, engine.max_rank),
+                           engine.gap_free_depth)
 
 
 @dataclass
@@ -52,22 +70,20 @@ class DesignedTree:
 def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyProfile | None = None,
                 meta: dict | None = None) -> DesignedTree:
     """Build the tree the request asks for; ``meta`` (provenance, builder name) is merged into the spec's."""
-    children, gap_free_depth = request.limits()
-    if request.budget is not None and request.budget < 0:
-        raise BuildError(f"--budget {request.budget}: must be >= 0")
+    limits = request.limits(stats.num_heads)
     if request.budget is None and latency is None:
         raise BuildError("--budget auto needs --latency latency.json (make one with 'treeopt profile')")
     auto = request.budget is None
     sizes = curve_points(request.max_budget) if auto else [request.budget]
     cv_sizes = [n for n in sizes if n > 0]
     can_fold = request.folds > 0 and live_prompts(stats) >= 2  # one prompt: nothing to hold out, in-sample it is
-    cv = (cross_validate(stats, cv_sizes, request.objective, request.folds, request.max_depth, children, gap_free_depth)
-          if can_fold and cv_sizes else None)
+    cv = (cross_validate(stats, cv_sizes, request.objective, request.folds, limits.max_depth, limits.max_children,
+                         limits.gap_free_depth) if can_fold and cv_sizes else None)
 
     def build(n: int, strict: bool):
         strength = cv.strength(n) if cv is not None and n > 0 else 0.0
-        return build_tree(stats, n, request.objective, request.max_depth, children, strict=strict,
-                          strength=strength, gap_free_depth=gap_free_depth), strength
+        return build_tree(stats, n, request.objective, limits.max_depth, limits.max_children, strict=strict,
+                          strength=strength, gap_free_depth=limits.gap_free_depth), strength
 
     curve = []
     builds = {}
@@ -85,8 +101,9 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
     built, strength = builds[n]
     spec_meta = {
         "builder": "treeopt build", **(meta or {}),
-        "objective": request.objective, "strength": strength, "budget": n, "max_depth": request.max_depth,
-        "max_children": children, "target": request.target, "gap_free_depth": gap_free_depth, "num_heads": stats.num_heads,
+        "objective": request.objective, "strength": strength, "budget": n, "max_depth": limits.max_depth,
+        "max_children": limits.max_children, "target": request.target, "gap_free_depth": limits.gap_free_depth,
+        "num_heads": stats.num_heads,
         "stats_provenance": stats.provenance,
         "expected_tokens_per_step": next(r["tokens_per_step"] for r in curve if r["paths"] == n),
         "in_sample_tokens_per_step": next(r["in_sample_tokens_per_step"] for r in curve if r["paths"] == n),
@@ -108,50 +125,6 @@ def cv_summary(cv: CrossValidation | None, n: int) -> dict | None:
     low, high = cv.interval(n)
     return {"folds": cv.folds, "tokens_per_step": round(cv.tokens_per_step(n), 4), "strength": cv.strength(n),
             "interval_90": [round(low, 4), round(high, 4)],
+            "strength_spread": round(cv.strength_spread(n), 4),
             "interval_note": "bootstrap over prompts: how much tokens/step moves between prompt sets of this size"}
 
-
-def evaluate_tree(spec: TreeSpec, stats: CalibrationStats, folds: int = DEFAULT_FOLDS) -> dict:
-    """In-sample replay of any tree on any stats, its range over prompt sets, and a cross-validated figure.
-
-    A tree that ``build`` made from stats like these (its meta names the objective) was chosen on them, so
-    its honest figure is the cross-validated one of the same procedure at its size. Any other tree (an
-    upstream one, or one built from other stats) was not chosen on these rollouts: its in-sample replay
-    is already unbiased and is reported as its cross-validated figure too."""
-    from .build import path_probability_fn
-    from .crossval import bootstrap_interval
-    from .stats import replay_per_prompt
-
-    per_prompt = replay_per_prompt(stats, spec.paths)
-    in_sample = sum(t for t, _ in per_prompt) / max(sum(s for _, s in per_prompt), 1)
-    low, high = bootstrap_interval(per_prompt)
-    meta = spec.meta
-    settings = build_settings(meta) if meta.get("stats_provenance") == stats.provenance else None
-    cross_validated, how = in_sample, "not built from these stats: the in-sample replay is unbiased"
-    if settings is not None and folds > 0 and spec.paths and live_prompts(stats) >= 2:
-        cv = cross_validate(stats, [len(spec.paths)], settings["objective"], folds, settings["max_depth"],
-                            settings["max_children"], settings["gap_free_depth"])
-        cross_validated, how = cv.tokens_per_step(len(spec.paths)), f"{cv.folds}-fold, the build procedure at this size"
-    empirical = path_probability_fn(stats, "empirical")
-    independent = path_probability_fn(stats, "independent")
-    return {
-        "nodes": spec.nodes, "depth": spec.depth,
-        "predicted_tokens_per_step": round(in_sample, 4),
-        "interval_90": [round(low, 4), round(high, 4)],
-        "cross_validated_tokens_per_step": round(cross_validated, 4), "cross_validation": how,
-        "empirical_estimate": round(1 + sum(empirical(p) for p in spec.paths), 4),
-        "independent_estimate": round(1 + sum(independent(p) if max(p) < stats.topk else 0.0 for p in spec.paths), 4),
-        "positions": stats.positions, "prompts": len(stats.rollouts),
-    }
-
-
-def build_settings(meta: dict) -> dict | None:
-    """The build settings a spec's meta records, or None when it records none (or mangled ones)."""
-    settings = {"objective": meta.get("objective"), "max_depth": meta.get("max_depth"),
-                "max_children": meta.get("max_children"), "gap_free_depth": meta.get("gap_free_depth") or 0}
-    if not isinstance(settings["objective"], str):
-        return None
-    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-               for k, v in settings.items() if k != "objective"):
-        return None
-    return settings

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medusa_runtime.files import is_int, json_type, read_json_object
+from medusa_runtime.files import is_int, json_type, read_json_object, write_text_atomic
 
 STATS_FORMAT = "medusa-calibration"
 STATS_VERSION = 1
@@ -82,10 +82,7 @@ class CalibrationStats:
         }
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_json(), separators=(",", ":")) + "\n")
 
 
 REDO = "re-run 'treeopt calibrate'"
@@ -179,52 +176,65 @@ def replay_tokens_per_step(stats: CalibrationStats, paths) -> float:
 
 def subset(stats: CalibrationStats, prompts: list[int]) -> CalibrationStats:
     """The stats of these prompts only (indices into ``stats.rollouts``), same heads and top-k."""
+    indices = stats.indices()
     return CalibrationStats(stats.num_heads, stats.topk, [stats.rollouts[i] for i in prompts],
-                            [stats.new_tokens[i] for i in prompts], dict(stats.provenance),
-                            [stats.indices()[i] for i in prompts])
+                            [stats.new_tokens[i] for i in prompts], dict(stats.provenance), [indices[i] for i in prompts])
 
 
-SHARD_INVARIANTS = ("model", "heads_sha256", "dtype", "max_new_tokens", "prompt_source", "select", "rollout", "prompts_total")
+# provenance that every shard of one run shares (and the merged stats keep)
+SHARD_INVARIANTS = ("model", "heads_sha256", "dtype", "device", "tool", "max_new_tokens", "prompt_source", "select",
+                    "rollout", "prompts_total")
+
+
+def shard_of(name: str, stats: CalibrationStats) -> tuple[int, int]:
+    """(I, N) from the provenance of a ``calibrate --shard I/N`` output, checked."""
+    shard = stats.provenance.get("shard")
+    if not (isinstance(shard, list) and len(shard) == 2 and all(is_int(x) for x in shard)):
+        raise StatsError(f"{name}: field 'provenance.shard' is missing; merge only outputs of 'treeopt calibrate --shard I/N'")
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise StatsError(f"{name}: field 'provenance.shard' = {shard} is not a shard I/N with 0 <= I < N; re-run that shard")
+    return index, count
 
 
 def merge_shards(shards: list[tuple[str, CalibrationStats]]) -> CalibrationStats:
     """The stats of one run over all prompts, from the stats of its ``calibrate --shard I/N`` jobs.
 
     Each shard must say which shard it is (provenance ``shard`` = [I, N]); all N must be there once, from
-    the same model, heads, prompts and settings. Rollouts are put back in prompt order, so the result is
+    the same model, heads, device, prompts and settings. Rollouts are put back in prompt order and the
+    provenance is shard 0's, so the result does not depend on the order the files are given in; it is
     the one-run stats (its provenance lists the shard files instead of one command)."""
     if not shards:
         raise StatsError("merge-stats: no stats files given")
-    first_name, first = shards[0]
+    numbered = sorted(((shard_of(name, stats), name, stats) for name, stats in shards), key=lambda x: x[0])
+    (_, count), first_name, first = numbered[0]
     seen: dict[int, str] = {}
-    for name, stats in shards:
-        shard = stats.provenance.get("shard")
-        if not (isinstance(shard, list) and len(shard) == 2 and all(is_int(x) for x in shard)):
-            raise StatsError(f"{name}: field 'provenance.shard' is missing; merge only outputs of 'treeopt calibrate --shard I/N'")
+    for (index, n), name, stats in numbered:
+        if n != count:
+            raise StatsError(f"{name}: shard {index}/{n}, but {first_name} is one of {count} shards; merge the shards of one run")
         if (stats.num_heads, stats.topk) != (first.num_heads, first.topk):
             raise StatsError(f"{name}: {stats.num_heads} heads, top-{stats.topk}; {first_name} has {first.num_heads} heads, "
                              f"top-{first.topk}; calibrate every shard with the same heads and --topk")
-        for key in SHARD_INVARIANTS + ("shard",):
-            mine, theirs = stats.provenance.get(key), first.provenance.get(key)
-            if key == "shard":  # the shard count must agree, the shard number must not
-                mine, theirs = mine[1], theirs[1]
-            if mine != theirs:
-                raise StatsError(f"{name}: {key} is {mine!r} but {theirs!r} in {first_name}; every shard must come "
-                                 f"from the same calibrate command")
-        if shard[0] in seen:
-            raise StatsError(f"{name}: shard {shard[0]}/{shard[1]} is also {seen[shard[0]]}; give each shard once")
-        seen[shard[0]] = name
-    count = first.provenance["shard"][1]
+        for key in SHARD_INVARIANTS:
+            if stats.provenance.get(key) != first.provenance.get(key):
+                raise StatsError(f"{name}: {key} is {stats.provenance.get(key)!r} but {first.provenance.get(key)!r} in "
+                                 f"{first_name}; every shard must come from the same calibrate command")
+        if index in seen:
+            raise StatsError(f"{name}: shard {index}/{count} is also {seen[index]}; give each shard once")
+        seen[index] = name
     missing = sorted(set(range(count)) - set(seen))
     if missing:
         raise StatsError(f"merge-stats: shards {', '.join(f'{i}/{count}' for i in missing)} are missing; "
                          f"run 'treeopt calibrate --shard I/{count}' for them")
-    rows = sorted(((index, rollout, n_new) for _, stats in shards
+    rows = sorted(((index, rollout, n_new, name) for _, name, stats in numbered
                    for index, rollout, n_new in zip(stats.indices(), stats.rollouts, stats.new_tokens)), key=lambda r: r[0])
     total = first.provenance.get("prompts_total", len(rows))
-    if [index for index, _, _ in rows] != list(range(total)):
-        raise StatsError(f"merge-stats: the shards hold prompts {[i for i, _, _ in rows][:8]}..., not each of the "
-                         f"{total} prompts once; re-run the shards")
+    for position, (index, _, _, name) in enumerate(rows):
+        if index != position:
+            raise StatsError(f"{name}: holds prompt {index} where prompt {position} of {total} belongs (a prompt given twice "
+                             f"or missing); re-run the shards with the same --prompts and --select")
+    if len(rows) != total:
+        raise StatsError(f"merge-stats: the shards hold {len(rows)} prompts, the run has {total}; re-run the missing shards")
     provenance = {k: v for k, v in first.provenance.items() if k not in ("shard", "command", "date")}
-    provenance.update({"prompts": total, "merged_from": [name for name, _ in shards]})
-    return CalibrationStats(first.num_heads, first.topk, [r for _, r, _ in rows], [n for _, _, n in rows], provenance)
+    provenance.update({"prompts": total, "merged_from": [name for _, name, _ in numbered]})
+    return CalibrationStats(first.num_heads, first.topk, [r[1] for r in rows], [r[2] for r in rows], provenance)

@@ -17,8 +17,9 @@ import optuna
 from medusa_runtime.decoding import MedusaDecoder, SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
-from .build import BuildError, build_tree
-from .stats import CalibrationStats, replay_tokens_per_step
+from .build import OBJECTIVES, BuildError
+from .design import TreeRequest, design_tree
+from .stats import CalibrationStats
 
 
 @dataclass
@@ -31,14 +32,11 @@ def trial_tree(trial: optuna.Trial, stats: CalibrationStats, space: TuneSpace) -
     budget = trial.suggest_int("budget", 1, space.max_budget, log=True)
     max_depth = trial.suggest_int("max_depth", 1, stats.num_heads)
     max_children = trial.suggest_int("max_children", 1, stats.topk)
-    objective = trial.suggest_categorical("objective", ["empirical", "independent"])
+    objective = trial.suggest_categorical("objective", list(OBJECTIVES))
     try:
-        built = build_tree(stats, budget, objective, max_depth, max_children)
+        return design_tree(stats, TreeRequest(budget, objective, max_depth, max_children), meta={"builder": "treeopt tune"}).spec
     except BuildError as err:
         raise optuna.TrialPruned(str(err)) from None
-    meta = {"builder": "treeopt tune", "objective": objective, "budget": budget, "max_depth": max_depth,
-            "max_children": max_children, "expected_tokens_per_step": round(replay_tokens_per_step(stats, built.paths), 4)}
-    return TreeSpec(built.paths, meta)
 
 
 def measure_tokens_per_s(loaded, heads, spec: TreeSpec, prompt_ids, max_new_tokens: int, sampling: SamplingConfig) -> tuple[float, float]:
