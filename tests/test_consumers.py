@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import re
 import string
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Literal, Optional
 
 import pytest
@@ -35,7 +37,8 @@ FIXED_TREES = [
     TreeSpec([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]),
     TreeSpec([(0,), (1,), (2,), (0, 3), (0, 0), (2, 9), (2, 9, 9)]),  # deeper sibling gaps, rank 9
     TreeSpec([(i,) for i in range(10)] + [(0, i) for i in range(10)]),  # every rank upstream allows
-]
+] + [TreeSpec(paths) for key, paths in json.loads((Path(__file__).parent / "data" / "demo_trees.json").read_text()).items()
+     if key.startswith("tree")]  # the 6- and 64-node trees built from the demo's calibration
 
 
 # --------------------------------------------------------------------------- random valid trees
