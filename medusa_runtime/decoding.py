@@ -97,6 +97,16 @@ def _check_supported(model) -> None:
             raise NotImplementedError(f"{config.model_type}: {attr} is set; this runtime computes logits as lm_head(h) only")
 
 
+def check_tree_fits_heads(tree: TreeSpec, heads, vocab_size: int) -> None:
+    """ValueError unless every level of the tree has a head and every rank is among the tokens the heads rank."""
+    if tree.depth > heads.num_heads:
+        raise ValueError(f"tree depth {tree.depth} exceeds the {heads.num_heads} loaded heads; "
+                         f"use a tree of depth <= {heads.num_heads}")
+    if tree.topk > heads.guess_count(vocab_size):
+        raise ValueError(f"the tree uses rank {tree.topk - 1} but the heads guess from only "
+                         f"{heads.guess_count(vocab_size)} tokens; use a tree with smaller ranks (treeopt build --max-children)")
+
+
 class MedusaDecoder:
     """Decodes with a fixed tree. Buffers are built once here; ``generate`` runs prefill then steps."""
 
@@ -111,16 +121,12 @@ class MedusaDecoder:
         self.sampling = sampling or SamplingConfig()
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        if heads is not None and self.tree.depth > heads.num_heads:
-            raise ValueError(f"tree depth {self.tree.depth} exceeds the {heads.num_heads} loaded heads; "
-                             f"use a tree of depth <= {heads.num_heads}")
+        if heads is not None:
+            check_tree_fits_heads(self.tree, heads, model.config.vocab_size)
         self.buffers: TreeBuffers = build_buffers(self.tree, self.device, self.dtype)
         self._depths = self.buffers.depths.tolist()
         self._root_paths = self.buffers.root_paths.tolist()
         self.vocab_size = model.config.vocab_size
-        if heads is not None and self.tree.topk > heads.guess_count(self.vocab_size):
-            raise ValueError(f"the tree uses rank {self.tree.topk - 1} but the heads guess from only "
-                             f"{heads.guess_count(self.vocab_size)} tokens; use a tree with smaller ranks")
         self._generator = torch.Generator(device=self.device)
         self._accept = self._accept_typical if self.sampling.temperature > 0 else self._accept_greedy
 

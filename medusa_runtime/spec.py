@@ -89,21 +89,25 @@ def validate_paths(paths, num_heads: int | None = None, where: str = "tree") -> 
 
 def load_tree(path: str | Path, num_heads: int | None = None) -> TreeSpec:
     """Read and validate a tree spec JSON file."""
-    path = Path(path)
     fix = "write one with 'treeopt build' or convert a medusa_choices list with 'treeopt import'"
     data = read_json(path, "tree", fix, TreeSpecError)
     if isinstance(data, list):
         raise TreeSpecError(f"{path}: a bare list is not a tree spec; convert it with 'treeopt import {path} --out tree.json'")
+    return spec_from_json(data, str(path), num_heads, fix)
+
+
+def spec_from_json(data, where: str, num_heads: int | None = None, fix: str = "re-create it with 'treeopt build'") -> TreeSpec:
+    """A parsed spec JSON (format, version, paths, meta) -> a validated TreeSpec; errors name ``where``."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise TreeSpecError(f"{path}: field 'format' must be {FORMAT!r}; {fix}")
+        raise TreeSpecError(f"{where}: field 'format' must be {FORMAT!r}; {fix}")
     if data.get("version") != VERSION:
-        raise TreeSpecError(f"{path}: field 'version' is {data.get('version')!r}; this runtime reads version {VERSION}")
+        raise TreeSpecError(f"{where}: field 'version' is {data.get('version')!r}; this runtime reads version {VERSION}")
     if "paths" not in data:
-        raise TreeSpecError(f"{path}: field 'paths' is missing; {fix}")
+        raise TreeSpecError(f"{where}: field 'paths' is missing; {fix}")
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
-        raise TreeSpecError(f"{path}: field 'meta' must be an object, got a {json_type(meta)}; remove it or make it {{}}")
-    return TreeSpec(validate_paths(data["paths"], num_heads, where=str(path)), meta)
+        raise TreeSpecError(f"{where}: field 'meta' must be an object, got a {json_type(meta)}; remove it or make it {{}}")
+    return TreeSpec(validate_paths(data["paths"], num_heads, where=where), meta)
 
 
 def chain_tree(depth: int) -> TreeSpec:

@@ -18,8 +18,8 @@ Objectives:
 
 ``gap_free_depth`` (for engines that need siblings' ranks to be 0..k-1 down to some depth): at those depths
 a node's rank r+1 child becomes a candidate only once its rank r child is in the tree, and candidates of
-probability 0 are kept there (last in line) so that such a chain can go on. The result is the best tree the search reaches under that rule,
-not a proven optimum over all gap-free trees.
+probability 0 are kept there (last in line) so that such a chain can go on. The result is the best tree
+the search reaches under that rule, not a proven optimum over all gap-free trees.
 """
 
 from __future__ import annotations

@@ -40,6 +40,15 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def write_output(path: Path, text: str) -> None:
+    """A command's output file: its folder created, written atomically, an OSError turned into a CLI error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+    except OSError as err:
+        fail(f"{path}: cannot be written ({err.strerror or err.__class__.__name__}); choose another path")
+
+
 def command_line() -> str:
     return "treeopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -102,10 +111,13 @@ def load_runtime(model: str, heads: Optional[str], tree: Optional[Path], oracle:
     spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
     if spec.paths and medusa_heads is None and not oracle:
         fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
-    vocab = loaded.model.config.vocab_size
-    if medusa_heads is not None and not oracle and spec.topk > medusa_heads.guess_count(vocab):
-        fail(f"{tree}: the tree uses rank {spec.topk - 1} but the heads guess from only {medusa_heads.guess_count(vocab)} "
-             f"tokens; use a tree with smaller ranks (treeopt build --max-children)")
+    if medusa_heads is not None and not oracle:
+        from medusa_runtime.decoding import check_tree_fits_heads
+
+        try:
+            check_tree_fits_heads(spec, medusa_heads, loaded.model.config.vocab_size)
+        except ValueError as err:
+            fail(f"{tree}: {err}")
     return loaded, medusa_heads, heads_path, spec
 
 
@@ -199,8 +211,7 @@ def bench(
     report.prompt_source, report.select = prompts, select
     typer.echo(format_report(report))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json_out, json.dumps(report.to_json(), indent=1) + "\n")
+        write_output(json_out, json.dumps(report.to_json(), indent=1) + "\n")
     typer.echo(report_json_line(report))
 
 
@@ -485,7 +496,6 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="write here instead of stdout (nothing is written on error)"),
 ):
     """Write the tree for an engine, after checking that engine's limits (ranks, depth, draft tokens, sibling gaps)."""
-    from medusa_runtime.files import write_text_atomic
     from medusa_runtime.spec import TreeSpecError
 
     from .formats import export_tree
@@ -498,11 +508,7 @@ def export(
     if out is None:
         typer.echo(text, nl=False)
         return
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, text)
-    except OSError as err:
-        fail(f"{out}: cannot be written ({err.strerror or err.__class__.__name__}); choose another --out")
+    write_output(out, text)
     typer.echo(f"{fmt}: {spec.nodes}-node tree (depth {spec.depth}) written to {out}")
 
 
@@ -545,8 +551,7 @@ def profile(
         result = profile_latency(loaded, medusa_heads, size_list, repeats, context=context)
     except ValueError as err:
         fail(str(err))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
+    write_output(out, json.dumps(result, indent=1) + "\n")
     typer.echo(f"{'nodes':>5} {'median ms':>9} {'p10':>7} {'p90':>7}")
     for row in [result["plain_step"]] + [r for r in result["verify"] if r["nodes"] > 1]:
         typer.echo(f"{row['nodes']:>5} {row['median_ms']:>9.1f} {row['p10_ms']:>7.1f} {row['p90_ms']:>7.1f}")
@@ -601,7 +606,7 @@ def tune(
     from medusa_runtime.bench import format_report, report_json_line, run_bench
     from medusa_runtime.decoding import SamplingConfig
 
-    from medusa_runtime.files import one_line, write_text_atomic
+    from medusa_runtime.files import one_line
     from sqlalchemy.exc import SQLAlchemyError
 
     from .calibrate import calibrate as run_calibration, heads_fingerprint
@@ -639,8 +644,7 @@ def tune(
         report.model, report.heads, report.tree, report.prompt_source, report.select = model, heads_path, str(out), prompts, holdout
         typer.echo("held-out:\n" + format_report(report))
         if json_out:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(json_out, json.dumps(report.to_json(), indent=1) + "\n")
+            write_output(json_out, json.dumps(report.to_json(), indent=1) + "\n")
         typer.echo(report_json_line(report))
 
 
@@ -710,8 +714,7 @@ def sweep(
     summary = {"auto_paths": choice.paths, "auto_tokens_per_s": round(auto.tokens_per_s, 3), "best_budget_tokens_per_s": round(best, 3),
                "auto_vs_best": round(auto.tokens_per_s / best, 4), "prompts": prompts, "select": select, "rows": rows_json(rows)}
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json_out, json.dumps(summary, indent=1) + "\n")
+        write_output(json_out, json.dumps(summary, indent=1) + "\n")
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from medusa_runtime.spec import TreeSpec
 
-from .build import DEFAULT_OBJECTIVE, BuildError, build_tree, curve_points
+from .build import DEFAULT_OBJECTIVE, BuildError, BuiltTree, build_tree, curve_points
 from .crossval import DEFAULT_FOLDS, CrossValidation, cross_validate, live_prompts
 from .stats import CalibrationStats, replay_tokens_per_step
 from .tuning import BudgetChoice, LatencyProfile, choose_budget
@@ -80,25 +80,29 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
     cv = (cross_validate(stats, cv_sizes, request.objective, request.folds, limits.max_depth, limits.max_children,
                          limits.gap_free_depth) if can_fold and cv_sizes else None)
 
-    def build(n: int, strict: bool):
+    largest = max(sizes)
+    by_strength: dict[float, BuiltTree] = {}  # one build per strength: its first n paths are its best n-path tree
+
+    def build(n: int) -> tuple[BuiltTree, float]:
         strength = cv.strength(n) if cv is not None and n > 0 else 0.0
-        return build_tree(stats, n, request.objective, limits.max_depth, limits.max_children, strict=strict,
-                          strength=strength, gap_free_depth=limits.gap_free_depth), strength
+        if strength not in by_strength:
+            by_strength[strength] = build_tree(stats, largest, request.objective, limits.max_depth, limits.max_children,
+                                               strict=not auto, strength=strength, gap_free_depth=limits.gap_free_depth)
+        return by_strength[strength], strength
 
     curve = []
-    builds = {}
     for n in sizes:
-        built, strength = build(n, strict=not auto)
+        built, strength = build(n)
         if len(built.paths) < n:  # the stats support fewer paths: larger sizes are the same tree
             break
-        builds[n] = (built, strength)
-        in_sample = replay_tokens_per_step(stats, built.paths)
+        in_sample = replay_tokens_per_step(stats, built.paths[:n])
         predicted = cv.tokens_per_step(n) if cv is not None and n > 0 else in_sample
         curve.append({"paths": n, "nodes": n + 1, "tokens_per_step": round(predicted, 4),
                       "in_sample_tokens_per_step": round(in_sample, 4), "strength": strength})
     choice = choose_budget(curve, latency) if auto else None
     n = choice.paths if choice is not None else request.budget
-    built, strength = builds[n]
+    built, strength = build(n)
+    paths, probabilities = built.paths[:n], built.probabilities[:n]
     spec_meta = {
         "builder": "treeopt build", **(meta or {}),
         "objective": request.objective, "strength": strength, "budget": n, "max_depth": limits.max_depth,
@@ -108,14 +112,14 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
         "expected_tokens_per_step": next(r["tokens_per_step"] for r in curve if r["paths"] == n),
         "in_sample_tokens_per_step": next(r["in_sample_tokens_per_step"] for r in curve if r["paths"] == n),
         "cross_validation": cv_summary(cv, n),
-        "objective_estimate_tokens_per_step": round(built.expected_tokens_per_step(), 4),
-        "path_probabilities": [round(p, 6) for p in built.probabilities],
+        "objective_estimate_tokens_per_step": round(built.expected_tokens_per_step(n), 4),
+        "path_probabilities": [round(p, 6) for p in probabilities],
         "predicted_curve": [r for r in curve if r["paths"] <= n] if auto else curve,
     }
     if choice is not None:
         spec_meta.update({"budget_auto": True, "latency_device": latency.device, "predicted_speedup": round(choice.speedup, 4),
                           "predicted_tokens_per_s": round(choice.tokens_per_s, 3), "throughput_curve": choice.rows})
-    return DesignedTree(TreeSpec(built.paths, spec_meta), curve, choice)
+    return DesignedTree(TreeSpec(paths, spec_meta), curve, choice)
 
 
 def cv_summary(cv: CrossValidation | None, n: int) -> dict | None:

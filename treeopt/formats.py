@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from medusa_runtime.files import json_type, parse_json, read_text
-from medusa_runtime.spec import FORMAT, TreeSpec, TreeSpecError, validate_paths
+from medusa_runtime.files import parse_json, read_text
+from medusa_runtime.spec import TreeSpec, TreeSpecError, spec_from_json, validate_paths
 
 
 # --------------------------------------------------------------------------- engine limits
@@ -376,15 +376,8 @@ def _parse_engine_value(body: str, where: str):
 
 
 def _parse_spec_json(body: str, where: str) -> TreeSpec:
-    data = parse_json(body, where, "re-create it with 'treeopt build' or 'treeopt import'", TreeSpecError)
-    if not isinstance(data, dict):
-        raise TreeSpecError(f"{where}: a tree spec must be a JSON object")
-    if data.get("format") != FORMAT:
-        raise TreeSpecError(f"{where}: a JSON object without format {FORMAT!r}")
-    meta = data.get("meta", {})
-    if not isinstance(meta, dict):
-        raise TreeSpecError(f"{where}: field 'meta' must be an object, got a {json_type(meta)}; remove it or re-create the spec")
-    return TreeSpec(validate_paths(data.get("paths"), where=where), meta)
+    fix = "re-create it with 'treeopt build' or 'treeopt import'"
+    return spec_from_json(parse_json(body, where, fix, TreeSpecError), where, fix=fix)
 
 
 def _unescape_fill_template(value: str) -> str:

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medusa_runtime.files import parse_json, read_text
-
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
 from medusa_runtime.models import DTYPES, dtype_name, resolve_dtype
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat

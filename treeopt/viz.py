@@ -8,15 +8,21 @@ from pathlib import Path
 from medusa_runtime.spec import TreeSpec
 
 
-def tree_text(spec: TreeSpec, probabilities: dict[tuple[int, ...], float] | None = None) -> str:
-    """Indented view: one line per node, children under parents, with P(path) when known."""
+def children_of(spec: TreeSpec) -> dict[tuple[int, ...], list[tuple[int, ...]]]:
+    """Each node's children, in rank order (the root is ())."""
     children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
     for p in spec.paths:
         children.setdefault(p[:-1], []).append(p)
+    return {node: sorted(kids) for node, kids in children.items()}
+
+
+def tree_text(spec: TreeSpec, probabilities: dict[tuple[int, ...], float] | None = None) -> str:
+    """Indented view: one line per node, children under parents, with P(path) when known."""
+    children = children_of(spec)
     lines = [f"root ({spec.nodes} nodes, depth {spec.depth})"]
 
     def walk(node: tuple[int, ...]) -> None:
-        for child in sorted(children.get(node, [])):
+        for child in children.get(node, []):
             prob = f"  p={probabilities[child]:.3f}" if probabilities and child in probabilities else ""
             lines.append(f"{'  ' * len(child)}head {len(child)} rank {child[-1]}{prob}")
             walk(child)
@@ -38,14 +44,12 @@ _DPI = 110
 def tree_layout(spec: TreeSpec) -> tuple[dict[tuple[int, ...], tuple[float, int]], int]:
     """Layered layout: leaves one column each, left to right in depth-first rank order, parents centred over
     their children; x is in columns (leaf i at i + 0.5), y is the depth. Returns (positions, columns)."""
-    children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-    for p in spec.paths:
-        children.setdefault(p[:-1], []).append(p)
+    children = children_of(spec)
     pos: dict[tuple[int, ...], tuple[float, int]] = {}
     next_col = [0]
 
     def place(node: tuple[int, ...]) -> float:  # recursion depth = tree depth (a few heads), never deep
-        kids = sorted(children.get(node, []))
+        kids = children.get(node, [])
         if kids:
             xs = [place(k) for k in kids]
             x = (xs[0] + xs[-1]) / 2
@@ -112,7 +116,7 @@ def tree_figure(spec: TreeSpec, probabilities: dict[tuple[int, ...], float] | No
                     color="black" if value > 0.6 else "white", zorder=3)
     head_font = min(8.0, 0.6 * 72 * row_in)
     every = max(1, math.ceil(4.0 / head_font))  # rows too low for readable labels: label every n-th head
-    for d in range(every, depth + 1, every) if every > 1 else range(1, depth + 1):
+    for d in range(every, depth + 1, every):
         ax.annotate(f"head {d}", xy=(0, d), xycoords=("axes fraction", "data"), xytext=(-8, 0),
                     textcoords="offset points", ha="right", va="center", fontsize=max(head_font, 4.0))
     return fig
