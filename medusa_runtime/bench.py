@@ -1,10 +1,14 @@
-"""Benchmark: Hugging Face ``generate`` greedy vs the Medusa runtime on the same prompts.
+"""Benchmark: Hugging Face ``generate`` greedy vs the Medusa runtime on the same prompts, at a batch size.
 
-For each prompt, the baseline and the runtime run back to back (so machine noise hits both alike),
-and the runtime's tokens are checked against the baseline's token for token. A divergence records the
-first differing position and the base model's top-2 logit margin there (near-ties are the known,
-benign cause). ``tokens_per_step`` counts every forward pass that produced tokens, prefill included,
-and includes the bonus token. This module measures; it does not build trees or load models.
+Prompts run in batches of ``batch_size`` (the last batch is filled up with the first prompts again, so
+every batch has that many rows, as on a loaded server). For each batch the baseline and the runtime run
+back to back (so machine noise hits both alike). The baseline is what a user would run: ``generate`` on
+the batch with left padding (at batch size 1, on the prompt alone). Every row of the runtime is checked
+token for token against that prompt's own greedy decode (``generate`` on the prompt alone; at batch size
+1 that is the baseline itself); a divergence records the first differing position and the base model's
+top-2 logit margin there (near-ties are the known, benign cause, and batched matmuls round differently).
+``tokens_per_step`` counts every forward pass that produced a row's tokens, prefill included, and
+includes the bonus token. This module measures; it does not build trees or load models.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ class PromptRun:
     prompt_tokens: int
     new_tokens: int
     baseline_tokens: int
-    baseline_s: float
+    baseline_s: float  # the whole batch's time (this prompt's own at batch size 1)
     medusa_s: float
     steps: int
-    identical: bool
+    identical: bool  # the runtime's row equals the prompt's own greedy decode
     divergence: dict | None = None
+    batch: int = 0  # which batch of the run the row was decoded in
+    baseline_identical: bool = True  # the baseline's row (left-padded at batch size > 1) equals it too
 
 
 @dataclass
@@ -57,8 +63,12 @@ class BenchReport:
     prompt_source: str = ""
     select: str | None = None
     temperature: float = 0.0
-    median_speedup_per_prompt: float = 0.0
+    median_speedup_per_prompt: float = 0.0  # median over batches (over prompts at batch size 1)
     draft_vocab: int | None = None  # tokens the heads guess from (None: the whole vocabulary, or no heads)
+    batch_size: int = 1
+    batches: int = 0
+    baseline_identical: float | None = None  # rows where left-padded batched ``generate`` equals the prompt's own greedy decode
+    predicted_tokens_per_s: float | None = None  # the tree's plan for this batch size (build --budget auto --batch-size)
     per_prompt: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -77,22 +87,44 @@ def sync_device(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_token_ids: list[int]) -> list[int]:
-    """What a user would otherwise run: ``generate`` greedy with the model's own cache."""
+def hf_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_token_ids: list[int]) -> list[list[int]]:
+    """What a user would otherwise run: ``generate`` greedy with the model's own cache, the prompts left-padded
+    to one batch. Each row is cut after its first EOS (``generate`` pads finished rows until all are done)."""
     device = next(model.parameters()).device
-    input_ids = torch.tensor([prompt_ids], device=device)
+    pad = eos_token_ids[0] if eos_token_ids else 0
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=device)  # [B, L]
+    attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
     out = model.generate(
         input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
+        attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=eos_token_ids or None,
-        pad_token_id=eos_token_ids[0] if eos_token_ids else 0,
+        pad_token_id=pad,
         temperature=None,
         top_p=None,
         top_k=None,
     )
-    return out[0, len(prompt_ids) :].tolist()
+    rows = []
+    eos = set(eos_token_ids)
+    for row in out[:, longest:].tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        rows.append(row[:end])
+    return rows
+
+
+def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_token_ids: list[int]) -> list[int]:
+    """One prompt's own greedy decode with ``generate`` (no padding)."""
+    return hf_generate(model, [prompt_ids], max_new_tokens, eos_token_ids)[0]
+
+
+def batches_of(count: int, batch_size: int) -> list[list[int]]:
+    """Prompt indices per batch: consecutive prompts, the last batch filled up with the first prompts again."""
+    if count < 1 or batch_size < 1:
+        raise ValueError(f"need at least one prompt and a batch size >= 1 (got {count} prompts, batch size {batch_size})")
+    batches = -(-count // batch_size)
+    return [[(b * batch_size + i) % count for i in range(batch_size)] for b in range(batches)]
 
 
 @torch.inference_mode()
@@ -122,75 +154,116 @@ def run_bench(
     sampling: SamplingConfig | None = None,
     progress: bool = True,
     warmup: bool = True,
+    batch_size: int = 1,
 ) -> BenchReport:
     model, eos = loaded.model, loaded.eos_token_ids
     sampling = sampling or SamplingConfig()
     decoder = MedusaDecoder(model, heads, tree, eos, sampling)
+    batches = batches_of(len(prompt_ids), batch_size)
     if warmup:  # first calls pay for allocator and kernel warm-up; keep that out of both timings
-        ref = hf_greedy(model, prompt_ids[0], 8, eos)
-        decoder.generate(prompt_ids[0], 8, oracle=ref if oracle else None)
+        first = [prompt_ids[i] for i in batches[0]]
+        refs = hf_generate(model, first, 8, eos)
+        decoder.generate_batch(first, 8, oracles=refs if oracle else None)
+    own: dict[int, list[int]] = {}  # each prompt's own greedy decode (at batch size 1: the baseline itself)
     runs: list[PromptRun] = []
-    bar = tqdm(prompt_ids, desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''})", disable=not progress)
-    for i, ids in enumerate(bar):
+    batch_speedups = []
+    bar = tqdm(batches, desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''}, batch {batch_size})", disable=not progress)
+    for k, indices in enumerate(bar):
+        rows = [prompt_ids[i] for i in indices]
+        if batch_size > 1:
+            for i in indices:
+                if i not in own:  # untimed
+                    own[i] = hf_greedy(model, prompt_ids[i], max_new_tokens, eos)
         sync_device(loaded.device)
         t0 = time.perf_counter()
-        reference = hf_greedy(model, ids, max_new_tokens, eos)
+        baseline = hf_generate(model, rows, max_new_tokens, eos)
         sync_device(loaded.device)
         t1 = time.perf_counter()
-        result = decoder.generate(ids, max_new_tokens, oracle=reference if oracle else None)
+        if batch_size == 1:
+            own[indices[0]] = baseline[0]
+        references = [own[i] for i in indices]
+        results = decoder.generate_batch(rows, max_new_tokens, oracles=references if oracle else None)
         sync_device(loaded.device)
         t2 = time.perf_counter()
-        same = result.tokens == reference
-        divergence = None
-        if not same and sampling.temperature == 0:
-            pos = first_difference(result.tokens, reference)
-            divergence = {"prompt": i, "position": pos, "top2_margin": top2_margin(model, ids, reference, pos)}
-        runs.append(PromptRun(i, len(ids), len(result.tokens), len(reference), t1 - t0, t2 - t1, result.steps, same, divergence))
-        bar.set_postfix(tok_per_step=f"{sum(r.new_tokens for r in runs) / sum(r.steps for r in runs):.2f}",
-                        speedup=f"{sum(r.baseline_s for r in runs) / sum(r.medusa_s for r in runs):.2f}")
+        for i, ids, result, reference, base in zip(indices, rows, results, references, baseline):
+            same = result.tokens == reference
+            divergence = None
+            if not same and sampling.temperature == 0:
+                pos = first_difference(result.tokens, reference)
+                divergence = {"prompt": i, "batch": k, "position": pos, "top2_margin": top2_margin(model, ids, reference, pos)}
+            runs.append(PromptRun(i, len(ids), len(result.tokens), len(base), t1 - t0, t2 - t1, result.steps, same, divergence,
+                                  k, base == reference))
+        batch_speedups.append((sum(len(r.tokens) for r in results) / (t2 - t1)) / (sum(map(len, baseline)) / (t1 - t0)))
+        done = runs
+        bar.set_postfix(tok_per_step=f"{sum(r.new_tokens for r in done) / sum(r.steps for r in done):.2f}",
+                        speedup=f"{statistics.median(batch_speedups):.2f}")
+    per_batch = {r.batch: (r.baseline_s, r.medusa_s) for r in runs}
     new_tokens = sum(r.new_tokens for r in runs)
     baseline_tokens = sum(r.baseline_tokens for r in runs)
-    medusa_s = sum(r.medusa_s for r in runs)
-    baseline_s = sum(r.baseline_s for r in runs)
+    medusa_s = sum(m for _, m in per_batch.values())
+    baseline_s = sum(b for b, _ in per_batch.values())
     predicted = tree.meta.get("expected_tokens_per_step")
+    planned = tree.meta.get("predicted_tokens_per_s") if tree.meta.get("batch_size", 1) == batch_size else None
+    tokens_per_s, baseline_tokens_per_s = new_tokens / medusa_s, baseline_tokens / baseline_s
     return BenchReport(
         tokens_per_step=new_tokens / sum(r.steps for r in runs),
-        tokens_per_s=new_tokens / medusa_s,
-        baseline_tokens_per_s=baseline_tokens / baseline_s,
-        speedup=baseline_s / medusa_s,
+        tokens_per_s=tokens_per_s,
+        baseline_tokens_per_s=baseline_tokens_per_s,
+        speedup=tokens_per_s / baseline_tokens_per_s,
         identical=None if sampling.temperature > 0 else sum(r.identical for r in runs) / len(runs),
         divergences=[r.divergence for r in runs if r.divergence],
         predicted_tokens_per_step=float(predicted) if predicted is not None else None,
-        prompts=len(runs),
+        prompts=len(prompt_ids),
         nodes=tree.nodes,
         device=device_name(loaded.device),
         dtype=dtype_name(loaded.dtype),
         max_new_tokens=max_new_tokens,
         oracle=oracle,
         temperature=sampling.temperature,
-        median_speedup_per_prompt=statistics.median(r.baseline_s / r.medusa_s for r in runs),
+        median_speedup_per_prompt=statistics.median(batch_speedups),
         draft_vocab=None if oracle or heads is None or heads.draft_vocab is None else len(heads.draft_vocab),
+        batch_size=batch_size,
+        batches=len(batches),
+        baseline_identical=sum(r.baseline_identical for r in runs) / len(runs),
+        predicted_tokens_per_s=float(planned) if planned is not None else None,
         per_prompt=[asdict(r) for r in runs],
     )
 
 
 def format_report(report: BenchReport) -> str:
-    lines = [f"{'prompt':>6} {'in':>5} {'new':>5} {'base tok/s':>10} {'medusa tok/s':>12} {'tok/step':>8} {'same':>5}"]
-    for r in report.per_prompt:
-        lines.append(
-            f"{r['index']:>6} {r['prompt_tokens']:>5} {r['new_tokens']:>5} {r['new_tokens'] / r['baseline_s']:>10.1f} "
-            f"{r['new_tokens'] / r['medusa_s']:>12.1f} {r['new_tokens'] / r['steps']:>8.2f} {'yes' if r['identical'] else 'NO':>5}"
-        )
+    if report.batch_size == 1:
+        lines = [f"{'prompt':>6} {'in':>5} {'new':>5} {'base tok/s':>10} {'medusa tok/s':>12} {'tok/step':>8} {'same':>5}"]
+        for r in report.per_prompt:
+            lines.append(
+                f"{r['index']:>6} {r['prompt_tokens']:>5} {r['new_tokens']:>5} {r['baseline_tokens'] / r['baseline_s']:>10.1f} "
+                f"{r['new_tokens'] / r['medusa_s']:>12.1f} {r['new_tokens'] / r['steps']:>8.2f} {'yes' if r['identical'] else 'NO':>5}"
+            )
+    else:
+        lines = [f"{'batch':>5} {'prompts':>15} {'new':>5} {'base tok/s':>10} {'medusa tok/s':>12} {'tok/step':>8} {'same':>5}"]
+        for k in range(report.batches):
+            rows = [r for r in report.per_prompt if r["batch"] == k]
+            new, base = sum(r["new_tokens"] for r in rows), sum(r["baseline_tokens"] for r in rows)
+            lines.append(f"{k:>5} {','.join(str(r['index']) for r in rows):>15} {new:>5} {base / rows[0]['baseline_s']:>10.1f} "
+                         f"{new / rows[0]['medusa_s']:>12.1f} {new / sum(r['steps'] for r in rows):>8.2f} "
+                         f"{sum(r['identical'] for r in rows):>3}/{len(rows)}")
     predicted = f"{report.predicted_tokens_per_step:.3f}" if report.predicted_tokens_per_step is not None else "n/a"
     identical = f"{report.identical:.2f}" if report.identical is not None else "n/a (sampling)"
+    batch = f"   batch size {report.batch_size} ({report.batches} batches of {report.prompts} prompts)" if report.batch_size > 1 else ""
+    planned = f"   predicted: {report.predicted_tokens_per_s:.2f} tok/s" if report.predicted_tokens_per_s is not None else ""
     lines += [
         "",
         f"tree: {report.nodes} nodes{' (oracle)' if report.oracle else ''}   device: {report.device}   dtype: {report.dtype}"
-        + (f"   heads guess from {report.draft_vocab} tokens" if report.draft_vocab else ""),
+        + (f"   heads guess from {report.draft_vocab} tokens" if report.draft_vocab else "") + batch,
         f"tokens/step (bonus token included): {report.tokens_per_step:.3f}   predicted: {predicted}",
-        f"baseline (HF generate): {report.baseline_tokens_per_s:.2f} tok/s   medusa: {report.tokens_per_s:.2f} tok/s",
-        f"speedup: {report.speedup:.2f}x (total time)   median per prompt: {report.median_speedup_per_prompt:.2f}x   identical: {identical}",
+        f"baseline (HF generate{', left-padded batches' if report.batch_size > 1 else ''}): {report.baseline_tokens_per_s:.2f} tok/s"
+        f"   medusa: {report.tokens_per_s:.2f} tok/s{planned}",
+        f"speedup: {report.speedup:.2f}x (total time)   median per {'batch' if report.batch_size > 1 else 'prompt'}: "
+        f"{report.median_speedup_per_prompt:.2f}x   identical: {identical}"
+        + (f" (baseline's rows: {report.baseline_identical:.2f})" if report.batch_size > 1 else ""),
     ]
+    for d in report.divergences:
+        lines.append(f"  divergence: prompt {d['prompt']} (batch {d['batch']}) at new token {d['position']}, "
+                     f"base model's top-2 logit margin {d['top2_margin']:.4f}")
     return "\n".join(lines)
 
 

@@ -1,11 +1,14 @@
-"""Medusa tree decoding for one sequence (batch size 1) over a Hugging Face causal LM.
+"""Medusa tree decoding of one or more sequences (batch size B) over a Hugging Face causal LM.
 
-Per step: candidates from the heads' top-k (or from an oracle), one forward over the N tree tokens
-with the tree attention bias and explicit positions into a preallocated static KV cache, greedy or
-typical acceptance, then the accepted path's K/V moved into place. The model is driven through its
-public forward (``attention_mask`` as a 4-D additive bias, ``position_ids``, a transformers
-``StaticCache``); logits are ``lm_head(last_hidden_state)``, so models with logit soft-capping or
-scaling are refused. This module does not load models or heads, and does not time anything.
+Per step, for every row of the batch: candidates from the heads' top-k (or from an oracle), one forward over
+the B x N tree tokens with a per-row tree attention bias and explicit per-row positions into a preallocated
+KV cache (``kv_cache.TreeKVCache``: each row has its own length and write position, nothing is padded on the
+left), greedy or typical acceptance per row, then each row's accepted path moved into place. Rows stop
+independently at EOS or the token limit and leave the batch at once (their cache rows are dropped), so a
+finished row costs nothing more. The model is driven through its public forward (``attention_mask`` as a
+4-D additive bias, ``position_ids``, the cache); logits are ``lm_head(last_hidden_state)``, so models with
+logit soft-capping or scaling are refused. This module does not load models or heads, and does not time
+anything.
 """
 
 from __future__ import annotations
@@ -14,52 +17,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from transformers.cache_utils import Cache, StaticLayer
 
+from .kv_cache import TreeKVCache
+from .sampling import SamplingConfig  # noqa: F401  (re-exported: callers build it with the decoder)
 from .spec import TreeSpec
 from .tree import TreeBuffers, build_buffers
-
-
-class PrefixStaticLayer(StaticLayer):
-    """A preallocated K/V buffer (``StaticLayer``'s allocation) that writes new tokens after the filled
-    prefix and hands attention only that prefix, so a step attends over the tokens that exist rather
-    than the whole buffer. The fill level is a Python int: no device sync per layer."""
-
-    filled = 0
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.filled + key_states.shape[-2]
-        if end > self.max_cache_len:
-            raise RuntimeError(f"KV cache overflow: {end} > {self.max_cache_len} preallocated tokens")
-        self.keys[:, :, self.filled : end] = key_states
-        self.values[:, :, self.filled : end] = value_states
-        self.filled = end
-        return self.keys[:, :, :end], self.values[:, :, :end]  # [B, kv_heads, filled, head_dim] views
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.filled + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.filled
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """``tokens_to_remove`` is negative, as for transformers' static layers."""
-        self.filled = max(0, self.filled + tokens_to_remove) if tokens_to_remove < 0 else self.filled
-
-    def reset(self) -> None:
-        self.filled = 0
-
-
-@dataclass
-class SamplingConfig:
-    """temperature 0: greedy acceptance (lossless). > 0: typical acceptance, as upstream Medusa."""
-
-    temperature: float = 0.0
-    posterior_threshold: float = 0.09  # epsilon
-    posterior_alpha: float = 0.3  # delta
-    seed: int = 0
 
 
 @dataclass
@@ -76,14 +38,29 @@ class DecodeResult:
 
 @dataclass
 class DecodeState:
-    """What one sequence carries between steps."""
+    """What a batch of sequences carries between steps; row i of every tensor is ``rows[i]`` of the batch."""
 
-    cache: Cache  # static KV cache, [B=1, kv_heads, max_len, head_dim] per layer
-    tree_bias: torch.Tensor  # [1, 1, N, max_len] additive attention bias of the verify forward
-    cur: int  # tokens in the KV cache; the root goes at position cur
-    hidden: torch.Tensor  # [H] last hidden state of the last accepted token (the heads read it)
-    root: torch.Tensor  # [1] the next token, already emitted, not yet in the cache
-    tokens: list[int]  # emitted so far
+    cache: TreeKVCache  # per-row lengths: the root of row i goes at position cache.lengths[i]
+    tree_bias: torch.Tensor  # [B, 1, N, max_len] additive attention bias of the verify forward
+    hidden: torch.Tensor  # [B, H] last hidden state of each row's last accepted token (the heads read it)
+    root: torch.Tensor  # [B] each row's next token, already emitted, not yet in the cache
+    rows: list[int]  # which prompts of the batch are still decoding
+    emitted: list[int]  # tokens each row has emitted so far (its oracle's offset)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep only these rows (indices into the current rows): finished rows leave the batch."""
+        if keep == list(range(len(self.rows))):
+            return
+        self.cache.keep_rows(keep)
+        index = torch.tensor(keep, dtype=torch.long, device=self.hidden.device)
+        self.tree_bias = self.tree_bias.index_select(0, index)
+        self.hidden, self.root = self.hidden.index_select(0, index), self.root.index_select(0, index)
+        self.rows = [self.rows[i] for i in keep]
+        self.emitted = [self.emitted[i] for i in keep]
 
 
 class PromptTooLongError(ValueError):
@@ -108,7 +85,7 @@ def check_tree_fits_heads(tree: TreeSpec, heads, vocab_size: int) -> None:
 
 
 class MedusaDecoder:
-    """Decodes with a fixed tree. Buffers are built once here; ``generate`` runs prefill then steps."""
+    """Decodes with a fixed tree. Buffers are built once here; ``generate_batch`` runs prefill then steps."""
 
     def __init__(self, model, heads=None, tree: TreeSpec | None = None, eos_token_ids=(), sampling: SamplingConfig | None = None):
         _check_supported(model)
@@ -126,129 +103,194 @@ class MedusaDecoder:
         self.buffers: TreeBuffers = build_buffers(self.tree, self.device, self.dtype)
         self._depths = self.buffers.depths.tolist()
         self._root_paths = self.buffers.root_paths.tolist()
+        self._path_of = [self._root_paths[i][: self._depths[i] + 1] for i in range(self.buffers.num_nodes)]  # node -> nodes on its path
         self.vocab_size = model.config.vocab_size
         self._generator = torch.Generator(device=self.device)
         self._accept = self._accept_typical if self.sampling.temperature > 0 else self._accept_greedy
 
     # ------------------------------------------------------------------ cache and mask
-    def _new_cache(self, max_len: int) -> Cache:
+    def _new_cache(self, max_len: int, batch_size: int) -> TreeKVCache:
         window = getattr(self.model.config, "sliding_window", None)
         if window is not None and getattr(self.model.config, "use_sliding_window", True) and window < max_len:
             raise NotImplementedError(f"sliding-window attention (window {window}) shorter than the {max_len} tokens "
                                       f"needed is not supported; lower --max-new-tokens or the prompt length")
-        return Cache(layers=[PrefixStaticLayer(max_cache_len=max_len) for _ in range(self.model.config.num_hidden_layers)])
+        return TreeKVCache(self.model.config.num_hidden_layers, max_len, batch_size, self.device)
 
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor | None, cache: Cache) -> torch.Tensor:
-        """tokens, positions: [T]; bias: [1, 1, T, cached + T] or None (attend to everything). Returns [T, H]."""
-        out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=bias, cache=cache, use_cache=True)
-        return out.last_hidden_state[0]
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor | None, cache: TreeKVCache) -> torch.Tensor:
+        """tokens, positions: [B, T]; bias: [B, 1, T, span] or None (every row attends to everything). Returns [B, T, H]."""
+        out = self.base(input_ids=tokens, position_ids=positions, attention_mask=bias, cache=cache, use_cache=True)
+        return out.last_hidden_state
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """lm_head over the tree tokens: hidden [N, H] -> [N, V] (on CPU a oneDNN-packed linear, layout.py)."""
+        """lm_head over the tree tokens: hidden [B, N, H] -> [B, N, V] (on CPU a oneDNN-packed linear, layout.py)."""
         return self.lm_head(hidden)
 
     # ------------------------------------------------------------------ candidates
     def _head_candidates(self, hidden: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
-        """hidden: [H] of the last accepted node, root: [1] the token after it -> top-k tokens [D, topk] of the
-        heads the tree reads (root-conditioned heads read the root too; plain Medusa heads ignore it)."""
-        return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used, root=root[0])
+        """hidden: [B, H] of each row's last accepted node, root: [B] the token after it -> top-k tokens [B, D, topk]
+        of the heads the tree reads (root-conditioned heads read the root too; plain Medusa heads ignore it)."""
+        return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used, root=root)
 
-    def _oracle_candidates(self, reference: list[int], emitted: int) -> torch.Tensor:
-        """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose."""
+    def _oracle_candidates(self, references: list[list[int]], emitted: list[int]) -> torch.Tensor:
+        """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose. -> [B, D, topk]"""
         depth, topk = self.buffers.num_heads_used, self.buffers.topk
         rows = []
-        for k in range(depth):
-            true = reference[emitted + k] if emitted + k < len(reference) else 0
-            rows.append([(true + r) % self.vocab_size for r in range(topk)])
+        for reference, done in zip(references, emitted):
+            true = [reference[done + k] if done + k < len(reference) else 0 for k in range(depth)]
+            rows.append([[(t + r) % self.vocab_size for r in range(topk)] for t in true])
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ acceptance
-    def _accept_greedy(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """Deepest node whose whole path equals the base argmax; returns (node, bonus token [1])."""
+    def _accept_greedy(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+        """Per row the deepest node whose whole path equals the base argmax. tree_tokens [B, N], logits [B, N, V]
+        -> (node per row, bonus tokens [B])."""
         b = self.buffers
-        pred = logits.argmax(dim=-1)  # [N]
-        ok = tree_tokens == pred[b.parents]
-        ok[0] = True
-        accepted = ~(b.ancestor_mask & ~ok[None, :]).any(dim=-1)  # [N]: every node on its path is right
-        best = int((b.depths * accepted).argmax())  # first maximum: deterministic
-        return best, pred[best : best + 1]
+        pred = logits.argmax(dim=-1)  # [B, N]
+        ok = tree_tokens == pred[:, b.parents]  # [B, N]: each node is its parent's argmax
+        ok[:, 0] = True
+        accepted = ~(b.ancestor_mask[None] & ~ok[:, None, :]).any(dim=-1)  # [B, N]: every node on its path is right
+        best = (b.depths * accepted).argmax(dim=-1)  # [B], first maximum: deterministic
+        return best.tolist(), pred.gather(1, best[:, None])[:, 0]
 
-    def _accept_typical(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """Typical acceptance: p(x) > min(epsilon, delta * exp(-H)); longest path, then most likely."""
+    def _accept_typical(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+        """Typical acceptance per row: p(x) > min(epsilon, delta * exp(-H)); longest path, then most likely."""
         b, s = self.buffers, self.sampling
-        logp = torch.log_softmax(logits.float() / s.temperature, dim=-1)  # [N, V]
+        logp = torch.log_softmax(logits.float() / s.temperature, dim=-1)  # [B, N, V]
         probs = logp.exp()
-        entropy = -(probs * logp).sum(-1)  # [N]
-        node_logp = logp[b.parents, tree_tokens]  # [N]: log p of each node under its parent
+        entropy = -(probs * logp).sum(-1)  # [B, N]
+        node_logp = logp[:, b.parents].gather(2, tree_tokens[..., None])[..., 0]  # [B, N]: log p of each node under its parent
         threshold = torch.minimum(torch.full_like(entropy, s.posterior_threshold), s.posterior_alpha * torch.exp(-entropy))
-        ok = node_logp.exp() > threshold[b.parents]
-        ok[0] = True
-        node_logp[0] = 0.0
-        accepted = ~(b.ancestor_mask & ~ok[None, :]).any(dim=-1)
-        path_logp = b.ancestor_mask.float() @ node_logp  # [N]
+        ok = node_logp.exp() > threshold[:, b.parents]
+        ok[:, 0] = True
+        node_logp[:, 0] = 0.0
+        accepted = ~(b.ancestor_mask[None] & ~ok[:, None, :]).any(dim=-1)  # [B, N]
+        path_logp = node_logp @ b.ancestor_mask.float().T  # [B, N]
         depth = torch.where(accepted, b.depths, -1)
-        longest = accepted & (depth == depth.max())
-        best = int(torch.where(longest, path_logp, float("-inf")).argmax())
-        bonus = torch.multinomial(probs[best], 1, generator=self._generator)
-        return best, bonus
+        longest = accepted & (depth == depth.max(dim=-1, keepdim=True).values)
+        best = torch.where(longest, path_logp, float("-inf")).argmax(dim=-1)  # [B]
+        bonus = torch.multinomial(probs[torch.arange(len(best), device=best.device), best], 1, generator=self._generator)
+        return best.tolist(), bonus[:, 0]
 
     def _first_token(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] -> [B]."""
         if self.sampling.temperature > 0:
             probs = torch.softmax(logits.float() / self.sampling.temperature, dim=-1)
-            return torch.multinomial(probs, 1, generator=self._generator)
-        return logits.argmax(dim=-1, keepdim=True)
+            return torch.multinomial(probs, 1, generator=self._generator)[:, 0]
+        return logits.argmax(dim=-1)
 
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
-    def prefill(self, prompt_ids: list[int], max_new_tokens: int) -> DecodeState:
-        """Check sizes, allocate the cache, run the prompt, and emit the first token."""
+    def prefill(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+        """Check sizes, allocate the cache, run the prompts (right-padded to the longest) and emit each row's
+        first token."""
         b = self.buffers
-        n_prompt = len(prompt_ids)
-        if n_prompt == 0:
-            raise ValueError("the prompt is empty")
+        if not prompts:
+            raise ValueError("no prompts to decode")
+        lengths = [len(p) for p in prompts]
+        if min(lengths) == 0:
+            raise ValueError(f"prompt {lengths.index(0)} is empty")
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit is not None and n_prompt + max_new_tokens > limit:
-            raise PromptTooLongError(f"prompt of {n_prompt} tokens + {max_new_tokens} new tokens exceeds the model's "
+        if limit is not None and max(lengths) + max_new_tokens > limit:
+            raise PromptTooLongError(f"prompt of {max(lengths)} tokens + {max_new_tokens} new tokens exceeds the model's "
                                      f"context of {limit}; shorten the prompt or lower --max-new-tokens")
         self._generator.manual_seed(self.sampling.seed)
-        max_len = n_prompt + max_new_tokens + b.num_nodes
-        cache = self._new_cache(max_len)
+        batch, longest = len(prompts), max(lengths)
+        max_len = longest + max_new_tokens + b.num_nodes
+        cache = self._new_cache(max_len, batch)
         neg = torch.finfo(self.dtype).min
-        prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        bias = torch.triu(torch.full((n_prompt, n_prompt), neg, dtype=self.dtype, device=self.device), 1)[None, None]
-        hidden = self._forward(prompt, torch.arange(n_prompt, device=self.device), bias, cache)[-1]  # [H]
-        root = self._first_token(self._logits(hidden[None])[0])  # [1]
-        # the verify bias keeps 0 over the accepted prefix and the tree pattern over the tree slots
-        tree_bias = torch.full((1, 1, b.num_nodes, max_len), neg, dtype=self.dtype, device=self.device)
-        tree_bias[0, 0, :, :n_prompt] = 0
-        return DecodeState(cache=cache, tree_bias=tree_bias, cur=n_prompt, hidden=hidden, root=root, tokens=[int(root)])
+        tokens = torch.tensor([p + [p[-1]] * (longest - len(p)) for p in prompts], dtype=torch.long, device=self.device)  # [B, L]
+        length = torch.tensor(lengths, device=self.device)
+        keys = torch.arange(longest, device=self.device)
+        visible = (keys[None, None, :] <= keys[None, :, None]) & (keys[None, None, :] < length[:, None, None])  # [B, L, L]: causal, not padding
+        bias = torch.zeros(batch, 1, longest, longest, dtype=self.dtype, device=self.device).masked_fill_(~visible[:, None], neg)
+        cache.prepare(longest)
+        hidden = self._forward(tokens, keys.expand(batch, longest), bias, cache)  # [B, L, H]
+        cache.commit([list(range(n)) for n in lengths])
+        hidden = hidden[torch.arange(batch, device=self.device), length - 1]  # [B, H]: each row's last prompt token
+        root = self._first_token(self._logits(hidden))  # [B]
+        # each row's verify bias keeps 0 over its accepted prefix and gets the tree pattern over its tree slots
+        tree_bias = torch.full((batch, 1, b.num_nodes, max_len), neg, dtype=self.dtype, device=self.device)
+        for row, n in enumerate(lengths):
+            tree_bias[row, 0, :, :n] = 0
+        return DecodeState(cache=cache, tree_bias=tree_bias, hidden=hidden, root=root, rows=list(range(batch)),
+                           emitted=[1] * batch)
 
     @torch.inference_mode()
-    def step(self, state: DecodeState, oracle: list[int] | None = None) -> list[int]:
-        """One verify step: candidates, one forward over the tree, acceptance, K/V move. Returns the new
-        tokens (accepted path + bonus), not yet truncated at EOS or the token limit."""
-        b = self.buffers
+    def step(self, state: DecodeState, oracles: list[list[int]] | None = None) -> list[list[int]]:
+        """One verify step of every row: candidates, one forward over the tree, acceptance, K/V move. Returns each
+        row's new tokens (accepted path + bonus), not yet truncated at EOS or the token limit.
+        ``oracles``: one reference continuation per prompt of the batch (indexed by ``state.rows``)."""
+        b, cache = self.buffers, state.cache
         if b.num_nodes > 1:
-            guesses = self._oracle_candidates(oracle, len(state.tokens)) if oracle is not None else self._head_candidates(state.hidden, state.root)
-            tree_tokens = torch.cat([state.root, guesses.flatten()])[b.candidate_index]  # [N]
+            if oracles is not None:
+                guesses = self._oracle_candidates([oracles[r] for r in state.rows], state.emitted)
+            else:
+                guesses = self._head_candidates(state.hidden, state.root)
+            tree_tokens = torch.cat([state.root[:, None], guesses.flatten(1)], dim=1)[:, b.candidate_index]  # [B, N]
         else:
-            tree_tokens = state.root
-        cur = state.cur
-        state.tree_bias[0, 0, :, cur : cur + b.num_nodes] = b.attn_bias
-        # one token attends to the whole prefix: no mask needed (the fast path plain decoding uses too)
-        bias = state.tree_bias[..., : cur + b.num_nodes] if b.num_nodes > 1 else None
-        hidden_all = self._forward(tree_tokens, cur + b.depths, bias, state.cache)  # [N, H]
+            tree_tokens = state.root[:, None]  # [B, 1]
+        lengths = cache.lengths
+        span = cache.prepare(b.num_nodes)
+        for row, n in enumerate(lengths):
+            state.tree_bias[row, 0, :, n : n + b.num_nodes] = b.attn_bias
+        # one token per row at equal lengths attends to the whole prefix: no mask (plain decoding's fast path)
+        bias = None if b.num_nodes == 1 and min(lengths) == max(lengths) else state.tree_bias[..., :span]
+        positions = torch.tensor(lengths, device=self.device)[:, None] + b.depths  # [B, N]
+        hidden_all = self._forward(tree_tokens, positions, bias, cache)  # [B, N, H]
         best, state.root = self._accept(tree_tokens, self._logits(hidden_all))
-        path = self._root_paths[best][: self._depths[best] + 1]
-        new_tokens = torch.cat([tree_tokens[path[1:]], state.root]).tolist()
-        self._move_kv(state.cache, cur, path, b.num_nodes)
-        # the accepted path is now prefix; the next step's tree pattern overwrites the rest of this step's slots
-        state.tree_bias[0, 0, :, cur : cur + len(path)] = 0
-        state.cur = cur + len(path)
-        state.hidden = hidden_all[best]
+        paths = [self._path_of[node] for node in best]
+        accepted = tree_tokens.gather(1, b.root_paths[best]).tolist()  # [B, D+1]: each row's path tokens, padded
+        new_tokens = [accepted[row][1 : len(path)] + [bonus] for row, (path, bonus) in enumerate(zip(paths, state.root.tolist()))]
+        for row, (n, path) in enumerate(zip(lengths, paths)):
+            # the accepted path is now prefix; the next step's tree pattern overwrites the rest of this step's slots
+            state.tree_bias[row, 0, :, n : n + len(path)] = 0
+        cache.commit(paths)
+        state.hidden = hidden_all[torch.arange(len(best), device=self.device), torch.tensor(best, device=self.device)]
+        state.emitted = [e + len(t) for e, t in zip(state.emitted, new_tokens)]
         return new_tokens
 
     @torch.inference_mode()
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int = 128,
+        oracles: list[list[int]] | None = None,
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+    ) -> list[DecodeResult]:
+        """Decode up to ``max_new_tokens`` after each prompt, together, each row stopping exactly at EOS.
+
+        ``oracles``: per prompt, the base model's own greedy continuation; replaces the heads' guesses (a ceiling).
+        ``on_tokens(row, tokens)`` is called with each row's new tokens as they are emitted."""
+        if self.buffers.num_nodes > 1 and self.heads is None and oracles is None:
+            raise ValueError("a non-empty tree needs Medusa heads (--heads) or --oracle")
+        if oracles is not None and len(oracles) != len(prompts):
+            raise ValueError(f"{len(oracles)} oracle continuations for {len(prompts)} prompts")
+        state = self.prefill(prompts, max_new_tokens)
+        outs: list[list[int]] = [[t] for t in state.root.tolist()]
+        emitted: list[list[int]] = [[1] for _ in prompts]
+        if on_tokens:
+            for row, out in enumerate(outs):
+                on_tokens(row, out[:])
+        state.keep([i for i, row in enumerate(state.rows) if not self._finished(outs[row], max_new_tokens)])
+        while state.rows:
+            for row, tokens in zip(state.rows, self.step(state, oracles)):
+                out, kept = outs[row], []
+                for token in tokens:
+                    kept.append(token)
+                    if token in self.eos or len(out) + len(kept) >= max_new_tokens:
+                        break
+                out.extend(kept)
+                emitted[row].append(len(kept))
+                if on_tokens:
+                    on_tokens(row, kept)
+            state.keep([i for i, row in enumerate(state.rows) if not self._finished(outs[row], max_new_tokens)])
+        return [DecodeResult(tokens=out, steps=len(per_step), emitted_per_step=per_step,
+                             stop_reason="eos" if out[-1] in self.eos else "length")
+                for out, per_step in zip(outs, emitted)]
+
+    def _finished(self, out: list[int], max_new_tokens: int) -> bool:
+        return out[-1] in self.eos or len(out) >= max_new_tokens
+
     def generate(
         self,
         prompt_ids: list[int],
@@ -256,35 +298,6 @@ class MedusaDecoder:
         oracle: list[int] | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> DecodeResult:
-        """Decode up to ``max_new_tokens`` after ``prompt_ids``, stopping exactly at EOS.
-
-        ``oracle``: the base model's own greedy continuation; replaces the heads' guesses (a ceiling)."""
-        if self.buffers.num_nodes > 1 and self.heads is None and oracle is None:
-            raise ValueError("a non-empty tree needs Medusa heads (--heads) or --oracle")
-        state = self.prefill(prompt_ids, max_new_tokens)
-        out = state.tokens
-        emitted_per_step = [1]
-        if on_tokens:
-            on_tokens(out[:])
-        while out[-1] not in self.eos and len(out) < max_new_tokens:
-            kept = []
-            for token in self.step(state, oracle):
-                kept.append(token)
-                if token in self.eos or len(out) + len(kept) >= max_new_tokens:
-                    break
-            out.extend(kept)
-            emitted_per_step.append(len(kept))
-            if on_tokens:
-                on_tokens(kept)
-        stop = "eos" if out[-1] in self.eos else "length"
-        return DecodeResult(tokens=out, steps=len(emitted_per_step), emitted_per_step=emitted_per_step, stop_reason=stop)
-
-    @staticmethod
-    def _move_kv(cache: Cache, cur: int, path: list[int], num_nodes: int) -> None:
-        """Copy the accepted nodes' K/V (tree slots cur+path[j]) to cur+j, then drop the rest of the tree."""
-        if path != list(range(len(path))):
-            src = torch.tensor(path, device=cache.layers[0].keys.device) + cur
-            for layer in cache.layers:  # keys/values: [B, kv_heads, max_len, head_dim]
-                layer.keys[:, :, cur : cur + len(path)] = layer.keys[:, :, src]
-                layer.values[:, :, cur : cur + len(path)] = layer.values[:, :, src]
-        cache.crop(-(num_nodes - len(path)))
+        """One prompt (a batch of one): see ``generate_batch``; ``on_tokens(tokens)`` streams its tokens."""
+        stream = (lambda _row, tokens: on_tokens(tokens)) if on_tokens else None
+        return self.generate_batch([prompt_ids], max_new_tokens, None if oracle is None else [oracle], stream)[0]

@@ -17,11 +17,12 @@ import time
 
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import load_heads
+from medusa_runtime.kv_cache import TreeKVCache
 from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.spec import TreeSpec, load_tree
 
-PIECES = {"_forward": "model forward", "_logits": "lm_head", "_head_candidates": "heads' guesses", "_move_kv": "K/V move"}
+PIECES = {"_forward": "model forward", "_logits": "lm_head", "_head_candidates": "heads' guesses", "commit": "K/V move (cache commit)"}
 
 
 def main() -> None:
@@ -56,8 +57,11 @@ def main() -> None:
             in_step = False
             spent["step"] += time.perf_counter() - start
 
-    for name in PIECES:  # wrap the bound methods of this instance only
-        setattr(decoder, name, piece(getattr(decoder, name), name))
+    for name in PIECES:  # wrap the bound methods of this instance only (the cache is made per prompt: its class)
+        if name == "commit":
+            TreeKVCache.commit = piece(TreeKVCache.commit, name)
+        else:
+            setattr(decoder, name, piece(getattr(decoder, name), name))
     decoder.step = step
     prompts = [render_chat(loaded.tokenizer, p) for p in select_prompts("mt-bench", args.select)]
     decoder.generate(prompts[0], 8)  # warm-up

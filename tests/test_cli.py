@@ -232,3 +232,64 @@ def test_train_heads_says_why_answers_stop_short_of_tokens(tiny_folder, tmp_path
     assert why in (out / "README.md").read_text()
     r = invoke("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-prompts", 0, "--out", tmp_path / "h0")
     assert r.exit_code != 0 and "--num-prompts must be positive" in r.output
+
+
+@pytest.fixture(scope="module")
+def batch_latency(tiny_folder, tmp_path_factory):
+    latency = tmp_path_factory.mktemp("batch") / "latency.json"
+    r = invoke("profile", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--sizes", "1,2,4,8",
+               "--repeats", 2, "--context", 16, "--batch-sizes", "2,4", "--out", latency)
+    assert r.exit_code == 0, r.output
+    return latency
+
+
+def test_bench_at_a_batch_size_checks_every_row(tiny_folder, tmp_path, stats_file):
+    tree = tmp_path / "tree.json"
+    assert invoke("build", stats_file, "--budget", 4, "--out", tree).exit_code == 0
+    out = tmp_path / "report.json"
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--tree", tree,
+               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:3", "--max-new-tokens", 16,
+               "--batch-size", 2, "--json", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["batch_size"] == 2 and report["batches"] == 2 and report["prompts"] == 3
+    # 3 prompts in batches of 2: the last batch is filled up with the first prompt again
+    assert [(row["batch"], row["index"]) for row in report["per_prompt"]] == [(0, 0), (0, 1), (1, 2), (1, 0)]
+    assert report["identical"] == 1.0 and report["baseline_identical"] is not None
+    assert "left-padded" in r.output
+    assert invoke("bench", "--model", tiny_folder / "model", "--batch-size", 0).exit_code == 2
+
+
+def test_profile_batches_plan_and_build_for_a_batch_size(tiny_folder, stats_file, batch_latency, tmp_path):
+    data = json.loads(batch_latency.read_text())
+    assert [b["batch_size"] for b in data["batches"]] == [1, 2, 4]
+    plan_json, plan_png = tmp_path / "plan.json", tmp_path / "plan.png"
+    r = invoke("plan", stats_file, "--latency", batch_latency, "--out", plan_json, "--png", plan_png)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(plan_json.read_text())
+    assert [row["batch_size"] for row in plan["rows"]] == [1, 2, 4] and plan_png.exists()
+    assert json.loads(r.output.strip().splitlines()[-1])["switch_off_batch_size"] == plan["switch_off_batch_size"]
+    for row in plan["rows"]:
+        assert row["tokens_per_s"] == pytest.approx(row["batch_size"] * row["tokens_per_step"] * 1000 / row["step_ms"], rel=1e-3)
+        tree = tmp_path / f"b{row['batch_size']}.json"
+        r = invoke("build", stats_file, "--budget", "auto", "--latency", batch_latency, "--batch-size", row["batch_size"],
+                   "--max-budget", 7, "--out", tree)
+        assert r.exit_code == 0, r.output
+        meta = json.loads(tree.read_text())["meta"]
+        assert meta["batch_size"] == row["batch_size"] and meta["budget"] == row["paths"]
+    r = invoke("build", stats_file, "--budget", "auto", "--latency", batch_latency, "--batch-size", 8, "--out", tmp_path / "x.json")
+    assert r.exit_code == 2 and "no batch size 8 (profiled: 1, 2, 4)" in r.output
+    assert invoke("build", stats_file, "--budget", 3, "--batch-size", 2, "--out", tmp_path / "y.json").exit_code == 2
+
+
+def test_sweep_at_several_batch_sizes(tiny_folder, stats_file, batch_latency, tmp_path):
+    out = tmp_path / "sweep.json"
+    r = invoke("sweep", stats_file, "--latency", batch_latency, "--budgets", "0,2", "--batch-sizes", "1,2",
+               "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--prompts", tiny_folder / "prompts.jsonl",
+               "--select", "0:3", "--max-new-tokens", 10, "--json", out)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(out.read_text())
+    assert [b["batch_size"] for b in summary["batches"]] == [1, 2]
+    for batch in summary["batches"]:
+        assert [row["label"] for row in batch["rows"]][:2] == ["empty", "budget 2"]
+        assert all(row["predicted_tokens_per_s"] > 0 and row["batch_size"] == batch["batch_size"] for row in batch["rows"])

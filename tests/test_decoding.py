@@ -100,3 +100,73 @@ def test_typical_acceptance_at_low_temperature_is_greedy():
     sampling = SamplingConfig(temperature=1e-4)
     result = MedusaDecoder(model, HEADS["qwen2"], TreeSpec([(0,), (0, 0), (1,)]), [], sampling).generate([4, 9, 12], 20)
     assert result.tokens == reference
+
+
+# ---------------------------------------------------------------- batches of prompts
+@pytest.mark.parametrize("arch", list(MODELS))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=random_trees(), prompts=st.lists(st.lists(st.integers(4, 63), min_size=1, max_size=14), min_size=1, max_size=4),
+       oracle=st.booleans(), max_new=st.integers(1, 20))
+def test_batched_decoding_equals_each_prompts_own_greedy(arch, tree, prompts, oracle, max_new):
+    model = MODELS[arch]
+    references = [hf_greedy(model, p, max_new, []) for p in prompts]
+    decoder = MedusaDecoder(model, HEADS[arch], tree, eos_token_ids=[])
+    results = decoder.generate_batch(prompts, max_new, oracles=references if oracle else None)
+    assert [r.tokens for r in results] == references
+    assert all(sum(r.emitted_per_step) == max_new == len(r.tokens) for r in results)
+
+
+def test_batched_rows_stop_independently_at_eos():
+    model = MODELS["llama"]
+    prompts = [[9, 10], [5, 6, 7, 8, 9, 10, 11], [20]]
+    free = [hf_greedy(model, p, 30, []) for p in prompts]
+
+    def ends(eos):  # where each row stops if ``eos`` ends answers
+        return [answer.index(eos) + 1 if eos in answer else 30 for answer in free]
+
+    # a token that ends the first row early (mid-path) and another row later
+    eos = next(t for t in free[0][4:] if ends(t)[0] >= 5 and max(ends(t)) > ends(t)[0])
+    expected = [hf_greedy(model, p, 30, [eos]) for p in prompts]
+    assert [len(e) for e in expected] == ends(eos)
+    seen = {row: [] for row in range(3)}
+    results = MedusaDecoder(model, None, chain_tree(3), eos_token_ids=[eos]).generate_batch(
+        prompts, 30, oracles=free, on_tokens=lambda row, tokens: seen[row].extend(tokens))
+    assert [r.tokens for r in results] == expected == [seen[row] for row in range(3)]
+    assert results[0].stop_reason == "eos"
+    assert [r.steps for r in results] == [len(r.emitted_per_step) for r in results]
+    assert max(r.steps for r in results) > results[0].steps  # a row that ended did not ride along
+
+
+def test_finished_rows_leave_the_batch():
+    model = MODELS["llama"]
+    decoder = MedusaDecoder(model, HEADS["llama"], TreeSpec([(0,), (1,), (0, 0)]), eos_token_ids=[])
+    sizes = []
+    real_step = decoder.step
+    decoder.step = lambda state, oracles=None: (sizes.append((state.batch_size, state.cache.layers[0].keys.shape[0])), real_step(state, oracles))[1]
+    results = decoder.generate_batch([[4, 5], [6, 7, 8]], 12)
+    assert len(results[0].tokens) == len(results[1].tokens) == 12
+    assert all(b == cache_rows for b, cache_rows in sizes)  # the cache holds exactly the live rows
+    short = decoder.generate_batch([[4, 5], [6, 7, 8]], 3)  # both rows end together: still correct
+    assert [r.tokens for r in short] == [r.tokens[:3] for r in results]
+
+
+def test_batched_typical_acceptance_is_seeded_and_per_row():
+    model = MODELS["llama"]
+    tree = TreeSpec([(0,), (1,), (0, 0), (0, 0, 0)])
+    sampling = SamplingConfig(temperature=0.7, seed=3)
+    prompts = [[4, 5, 6], [7, 8], [9, 10, 11, 12]]
+    a = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate_batch(prompts, 25)
+    b = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate_batch(prompts, 25)
+    assert [r.tokens for r in a] == [r.tokens for r in b] and all(len(r.tokens) == 25 for r in a)
+    low = MedusaDecoder(model, HEADS["llama"], tree, [], SamplingConfig(temperature=1e-4)).generate_batch(prompts, 20)
+    assert [r.tokens for r in low] == [hf_greedy(model, p, 20, []) for p in prompts]  # one-hot: each row is greedy
+
+
+def test_batch_input_errors_are_clear():
+    decoder = MedusaDecoder(MODELS["llama"], None, chain_tree(2), eos_token_ids=[])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        decoder.generate_batch([[4], []], 5, oracles=[[1] * 5, [1] * 5])
+    with pytest.raises(ValueError, match="2 oracle continuations for 1 prompts"):
+        decoder.generate_batch([[4]], 5, oracles=[[1] * 5, [1] * 5])
+    with pytest.raises(PromptTooLongError, match="exceeds the model's context of 256"):
+        decoder.generate_batch([[4], list(range(4, 60)) * 4], 40, oracles=[[1] * 40] * 2)

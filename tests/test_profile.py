@@ -30,3 +30,23 @@ def test_synthetic_tree_is_prefix_closed_and_sized():
     spec = synthetic_tree(12, depth=3)
     assert spec.nodes == 12
     assert all(p[:-1] in set(spec.paths) | {()} for p in spec.paths)
+
+
+def test_each_batch_size_is_profiled_with_rows_of_different_lengths(monkeypatch):
+    model = tiny_model("llama")
+    loaded = SimpleNamespace(model=model, device=torch.device("cpu"), dtype=torch.float32, name="tiny")
+    seen = []
+    real_step = MedusaDecoder.step
+
+    def recording_step(self, state, oracle=None):
+        seen.append((state.batch_size, self.buffers.num_nodes, tuple(state.cache.lengths)))
+        return real_step(self, state, oracle)
+
+    monkeypatch.setattr(MedusaDecoder, "step", recording_step)
+    result = profile_latency(loaded, tiny_heads(model, num_heads=2), sizes=(3,), repeats=2, warmup=1, context=20,
+                             progress=False, batch_sizes=(4, 2))
+    assert [b["batch_size"] for b in result["batches"]] == [1, 2, 4]  # batch 1 always: the file's default rows
+    assert result["plain_step"] == result["batches"][0]["plain_step"] and result["version"] == 2
+    assert [(b, n) for b, n, _ in seen] == [(1, 1), (1, 3)] * 3 + [(2, 1), (2, 3)] * 3 + [(4, 1), (4, 3)] * 3
+    first_step_of_4 = next(lengths for b, _, lengths in seen if b == 4)
+    assert len(set(first_step_of_4)) == 4  # rows of different lengths: the per-row cache writes are what is timed

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from medusa_runtime.files import write_text_atomic
+from medusa_runtime.sampling import SamplingConfig
 
 from .build import DEFAULT_OBJECTIVE
 from .crossval import DEFAULT_FOLDS
@@ -140,8 +141,8 @@ def generate(
     tree: Optional[Path] = typer.Option(None, "--tree", help="tree spec JSON (default: plain decoding)"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature", help="0: greedy (lossless); > 0: typical acceptance"),
-    posterior_threshold: float = typer.Option(0.09, "--posterior-threshold", help="typical acceptance epsilon"),
-    posterior_alpha: float = typer.Option(0.3, "--posterior-alpha", help="typical acceptance delta"),
+    posterior_threshold: float = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon"),
+    posterior_alpha: float = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta"),
     oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own greedy run (a ceiling)"),
     seed: int = typer.Option(0, "--seed"),
     dtype: str = DtypeOpt,
@@ -189,9 +190,11 @@ def bench(
     select: Optional[str] = SelectOpt,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
-    posterior_threshold: float = typer.Option(0.09, "--posterior-threshold"),
-    posterior_alpha: float = typer.Option(0.3, "--posterior-alpha"),
+    posterior_threshold: float = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold"),
+    posterior_alpha: float = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
+    batch_size: int = typer.Option(1, "--batch-size", help="prompts decoded together, by both HF generate (left-padded) "
+                                   "and the runtime; the last batch is filled up with the first prompts again"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -199,12 +202,17 @@ def bench(
     from medusa_runtime.bench import format_report, report_json_line, run_bench
     from medusa_runtime.decoding import PromptTooLongError, SamplingConfig
 
+    if batch_size < 1:
+        fail(f"--batch-size {batch_size}: use an integer >= 1")
     loaded, medusa_heads, heads_path, spec = load_runtime(model, heads, tree, oracle, dtype, device)
     warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree))
+    planned_for = spec.meta.get("batch_size") if spec.meta.get("budget_auto") else None
+    if planned_for is not None and planned_for != batch_size:
+        typer.secho(f"note: {tree} was sized for batch size {planned_for}, benchmarked at {batch_size}", err=True, fg=typer.colors.YELLOW)
     ids = load_prompt_ids(loaded, prompts, select)
     try:
         report = run_bench(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, oracle,
-                           SamplingConfig(temperature, posterior_threshold, posterior_alpha))
+                           SamplingConfig(temperature, posterior_threshold, posterior_alpha), batch_size=batch_size)
     except PromptTooLongError as err:
         fail(str(err))
     report.model, report.heads, report.tree = model, None if oracle else heads_path, str(tree) if tree else None
@@ -357,6 +365,8 @@ def build(
     latency: Optional[Path] = typer.Option(None, "--latency", help="latency JSON from 'treeopt profile' (for --budget auto)"),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, "--max-budget", help="largest budget --budget auto considers"),
     png: Optional[Path] = typer.Option(None, "--png", help="with --budget auto: plot the predicted curves"),
+    batch_size: int = typer.Option(1, "--batch-size", help="with --budget auto: the batch size to serve (its latency "
+                                   "rows must be in the profile: treeopt profile --batch-sizes)"),
 ):
     """Build the tree that maximises expected accepted tokens per step (provably optimal for its budget)."""
     from .build import BuildError
@@ -364,7 +374,11 @@ def build(
 
     stats = load_stats_or_fail(stats_file)
     auto = budget.strip().lower() == "auto"
-    lat = load_latency_or_fail(latency) if auto and latency is not None else None
+    if batch_size < 1:
+        fail(f"--batch-size {batch_size}: use an integer >= 1")
+    if batch_size > 1 and not auto:
+        fail("--batch-size only changes the size --budget auto picks; use it with --budget auto --latency")
+    lat = load_latency_or_fail(latency, batch_size) if auto and latency is not None else None
     if not auto:
         try:
             n_paths = int(budget)
@@ -406,13 +420,24 @@ def prediction_text(meta: dict) -> str:
             f"in-sample {meta['in_sample_tokens_per_step']:.3f}; 90% range over prompt sets of this size {low:.2f}-{high:.2f})")
 
 
-def load_latency_or_fail(path: Path):
+def load_latency_or_fail(path: Path, batch_size: int = 1):
     from .tuning import load_latency
 
     try:
-        return load_latency(path)
+        return load_latency(path, batch_size)
     except ValueError as err:
         fail(str(err))
+
+
+def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (sorted, unique), or a clean error naming the option."""
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        fail(f"{option} {text!r}: a comma-separated list of integers, e.g. 1,2,4,8")
+    if not values or values[0] < minimum:
+        fail(f"{option} {text!r}: every value must be >= {minimum}")
+    return values
 
 
 @app.command()
@@ -532,29 +557,28 @@ def profile(
     sizes: str = typer.Option(",".join(map(str, PROFILE_SIZES)), "--sizes", help="tree tokens per verify step (every size up to 8: kernels change there)"),
     repeats: int = typer.Option(20, "--repeats", help="timed steps per size (after 3 warm-up steps)"),
     context: int = typer.Option(256, "--context", help="KV-cache length the steps run at"),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="sequences per step to profile, e.g. 1,2,4,8,16 "
+                                    "(batch 1 is always included)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
-    """Median latency of one verify step (heads included) against tree size, plus the plain decoding step."""
+    """Latency of one verify step (heads included) against tree size and batch size, plus the plain decoding step."""
     from .profile import profile_latency
 
-    try:
-        size_list = sorted({int(x) for x in sizes.split(",") if x.strip()})
-    except ValueError:
-        fail(f"--sizes {sizes!r}: a comma-separated list of integers, e.g. 1,2,4,8")
-    if not size_list or size_list[0] < 1:
-        fail("--sizes: every size must be >= 1")
+    size_list = parse_int_list("--sizes", sizes)
+    batch_list = parse_int_list("--batch-sizes", batch_sizes)
     if repeats < 1:
         fail("--repeats must be >= 1")
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=size_list[-1] > 1)
     try:
-        result = profile_latency(loaded, medusa_heads, size_list, repeats, context=context)
+        result = profile_latency(loaded, medusa_heads, size_list, repeats, context=context, batch_sizes=batch_list)
     except ValueError as err:
         fail(str(err))
     write_output(out, json.dumps(result, indent=1) + "\n")
-    typer.echo(f"{'nodes':>5} {'median ms':>9} {'p10':>7} {'p90':>7}")
-    for row in [result["plain_step"]] + [r for r in result["verify"] if r["nodes"] > 1]:
-        typer.echo(f"{row['nodes']:>5} {row['median_ms']:>9.1f} {row['p10_ms']:>7.1f} {row['p90_ms']:>7.1f}")
+    typer.echo(f"{'batch':>5} {'nodes':>5} {'median ms':>9} {'p10':>7} {'p90':>7}")
+    for batch in result["batches"]:
+        for row in [batch["plain_step"]] + [r for r in batch["verify"] if r["nodes"] > 1]:
+            typer.echo(f"{batch['batch_size']:>5} {row['nodes']:>5} {row['median_ms']:>9.1f} {row['p10_ms']:>7.1f} {row['p90_ms']:>7.1f}")
     typer.echo(f"device: {result['device']}, dtype {result['dtype']}; written to {out}")
 
 
@@ -639,7 +663,8 @@ def tune(
     typer.echo(f"best of {len(result.trials)} trials: {spec.nodes} nodes, {result.best_value:.2f} tok/s on the tuning prompts "
                f"({spec.meta['tuning_tokens_per_step']:.2f} tokens/step); params {result.best_params}; written to {out}")
     if holdout:
-        sampling = SamplingConfig(temperature, spec.meta.get("posterior_threshold", 0.09), spec.meta.get("posterior_alpha", 0.3))
+        sampling = SamplingConfig(temperature, spec.meta.get("posterior_threshold", SamplingConfig.posterior_threshold),
+                                  spec.meta.get("posterior_alpha", SamplingConfig.posterior_alpha))
         report = run_bench(loaded, medusa_heads, spec, load_prompt_ids(loaded, prompts, holdout), 128, sampling=sampling)
         report.model, report.heads, report.tree, report.prompt_source, report.select = model, heads_path, str(out), prompts, holdout
         typer.echo("held-out:\n" + format_report(report))
@@ -671,10 +696,60 @@ def demo(
 
 
 @app.command()
+def plan(
+    stats_file: Path = typer.Argument(..., metavar="STATS", help="stats JSON from 'treeopt calibrate'"),
+    latency: Path = typer.Option(..., "--latency", help="latency JSON from 'treeopt profile --batch-sizes ...'"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the plan as JSON here"),
+    png: Optional[Path] = typer.Option(None, "--png", help="plot tokens/s against batch size, Medusa vs plain"),
+    objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="as for build"),
+    max_depth: Optional[int] = typer.Option(None, "--max-depth"),
+    max_children: Optional[int] = typer.Option(None, "--max-children"),
+    target: Optional[str] = typer.Option(None, "--for", help="medusa | trtllm: only trees that engine runs as they are"),
+    folds: int = typer.Option(DEFAULT_FOLDS, "--folds"),
+):
+    """For each profiled batch size: the tree size with the best predicted tokens/s, its speedup over plain
+    decoding at that batch size, and the batch size from which plain decoding wins."""
+    from .build import BuildError
+    from .design import TreeRequest
+    from .plan import plan_batches
+    from .tuning import latency_batch_sizes
+
+    stats = load_stats_or_fail(stats_file)
+    if folds < 0 or folds == 1:
+        fail(f"--folds {folds}: use 0 (no cross-validation) or >= 2")
+    try:
+        sizes = latency_batch_sizes(latency)
+    except ValueError as err:
+        fail(str(err))
+    latencies = {b: load_latency_or_fail(latency, b) for b in sizes}
+    largest = min(max(lat.sizes) for lat in latencies.values())  # plan only sizes every batch size profiled
+    request = TreeRequest(None, objective, max_depth, max_children, target, folds, max_budget=largest - 1)
+    try:
+        result = plan_batches(stats, latencies, request)
+    except BuildError as err:
+        fail(str(err))
+    typer.echo(result.table())
+    doc = {"stats_file": str(stats_file), "latency_file": str(latency), **result.to_json()}
+    if out:
+        write_output(out, json.dumps(doc, indent=1) + "\n")
+    if png:
+        from .viz import plan_png
+
+        plan_png(doc["rows"], png)
+        typer.echo(f"plot written to {png}")
+    typer.echo(json.dumps({"switch_off_batch_size": result.switch_off_batch_size,
+                           "planned_nodes": {r.batch_size: r.nodes for r in result.rows},
+                           "predicted_speedup": {r.batch_size: r.speedup for r in result.rows}}))
+
+
+@app.command()
 def sweep(
     stats_file: Path = typer.Argument(..., metavar="STATS"),
     latency: Path = typer.Option(..., "--latency", help="latency JSON from 'treeopt profile' (for the auto-chosen size)"),
-    budgets: str = typer.Option("4,8,16,32,64,128", "--budgets", help="path budgets to measure beside the auto one"),
+    budgets: str = typer.Option("4,8,16,32,64,128", "--budgets", help="path budgets to measure beside the auto one "
+                                "(0: plain decoding through the runtime, always measured)"),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="batch sizes to sweep, each with its own auto tree "
+                                    "(each must be in the latency profile)"),
     model: str = ModelOpt,
     heads: Optional[str] = HeadsOpt,
     prompts: str = PromptsOpt,
@@ -684,7 +759,8 @@ def sweep(
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
-    """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts."""
+    """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts,
+    at one or more batch sizes."""
     from medusa_runtime.spec import TreeSpec
 
     from .build import BuildError
@@ -692,30 +768,39 @@ def sweep(
     from .sweep import format_sweep, rows_json, run_sweep
 
     stats = load_stats_or_fail(stats_file)
-    lat = load_latency_or_fail(latency)
-    try:
-        sizes = sorted({int(b) for b in budgets.split(",") if b.strip()})
-    except ValueError:
-        fail(f"--budgets {budgets!r}: a comma-separated list of integers, e.g. 4,8,16")
+    sizes = [n for n in parse_int_list("--budgets", budgets, minimum=0) if n > 0]
+    batch_list = parse_int_list("--batch-sizes", batch_sizes)
+    latencies = {b: load_latency_or_fail(latency, b) for b in batch_list}
     trees = {"empty": TreeSpec([])}
     try:
         for n in sizes:
             trees[f"budget {n}"] = design_tree(stats, TreeRequest(n)).spec
-        auto_tree = design_tree(stats, TreeRequest(None, max_budget=max(lat.sizes) - 1), lat)  # up to the largest profiled size
+        autos = {b: design_tree(stats, TreeRequest(None, max_budget=max(lat.sizes) - 1), lat)  # up to the largest profiled size
+                 for b, lat in latencies.items()}
     except BuildError as err:
         fail(f"--budgets {budgets}: {err}")
-    choice = auto_tree.choice
-    trees[f"auto ({choice.paths})"] = auto_tree.spec
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
-    rows = run_sweep(loaded, medusa_heads, trees, load_prompt_ids(loaded, prompts, select), max_new_tokens)
-    typer.echo(format_sweep(rows))
-    best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))
-    auto = rows[-1]
-    summary = {"auto_paths": choice.paths, "auto_tokens_per_s": round(auto.tokens_per_s, 3), "best_budget_tokens_per_s": round(best, 3),
-               "auto_vs_best": round(auto.tokens_per_s / best, 4), "prompts": prompts, "select": select, "rows": rows_json(rows)}
+    prompt_ids = load_prompt_ids(loaded, prompts, select)
+    results = []
+    for b in batch_list:
+        choice = autos[b].choice
+        label = f"auto ({choice.paths})"
+        rows = run_sweep(loaded, medusa_heads, {**trees, label: autos[b].spec}, prompt_ids, max_new_tokens,
+                         batch_size=b, latency=latencies[b])
+        typer.echo(f"batch size {b}:" if len(batch_list) > 1 else "")
+        typer.echo(format_sweep(rows))
+        best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))
+        auto = rows[-1]
+        results.append({"batch_size": b, "auto_paths": choice.paths, "auto_tokens_per_s": round(auto.tokens_per_s, 3),
+                        "auto_predicted_tokens_per_s": round(auto.predicted_tokens_per_s, 3),
+                        "best_budget_tokens_per_s": round(best, 3), "auto_vs_best": round(auto.tokens_per_s / best, 4),
+                        "rows": rows_json(rows)})
+    summary = {"prompts": prompts, "select": select, "max_new_tokens": max_new_tokens, "batches": results}
+    if len(results) == 1:  # the single-batch-size layout earlier versions wrote
+        summary = {**{k: v for k, v in results[0].items()}, "prompts": prompts, "select": select}
     if json_out:
         write_output(json_out, json.dumps(summary, indent=1) + "\n")
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
+    typer.echo(json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in results]))
 
 
 def main() -> None:  # pragma: no cover

@@ -117,7 +117,8 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
         "predicted_curve": [r for r in curve if r["paths"] <= n] if auto else curve,
     }
     if choice is not None:
-        spec_meta.update({"budget_auto": True, "latency_device": latency.device, "predicted_speedup": round(choice.speedup, 4),
+        spec_meta.update({"budget_auto": True, "latency_device": latency.device, "batch_size": latency.batch_size,
+                          "predicted_speedup": round(choice.speedup, 4),
                           "predicted_tokens_per_s": round(choice.tokens_per_s, 3), "throughput_curve": choice.rows})
     return DesignedTree(TreeSpec(paths, spec_meta), curve, choice)
 

@@ -1,15 +1,18 @@
-"""Measure verify-step latency against tree size on this device (``treeopt profile``).
+"""Measure verify-step latency against tree size and batch size on this device (``treeopt profile``).
 
-Each size runs the runtime's real step (heads, candidate lookup, one forward over N tree tokens with
-the tree mask, acceptance, K/V move) after a prefill of ``context`` tokens, with warm-up steps first;
-the median and spread of ``repeats`` timed steps are recorded. Size 1 is the plain decoding step
-(no heads). The tree shape only changes the mask, not the cost, so a synthetic tree is used.
+Each (batch size B, tree size N) runs the runtime's real step (heads, candidate lookup, one forward over
+B x N tree tokens with the per-row tree masks, acceptance, K/V move) after a prefill of B prompts of about
+``context`` tokens (rows differ by a few tokens, as a server's rows do, so the per-row cache writes are
+timed), with warm-up steps first; the median and spread of ``repeats`` timed steps are recorded. Size 1 is
+the plain decoding step (no heads) at that batch size. The tree shape only changes the mask, not the cost,
+so a synthetic tree is used.
 
-Sizes are timed round-robin (one step of each size, then the next round), not one size after another:
-on a shared machine whose speed drifts in phases, a slow phase then slows every size alike instead of
-bending the curve, and the chosen budget depends on the curve's shape, not its level.
-The price: every size's KV cache (context + steps) is allocated at once, so peak memory grows with the
-number of sizes (about 350 MB for SmolLM2-135M at the default sizes and context).
+Within one batch size, sizes are timed round-robin (one step of each size, then the next round), not one
+size after another: on a shared machine whose speed drifts in phases, a slow phase then slows every size
+alike instead of bending the curve, and the chosen budget depends on the curve's shape, not its level.
+Batch sizes are timed one after another. The price of round-robin: every size's KV cache is allocated at
+once, so peak memory grows with sizes x batch size (about 350 MB per row of batch for SmolLM2-135M at the
+default sizes and context).
 """
 
 from __future__ import annotations
@@ -41,42 +44,61 @@ def synthetic_tree(nodes: int, depth: int, width: int = 10) -> TreeSpec:
     return TreeSpec(candidates[: nodes - 1])
 
 
-def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmup: int = 3, context: int = 256,
-                    progress: bool = True) -> dict:
-    vocab = loaded.model.config.vocab_size
+def _row_prompts(vocab: int, context: int, batch_size: int, limit: int | None, max_new: int) -> list[list[int]]:
+    """B random prompts of about ``context`` tokens, each a few tokens shorter than the one before."""
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, vocab, (context,), generator=g).tolist()
-    sizes = sorted(set(sizes) | {1})  # the plain step is the baseline of every speedup: always measured
+    longest = context if limit is None else max(1, min(context, limit - max_new))  # a short-context model: shorter prefix
+    return [torch.randint(0, vocab, (max(1, longest - 3 * row),), generator=g).tolist() for row in range(batch_size)]
+
+
+def _summary(nodes: int, times: list[float], repeats: int) -> dict:
+    t = sorted(times)
+    return {"nodes": nodes, "median_ms": round(statistics.median(t), 3), "min_ms": round(t[0], 3),
+            "max_ms": round(t[-1], 3), "p10_ms": round(t[len(t) // 10], 3),
+            "p90_ms": round(t[(len(t) * 9) // 10 - (1 if len(t) % 10 == 0 else 0)], 3), "repeats": repeats}
+
+
+def profile_batch(loaded, heads, batch_size: int, sizes: list[int], repeats: int, warmup: int, context: int, bar) -> dict:
+    """One batch size: {"batch_size", "plain_step", "verify"} with a row per tree size (round-robin timing)."""
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
     runs = []  # (nodes, decoder, state) for every size, prefilled before any timing
     for nodes in sizes:
         spec = synthetic_tree(nodes, heads.num_heads if heads is not None else 1)
         decoder = MedusaDecoder(loaded.model, heads if nodes > 1 else None, spec, eos_token_ids=())
         max_new = (warmup + repeats) * (spec.depth + 1) + 2
-        limit = getattr(loaded.model.config, "max_position_embeddings", None)
-        fits = prompt if limit is None else prompt[: max(1, limit - max_new)]  # a short-context model: shorter prefix
-        runs.append((nodes, decoder, decoder.prefill(fits, max_new)))
+        prompts = _row_prompts(loaded.model.config.vocab_size, context, batch_size, limit, max_new)
+        runs.append((nodes, decoder, decoder.prefill(prompts, max_new)))
     times: dict[int, list[float]] = {nodes: [] for nodes in sizes}
-    with tqdm(total=(warmup + repeats) * len(runs), desc="profile: verify step latency", disable=not progress) as bar:
-        for i in range(warmup + repeats):
-            for nodes, decoder, state in runs:
-                sync_device(loaded.device)
-                t0 = time.perf_counter()
-                decoder.step(state)
-                sync_device(loaded.device)
-                if i >= warmup:
-                    times[nodes].append((time.perf_counter() - t0) * 1000)
-                bar.update()
-    rows = []
-    for nodes in sizes:
-        t = sorted(times[nodes])
-        rows.append({"nodes": nodes, "median_ms": round(statistics.median(t), 3), "min_ms": round(t[0], 3),
-                     "max_ms": round(t[-1], 3), "p10_ms": round(t[len(t) // 10], 3),
-                     "p90_ms": round(t[(len(t) * 9) // 10 - (1 if len(t) % 10 == 0 else 0)], 3), "repeats": repeats})
-    plain = rows[0]
+    for i in range(warmup + repeats):
+        for nodes, decoder, state in runs:
+            sync_device(loaded.device)
+            t0 = time.perf_counter()
+            decoder.step(state)
+            sync_device(loaded.device)
+            if i >= warmup:
+                times[nodes].append((time.perf_counter() - t0) * 1000)
+            bar.update()
+    rows = [_summary(nodes, times[nodes], repeats) for nodes in sizes]
+    return {"batch_size": batch_size, "plain_step": rows[0], "verify": [r for r in rows if r["nodes"] > 1] or [rows[0]]}
+
+
+def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmup: int = 3, context: int = 256,
+                    progress: bool = True, batch_sizes=(1,)) -> dict:
+    """The latency file: batch size 1's rows at the top level (what every reader takes by default) and one
+    entry per batch size under "batches"."""
+    sizes = sorted(set(sizes) | {1})  # the plain step is the baseline of every speedup: always measured
+    batch_sizes = sorted(set(batch_sizes) | {1})
+    with tqdm(total=(warmup + repeats) * len(sizes) * len(batch_sizes), desc="profile: verify step latency",
+              disable=not progress) as bar:
+        batches = []
+        for b in batch_sizes:
+            bar.set_postfix(batch_size=b)
+            batches.append(profile_batch(loaded, heads, b, sizes, repeats, warmup, context, bar))
     return {
-        "format": LATENCY_FORMAT, "version": 1, "device": device_name(loaded.device),
+        "format": LATENCY_FORMAT, "version": 2, "device": device_name(loaded.device),
         "dtype": dtype_name(loaded.dtype), "torch": torch.__version__, "model": loaded.name,
         "heads": heads.num_heads if heads is not None else 0, "context_tokens": context, "warmup": warmup, "order": "round-robin",
         "host": platform.node(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tool": f"treeopt {__version__}", "plain_step": plain, "verify": [r for r in rows if r["nodes"] > 1] or [plain],
+        "tool": f"treeopt {__version__}", "plain_step": batches[0]["plain_step"], "verify": batches[0]["verify"],
+        "batches": batches,
     }

@@ -1,8 +1,10 @@
-"""Measured tokens/s of trees of several budgets built from the same stats, side by side.
+"""Measured tokens/s of trees of several budgets built from the same stats, side by side, at a batch size.
 
-For each prompt every tree decodes in turn (round robin), so machine noise is spread evenly across the
-trees; each tree's tokens/s is its total tokens over its total time. Used to check that ``build --budget
-auto`` picks a size whose measured speed is close to the best measured one.
+For each batch of prompts (``bench.batches_of``: the last batch is filled up with the first prompts
+again) every tree decodes it in turn (round robin), so machine noise is spread evenly across the trees;
+each tree's tokens/s is its total tokens over its total time. Used to check that ``build --budget auto``
+(and ``plan``, per batch size) picks a size whose measured speed is close to the best measured one, and
+that its predicted tokens/s (from the latency profile at that batch size) is close to the measured one.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from medusa_runtime.bench import sync_device
+from medusa_runtime.bench import batches_of, sync_device
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.spec import TreeSpec
+
+from .tuning import LatencyProfile
 
 
 @dataclass
@@ -25,37 +29,54 @@ class SweepRow:
     tokens_per_s: float
     predicted_tokens_per_step: float | None  # cross-validated (what ``build`` writes as the prediction)
     in_sample_tokens_per_step: float | None  # replay on the calibration rollouts the tree was chosen on
+    predicted_tokens_per_s: float | None = None  # batch size x predicted tokens/step / profiled step time
+    batch_size: int = 1
 
 
-def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tokens: int = 128, progress: bool = True) -> list[SweepRow]:
+def predicted_tokens_per_s(spec: TreeSpec, latency: LatencyProfile) -> float | None:
+    """What the profile predicts for this tree at its batch size (plain decoding: the empty tree, 1 token/step)."""
+    per_step = spec.meta.get("expected_tokens_per_step") if spec.paths else 1.0
+    if per_step is None:
+        return None
+    ms = latency.at(spec.nodes) if spec.paths else latency.plain_step_ms
+    return latency.batch_size * per_step * 1000.0 / ms
+
+
+def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tokens: int = 128, progress: bool = True,
+              batch_size: int = 1, latency: LatencyProfile | None = None) -> list[SweepRow]:
     decoders = {label: MedusaDecoder(loaded.model, heads if spec.paths else None, spec, loaded.eos_token_ids)
                 for label, spec in trees.items()}
+    batches = [[prompt_ids[i] for i in indices] for indices in batches_of(len(prompt_ids), batch_size)]
     for decoder in decoders.values():
-        decoder.generate(prompt_ids[0], 4)  # warm-up
-    totals = {label: [0, 0, 0.0] for label in trees}  # tokens, steps, seconds
-    for ids in tqdm(prompt_ids, desc=f"sweep ({len(trees)} trees)", disable=not progress):
+        decoder.generate_batch(batches[0], 4)  # warm-up
+    totals = {label: [0, 0, 0.0] for label in trees}  # tokens, steps (summed over rows), seconds
+    for rows in tqdm(batches, desc=f"sweep ({len(trees)} trees, batch {batch_size})", disable=not progress):
         for label, decoder in decoders.items():
             sync_device(loaded.device)
             t0 = time.perf_counter()
-            result = decoder.generate(ids, max_new_tokens)
+            results = decoder.generate_batch(rows, max_new_tokens)
             sync_device(loaded.device)
-            totals[label][0] += len(result.tokens)
-            totals[label][1] += result.steps
+            totals[label][0] += sum(len(r.tokens) for r in results)
+            totals[label][1] += sum(r.steps for r in results)
             totals[label][2] += time.perf_counter() - t0
     return [SweepRow(label, len(trees[label].paths), t / s, t / sec, trees[label].meta.get("expected_tokens_per_step"),
-                     trees[label].meta.get("in_sample_tokens_per_step"))
+                     trees[label].meta.get("in_sample_tokens_per_step"),
+                     predicted_tokens_per_s(trees[label], latency) if latency is not None else None, batch_size)
             for label, (t, s, sec) in totals.items()]
 
 
 def format_sweep(rows: list[SweepRow]) -> str:
     best = max(r.tokens_per_s for r in rows)
-    lines = [f"{'tree':>12} {'nodes':>5} {'tok/step':>8} {'predicted':>9} {'error':>6} {'in-sample':>9} {'tok/s':>7} {'vs best':>7}"]
+    lines = [f"{'tree':>12} {'nodes':>5} {'tok/step':>8} {'predicted':>9} {'error':>6} {'in-sample':>9} {'tok/s':>7} "
+             f"{'pred tok/s':>10} {'error':>6} {'vs best':>7}"]
     for r in rows:
         predicted = f"{r.predicted_tokens_per_step:.3f}" if r.predicted_tokens_per_step is not None else "-"
         error = f"{r.predicted_tokens_per_step / r.tokens_per_step - 1:+.1%}" if r.predicted_tokens_per_step is not None else "-"
         in_sample = f"{r.in_sample_tokens_per_step:.3f}" if r.in_sample_tokens_per_step is not None else "-"
+        rate = f"{r.predicted_tokens_per_s:.2f}" if r.predicted_tokens_per_s is not None else "-"
+        rate_error = f"{r.predicted_tokens_per_s / r.tokens_per_s - 1:+.1%}" if r.predicted_tokens_per_s is not None else "-"
         lines.append(f"{r.label:>12} {r.paths + 1:>5} {r.tokens_per_step:>8.3f} {predicted:>9} {error:>6} {in_sample:>9} "
-                     f"{r.tokens_per_s:>7.2f} {r.tokens_per_s / best:>7.1%}")
+                     f"{r.tokens_per_s:>7.2f} {rate:>10} {rate_error:>6} {r.tokens_per_s / best:>7.1%}")
     return "\n".join(lines)
 
 

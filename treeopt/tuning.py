@@ -35,6 +35,7 @@ class LatencyProfile:
     plain_step_ms: float  # one plain decoding step (1 token, no heads), same statistic
     meta: dict
     statistic: str = "p10_ms"
+    batch_size: int = 1  # sequences decoded together in each timed step
 
     def at(self, nodes: float) -> float:
         """Verify-step latency (ms) at ``nodes`` tree tokens, linearly interpolated."""
@@ -50,46 +51,85 @@ class LatencyProfile:
         return y1 + max(0.0, (y1 - y0) / (x1 - x0)) * (nodes - x1)
 
 
-def load_latency(path: str | Path) -> LatencyProfile:
-    """Read a latency file and check the fields ``LatencyProfile.at`` and ``choose_budget`` compute with."""
-    path = Path(path)
-    redo = "re-run 'treeopt profile'"
+def _read_latency(path: Path) -> dict:
     data = read_json_object(path, "latency", f"make one with 'treeopt profile --out {path}'")
     if data.get("format") != LATENCY_FORMAT:
         raise ValueError(f"{path}: field 'format' must be {LATENCY_FORMAT!r}; is this a 'treeopt profile' output?")
-    if "verify" not in data or "plain_step" not in data:
-        raise ValueError(f"{path}: fields 'verify' and 'plain_step' are required; {redo}")
-    rows, plain = data["verify"], data["plain_step"]
+    return data
+
+
+def _batch_entries(path: Path, data: dict) -> dict[int, dict]:
+    """batch size -> its entry ({"plain_step", "verify"}); files without "batches" (version 1) hold batch 1 only."""
+    if "batches" not in data:
+        return {1: data}
+    batches = data["batches"]
+    redo = "re-run 'treeopt profile --batch-sizes ...'"
+    if not isinstance(batches, list) or not batches or not all(isinstance(b, dict) for b in batches):
+        raise ValueError(f"{path}: field 'batches' must be a non-empty list of objects (one per batch size); {redo}")
+    entries: dict[int, dict] = {}
+    for i, entry in enumerate(batches):
+        b = entry.get("batch_size")
+        if not is_int(b) or b < 1:
+            raise ValueError(f"{path}: field 'batches[{i}].batch_size' must be an integer >= 1, got {b!r}; {redo}")
+        if b in entries:
+            raise ValueError(f"{path}: field 'batches' lists batch size {b} twice; {redo}")
+        entries[b] = entry
+    return entries
+
+
+def latency_batch_sizes(path: str | Path) -> list[int]:
+    """The batch sizes a latency file holds, smallest first."""
+    path = Path(path)
+    return sorted(_batch_entries(path, _read_latency(path)))
+
+
+def load_latency(path: str | Path, batch_size: int = 1) -> LatencyProfile:
+    """Read one batch size's profile from a latency file and check the fields ``LatencyProfile.at`` and
+    ``choose_budget`` compute with."""
+    path = Path(path)
+    data = _read_latency(path)
+    entries = _batch_entries(path, data)
+    if batch_size not in entries:
+        raise ValueError(f"{path}: field 'batches' has no batch size {batch_size} (profiled: {', '.join(map(str, sorted(entries)))}); "
+                         f"re-run 'treeopt profile --batch-sizes {','.join(map(str, sorted(set(entries) | {batch_size})))}'")
+    entry = entries[batch_size]
+    where = "" if entry is data else f"batches[batch_size={batch_size}]."
+    redo = "re-run 'treeopt profile'"
+    if "verify" not in entry or "plain_step" not in entry:
+        raise ValueError(f"{path}: fields '{where}verify' and '{where}plain_step' are required; {redo}")
+    rows, plain = entry["verify"], entry["plain_step"]
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: field 'verify' must be a non-empty list of objects (one per tree size); {redo}")
+        raise ValueError(f"{path}: field '{where}verify' must be a non-empty list of objects (one per tree size); {redo}")
     if not isinstance(plain, dict):
-        raise ValueError(f"{path}: field 'plain_step' must be an object, got a {json_type(plain)}; {redo}")
+        raise ValueError(f"{path}: field '{where}plain_step' must be an object, got a {json_type(plain)}; {redo}")
     for i, row in enumerate(rows):
         if not is_int(row.get("nodes")) or row["nodes"] < 1:
-            raise ValueError(f"{path}: field 'verify[{i}].nodes' must be a tree size (an integer >= 1), got {row.get('nodes')!r}; {redo}")
+            raise ValueError(f"{path}: field '{where}verify[{i}].nodes' must be a tree size (an integer >= 1), got {row.get('nodes')!r}; {redo}")
     rows = sorted(rows, key=lambda r: r["nodes"])
     for a, b in zip(rows, rows[1:]):
         if a["nodes"] == b["nodes"]:
-            raise ValueError(f"{path}: field 'verify' lists tree size {a['nodes']} twice; keep one row per size or {redo}")
+            raise ValueError(f"{path}: field '{where}verify' lists tree size {a['nodes']} twice; keep one row per size or {redo}")
     stat = "p10_ms" if all("p10_ms" in r for r in [*rows, plain]) else "median_ms"
-    for where, row in [*((f"verify[nodes={r['nodes']}]", r) for r in rows), ("plain_step", plain)]:
+    for label, row in [*((f"{where}verify[nodes={r['nodes']}]", r) for r in rows), (f"{where}plain_step", plain)]:
         if not is_positive_number(row.get(stat)):
-            raise ValueError(f"{path}: field '{where}.{stat}' must be a positive number of milliseconds, got {row.get(stat)!r}; {redo}")
+            raise ValueError(f"{path}: field '{label}.{stat}' must be a positive number of milliseconds, got {row.get(stat)!r}; {redo}")
     return LatencyProfile(
         device=str(data.get("device", "?")), dtype=str(data.get("dtype", "?")), sizes=[r["nodes"] for r in rows],
         step_ms=[r[stat] for r in rows], plain_step_ms=plain[stat],
-        meta={k: v for k, v in data.items() if k not in ("verify", "plain_step")}, statistic=stat,
+        meta={k: v for k, v in data.items() if k not in ("verify", "plain_step", "batches")}, statistic=stat,
+        batch_size=batch_size,
     )
 
 
 @dataclass
 class BudgetChoice:
     paths: int
-    tokens_per_s: float
-    speedup: float  # predicted, against plain decoding at plain_step_ms per token
+    tokens_per_s: float  # of the whole batch: batch_size x tokens/step per step time
+    speedup: float  # predicted, against plain decoding at plain_step_ms per token per row
     baseline_tokens_per_s: float
     rows: list[dict]
     statistic: str = "p10_ms"  # which timing of the profile the latencies are
+    batch_size: int = 1
 
     def table(self) -> str:
         label = "p10 ms" if self.statistic == "p10_ms" else "med ms"
@@ -98,18 +138,20 @@ class BudgetChoice:
             mark = "  <- chosen" if r["paths"] == self.paths else ""
             lines.append(f"{r['nodes']:>5} {r['tokens_per_step']:>8.3f} {r['latency_ms']:>8.1f} {r['tokens_per_s']:>7.2f} "
                          f"{r['tokens_per_s'] / self.baseline_tokens_per_s:>7.2f}x{mark}")
-        lines.append(f"plain decoding: {self.baseline_tokens_per_s:.2f} tok/s; chosen {self.paths + 1} nodes, "
+        batch = f" at batch size {self.batch_size}" if self.batch_size > 1 else ""
+        lines.append(f"plain decoding{batch}: {self.baseline_tokens_per_s:.2f} tok/s; chosen {self.paths + 1} nodes, "
                      f"predicted {self.tokens_per_s:.2f} tok/s ({self.speedup:.2f}x)")
         return "\n".join(lines)
 
 
 def choose_budget(curve: list[dict], latency: LatencyProfile) -> BudgetChoice:
-    """The n on the replayed curve that maximises tokens_per_step / latency (ties: the smaller tree)."""
+    """The n on the replayed curve that maximises batch_size x tokens_per_step / latency (ties: the smaller tree)."""
     rows = []
+    b = latency.batch_size
     for point in curve:
         ms = latency.at(point["nodes"]) if point["nodes"] > 1 else latency.plain_step_ms
         rows.append({"paths": point["paths"], "nodes": point["nodes"], "tokens_per_step": point["tokens_per_step"],
-                     "latency_ms": round(ms, 3), "tokens_per_s": round(point["tokens_per_step"] * 1000.0 / ms, 3)})
+                     "latency_ms": round(ms, 3), "tokens_per_s": round(b * point["tokens_per_step"] * 1000.0 / ms, 3)})
     best = max(rows, key=lambda r: (r["tokens_per_s"], -r["paths"]))
-    baseline = 1000.0 / latency.plain_step_ms
-    return BudgetChoice(best["paths"], best["tokens_per_s"], best["tokens_per_s"] / baseline, baseline, rows, latency.statistic)
+    baseline = b * 1000.0 / latency.plain_step_ms
+    return BudgetChoice(best["paths"], best["tokens_per_s"], best["tokens_per_s"] / baseline, baseline, rows, latency.statistic, b)

@@ -1,0 +1,76 @@
+"""The batched KV cache's own operations: per-row writes, commit (accepted-path move), dropping rows."""
+
+import pytest
+import torch
+
+from medusa_runtime.kv_cache import TreeKVCache
+
+
+def fill(cache: TreeKVCache, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One 'forward' writing ``values`` [B, T] (as one-dim keys, value = key + 100) through layer 0."""
+    k = values[:, None, :, None].float()  # [B, kv_heads=1, T, head_dim=1]
+    return cache.layers[0].update(k, k + 100)
+
+
+def row(cache: TreeKVCache, b: int) -> list[int]:
+    return cache.layers[0].keys[b, 0, : cache.lengths[b], 0].int().tolist()
+
+
+def test_equal_lengths_write_a_slice_and_span_covers_the_new_tokens():
+    cache = TreeKVCache(num_layers=1, max_len=16, batch_size=2)
+    assert cache.prepare(3) == 3 and cache.plan.start == 0
+    keys, values = fill(cache, torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    assert keys.shape == (2, 1, 3, 1) and (values - keys).eq(100).all()
+    cache.commit([[0, 1, 2], [0, 1]])  # row 1 keeps two tokens: its third slot becomes scratch
+    assert cache.lengths == [3, 2] and row(cache, 0) == [1, 2, 3] and row(cache, 1) == [4, 5]
+
+
+def test_rows_of_different_lengths_write_at_their_own_positions():
+    cache = TreeKVCache(num_layers=1, max_len=16, batch_size=2)
+    cache.prepare(3)
+    fill(cache, torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    cache.commit([[0, 1, 2], [0]])
+    assert cache.prepare(2) == 5 and cache.plan.start is None and cache.get_seq_length() == 3
+    keys, _ = fill(cache, torch.tensor([[7, 8], [9, 10]]))
+    assert keys.shape[2] == 5  # the span is the longest row's length + the new tokens
+    assert keys[0, 0, :5, 0].tolist() == [1, 2, 3, 7, 8] and keys[1, 0, :3, 0].tolist() == [4, 9, 10]
+
+
+def test_commit_moves_each_rows_accepted_tree_slots_after_its_prefix():
+    cache = TreeKVCache(num_layers=2, max_len=16, batch_size=3)
+    cache.prepare(2)
+    for layer in cache.layers:
+        layer.update(torch.zeros(3, 1, 2, 1), torch.full((3, 1, 2, 1), 100.0))
+    cache.commit([[0, 1], [0], [0, 1]])
+    cache.prepare(5)  # a 5-node tree at lengths [2, 1, 2]
+    tree = torch.tensor([[10, 11, 12, 13, 14], [20, 21, 22, 23, 24], [30, 31, 32, 33, 34]])
+    for layer in cache.layers:
+        layer.update(tree[:, None, :, None].float(), tree[:, None, :, None].float() + 100)
+    cache.commit([[0, 2, 4], [0], [0, 1, 3]])  # root + nodes 2, 4 / root only / root + nodes 1, 3
+    assert cache.lengths == [5, 2, 5]
+    for layer in cache.layers:
+        assert layer.keys[0, 0, 2:5, 0].tolist() == [10, 12, 14]
+        assert layer.keys[1, 0, 1:2, 0].tolist() == [20]
+        assert layer.keys[2, 0, 2:5, 0].tolist() == [30, 31, 33]
+        assert (layer.values - layer.keys)[:, :, :5].eq(100).all()
+
+
+def test_keep_rows_drops_finished_rows_and_their_memory():
+    cache = TreeKVCache(num_layers=1, max_len=8, batch_size=3)
+    cache.prepare(2)
+    fill(cache, torch.tensor([[1, 2], [3, 4], [5, 6]]))
+    cache.commit([[0, 1], [0], [0, 1]])
+    cache.keep_rows([2, 0])
+    assert cache.lengths == [2, 2] and cache.layers[0].keys.shape[0] == 2
+    assert row(cache, 0) == [5, 6] and row(cache, 1) == [1, 2]
+
+
+def test_overflow_and_mismatched_commit_are_errors():
+    cache = TreeKVCache(num_layers=1, max_len=4, batch_size=1)
+    cache.prepare(3)
+    fill(cache, torch.tensor([[1, 2, 3]]))
+    cache.commit([[0, 1, 2]])
+    with pytest.raises(RuntimeError, match="KV cache overflow: 5 > 4"):
+        cache.prepare(2)
+    with pytest.raises(ValueError, match="2 accepted paths for a batch of 1 rows"):
+        cache.commit([[0], [0]])
