@@ -269,14 +269,19 @@ def test_profile_batches_plan_and_build_for_a_batch_size(tiny_folder, stats_file
     plan = json.loads(plan_json.read_text())
     assert [row["batch_size"] for row in plan["rows"]] == [1, 2, 4] and plan_png.exists()
     assert json.loads(r.output.strip().splitlines()[-1])["switch_off_batch_size"] == plan["switch_off_batch_size"]
+    assert plan["batching"] == "static"
     for row in plan["rows"]:
-        assert row["tokens_per_s"] == pytest.approx(row["batch_size"] * row["tokens_per_step"] * 1000 / row["step_ms"], rel=1e-3)
+        steady = row["batch_size"] * row["tokens_per_step"] * 1000 / row["step_ms"]
+        assert row["continuous_tokens_per_s"] == pytest.approx(steady, rel=1e-3)
         tree = tmp_path / f"b{row['batch_size']}.json"
         r = invoke("build", stats_file, "--budget", "auto", "--latency", batch_latency, "--batch-size", row["batch_size"],
                    "--max-budget", 7, "--out", tree)
         assert r.exit_code == 0, r.output
         meta = json.loads(tree.read_text())["meta"]
         assert meta["batch_size"] == row["batch_size"] and meta["budget"] == row["paths"]
+    r = invoke("plan", stats_file, "--latency", batch_latency, "--batching", "continuous", "--out", plan_json)
+    assert r.exit_code == 0 and all(row["tokens_per_s"] == row["continuous_tokens_per_s"] for row in json.loads(plan_json.read_text())["rows"])
+    assert invoke("plan", stats_file, "--latency", batch_latency, "--batching", "dynamic").exit_code == 2
     r = invoke("build", stats_file, "--budget", "auto", "--latency", batch_latency, "--batch-size", 8, "--out", tmp_path / "x.json")
     assert r.exit_code == 2 and "no batch size 8 (profiled: 1, 2, 4)" in r.output
     assert invoke("build", stats_file, "--budget", 3, "--batch-size", 2, "--out", tmp_path / "y.json").exit_code == 2
@@ -293,3 +298,7 @@ def test_sweep_at_several_batch_sizes(tiny_folder, stats_file, batch_latency, tm
     for batch in summary["batches"]:
         assert [row["label"] for row in batch["rows"]][:2] == ["empty", "budget 2"]
         assert all(row["predicted_tokens_per_s"] > 0 and row["batch_size"] == batch["batch_size"] for row in batch["rows"])
+    r = invoke("plan", stats_file, "--latency", batch_latency, "--png", tmp_path / "plan.png", "--measured", out)
+    assert r.exit_code == 0, r.output
+    r = invoke("plan", stats_file, "--latency", batch_latency, "--png", tmp_path / "plan.png", "--measured", batch_latency)
+    assert r.exit_code == 2 and "not a sweep result" in r.output

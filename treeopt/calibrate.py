@@ -127,4 +127,4 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
         "rollout": rollout,
         **(provenance or {}),
     }
-    return CalibrationStats(heads.num_heads, topk, rollouts, new_tokens, meta, prompt_indices)
+    return CalibrationStats(heads.num_heads, topk, rollouts, new_tokens, meta, prompt_indices, [len(ids) for ids in prompt_ids])

@@ -20,6 +20,7 @@ from medusa_runtime.sampling import SamplingConfig
 from .build import DEFAULT_OBJECTIVE
 from .crossval import DEFAULT_FOLDS
 from .design import DEFAULT_MAX_BUDGET
+from .plan import BATCHING, DEFAULT_BATCHING
 from .tuning import PROFILE_SIZES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -31,6 +32,8 @@ DEFAULT_HEADS = {"smollm2-135m": REPO_DATA / "heads" / "smollm2-135m"}
 ModelOpt = typer.Option("smollm2-135m", "--model", help="alias smollm2-135m, a HF folder, a .gguf file or a hub id")
 HeadsOpt = typer.Option(None, "--heads", help="Medusa heads folder; default: the shipped heads of the default model; 'none' for no heads")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16")
+BatchingOpt = typer.Option(DEFAULT_BATCHING, "--batching", help=f"{' | '.join(BATCHING)}: rows leave a batch when done "
+                           "and none join (the bundled runtime, bench, sweep), or finished rows are replaced at once (in-flight batching)")
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present) | cpu | cuda | cuda:N")
 PromptsOpt = typer.Option("mt-bench", "--prompts", help="mt-bench | sharegpt | humaneval | FILE.jsonl")
 SelectOpt = typer.Option(None, "--select", help="Python slice START:STOP[:STEP] over the prompts")
@@ -366,7 +369,8 @@ def build(
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, "--max-budget", help="largest budget --budget auto considers"),
     png: Optional[Path] = typer.Option(None, "--png", help="with --budget auto: plot the predicted curves"),
     batch_size: int = typer.Option(1, "--batch-size", help="with --budget auto: the batch size to serve (its latency "
-                                   "rows must be in the profile: treeopt profile --batch-sizes)"),
+                                   "rows must be in the profile: treeopt profile --batch-sizes); the size is 'treeopt plan''s"),
+    batching: str = BatchingOpt,
 ):
     """Build the tree that maximises expected accepted tokens per step (provably optimal for its budget)."""
     from .build import BuildError
@@ -376,7 +380,7 @@ def build(
     auto = budget.strip().lower() == "auto"
     if batch_size < 1:
         fail(f"--batch-size {batch_size}: use an integer >= 1")
-    if batch_size > 1 and not auto:
+    if batch_size > 1 and (not auto or latency is None):
         fail("--batch-size only changes the size --budget auto picks; use it with --budget auto --latency")
     lat = load_latency_or_fail(latency, batch_size) if auto and latency is not None else None
     if not auto:
@@ -388,6 +392,18 @@ def build(
         fail(f"--folds {folds}: use 0 (no cross-validation) or >= 2")
     request = TreeRequest(None if auto else n_paths, objective, max_depth, max_children, target, folds, max_budget)
     sources = {"stats_file": str(stats_file), **({"latency_file": str(latency)} if auto else {})}
+    if batch_size > 1:  # the plan's tree for that batch size (its prediction needs every profiled batch size)
+        from .plan import tree_for_batch
+
+        try:
+            spec = tree_for_batch(stats, load_latency_batches_or_fail(latency), request, batch_size, batching, sources)
+        except (BuildError, ValueError) as err:
+            fail(str(err))
+        spec.save(out)
+        typer.echo(f"{spec.nodes}-node tree for batch size {batch_size} ({batching} batches): predicted "
+                   f"{spec.meta['predicted_tokens_per_s']:.2f} tok/s, {spec.meta['predicted_speedup']:.2f}x plain decoding at that "
+                   f"batch size; {prediction_text(spec.meta)}; written to {out}")
+        return
     try:
         designed = design_tree(stats, request, lat, sources)
     except BuildError as err:
@@ -427,6 +443,17 @@ def load_latency_or_fail(path: Path, batch_size: int = 1):
         return load_latency(path, batch_size)
     except ValueError as err:
         fail(str(err))
+
+
+def load_latency_batches_or_fail(path: Path) -> dict:
+    """batch size -> LatencyProfile for every batch size the file holds."""
+    from .tuning import latency_batch_sizes
+
+    try:
+        sizes = latency_batch_sizes(path)
+    except ValueError as err:
+        fail(str(err))
+    return {b: load_latency_or_fail(path, b) for b in sizes}
 
 
 def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:
@@ -695,38 +722,52 @@ def demo(
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "per_prompt"}))
 
 
+def measured_points(path: Path) -> dict[int, dict[str, float]]:
+    """batch size -> {"medusa": auto tree's tok/s, "plain": the empty tree's} from a sweep JSON (either layout)."""
+    from medusa_runtime.files import read_json_object
+
+    fix = "pass the --json output of 'treeopt sweep'"
+    try:
+        doc = read_json_object(path, "sweep", fix)
+        points = {}
+        for batch in doc.get("batches", [doc]):
+            rows = {row["label"]: row for row in batch["rows"]}
+            auto = next(row for label, row in rows.items() if label.startswith("auto"))
+            points[int(batch.get("batch_size", 1))] = {"medusa": float(auto["tokens_per_s"]), "plain": float(rows["empty"]["tokens_per_s"])}
+    except (ValueError, KeyError, TypeError, StopIteration) as err:
+        fail(f"{path}: not a sweep result ({type(err).__name__}: {err}); {fix}")
+    return points
+
+
 @app.command()
 def plan(
     stats_file: Path = typer.Argument(..., metavar="STATS", help="stats JSON from 'treeopt calibrate'"),
     latency: Path = typer.Option(..., "--latency", help="latency JSON from 'treeopt profile --batch-sizes ...'"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the plan as JSON here"),
     png: Optional[Path] = typer.Option(None, "--png", help="plot tokens/s against batch size, Medusa vs plain"),
+    measured: Optional[Path] = typer.Option(None, "--measured", help="a 'treeopt sweep --json' output: add its measured "
+                                            "tokens/s (auto tree and plain decoding) to the plot"),
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="as for build"),
     max_depth: Optional[int] = typer.Option(None, "--max-depth"),
     max_children: Optional[int] = typer.Option(None, "--max-children"),
     target: Optional[str] = typer.Option(None, "--for", help="medusa | trtllm: only trees that engine runs as they are"),
     folds: int = typer.Option(DEFAULT_FOLDS, "--folds"),
+    batching: str = BatchingOpt,
 ):
     """For each profiled batch size: the tree size with the best predicted tokens/s, its speedup over plain
     decoding at that batch size, and the batch size from which plain decoding wins."""
     from .build import BuildError
     from .design import TreeRequest
     from .plan import plan_batches
-    from .tuning import latency_batch_sizes
 
     stats = load_stats_or_fail(stats_file)
     if folds < 0 or folds == 1:
         fail(f"--folds {folds}: use 0 (no cross-validation) or >= 2")
+    latencies = load_latency_batches_or_fail(latency)
+    request = TreeRequest(None, objective, max_depth, max_children, target, folds)
     try:
-        sizes = latency_batch_sizes(latency)
-    except ValueError as err:
-        fail(str(err))
-    latencies = {b: load_latency_or_fail(latency, b) for b in sizes}
-    largest = min(max(lat.sizes) for lat in latencies.values())  # plan only sizes every batch size profiled
-    request = TreeRequest(None, objective, max_depth, max_children, target, folds, max_budget=largest - 1)
-    try:
-        result = plan_batches(stats, latencies, request)
-    except BuildError as err:
+        result = plan_batches(stats, latencies, request, batching)
+    except (BuildError, ValueError) as err:
         fail(str(err))
     typer.echo(result.table())
     doc = {"stats_file": str(stats_file), "latency_file": str(latency), **result.to_json()}
@@ -735,7 +776,7 @@ def plan(
     if png:
         from .viz import plan_png
 
-        plan_png(doc["rows"], png)
+        plan_png(doc["rows"], png, measured_points(measured) if measured else None)
         typer.echo(f"plot written to {png}")
     typer.echo(json.dumps({"switch_off_batch_size": result.switch_off_batch_size,
                            "planned_nodes": {r.batch_size: r.nodes for r in result.rows},
@@ -756,6 +797,7 @@ def sweep(
     select: Optional[str] = typer.Option("1:80:4", "--select"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
+    batching: str = BatchingOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -765,33 +807,48 @@ def sweep(
 
     from .build import BuildError
     from .design import TreeRequest, design_tree
+    from .plan import BatchLatency, designed_tokens_per_s, predicted_tokens_per_s, replayed_prompts, tree_for_batch
     from .sweep import format_sweep, rows_json, run_sweep
 
     stats = load_stats_or_fail(stats_file)
     sizes = [n for n in parse_int_list("--budgets", budgets, minimum=0) if n > 0]
     batch_list = parse_int_list("--batch-sizes", batch_sizes)
-    latencies = {b: load_latency_or_fail(latency, b) for b in batch_list}
-    trees = {"empty": TreeSpec([])}
+    for b in batch_list:
+        load_latency_or_fail(latency, b)  # a clear error for a batch size the profile lacks
+    latencies = load_latency_batches_or_fail(latency)
+    model_latency = BatchLatency(latencies)
+    trees = {"empty": (TreeSpec([]), None)}
     try:
         for n in sizes:
-            trees[f"budget {n}"] = design_tree(stats, TreeRequest(n)).spec
-        autos = {b: design_tree(stats, TreeRequest(None, max_budget=max(lat.sizes) - 1), lat)  # up to the largest profiled size
-                 for b, lat in latencies.items()}
-    except BuildError as err:
+            designed = design_tree(stats, TreeRequest(n))
+            trees[f"budget {n}"] = (designed.spec, designed)
+        autos = {b: tree_for_batch(stats, latencies, TreeRequest(None), b, batching) for b in batch_list}
+    except (BuildError, ValueError) as err:
         fail(f"--budgets {budgets}: {err}")
+    plain_per_prompt = replayed_prompts(stats, [])
+
+    def predict(spec: TreeSpec, designed, b: int) -> float:
+        if designed is None and not spec.paths:
+            return predicted_tokens_per_s(1.0, 1, plain_per_prompt, b, model_latency, batching)
+        if designed is None:  # the planned tree carries its own prediction
+            return spec.meta["predicted_tokens_per_s"]
+        return designed_tokens_per_s(designed, len(spec.paths), b, model_latency, batching)
+
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
     prompt_ids = load_prompt_ids(loaded, prompts, select)
     results = []
     for b in batch_list:
-        choice = autos[b].choice
-        label = f"auto ({choice.paths})"
-        rows = run_sweep(loaded, medusa_heads, {**trees, label: autos[b].spec}, prompt_ids, max_new_tokens,
-                         batch_size=b, latency=latencies[b])
-        typer.echo(f"batch size {b}:" if len(batch_list) > 1 else "")
+        auto_spec = autos[b]
+        label = f"auto ({len(auto_spec.paths)})"
+        run_trees = {**{k: spec for k, (spec, _) in trees.items()}, label: auto_spec}
+        predicted = {**{k: predict(spec, designed, b) for k, (spec, designed) in trees.items()}, label: predict(auto_spec, None, b)}
+        rows = run_sweep(loaded, medusa_heads, run_trees, prompt_ids, max_new_tokens, batch_size=b, predicted_tokens_per_s=predicted)
+        typer.echo(f"batch size {b} ({batching} batches):" if len(batch_list) > 1 or b > 1 else "")
         typer.echo(format_sweep(rows))
         best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))
         auto = rows[-1]
-        results.append({"batch_size": b, "auto_paths": choice.paths, "auto_tokens_per_s": round(auto.tokens_per_s, 3),
+        results.append({"batch_size": b, "batching": batching, "auto_paths": len(auto_spec.paths),
+                        "auto_tokens_per_s": round(auto.tokens_per_s, 3),
                         "auto_predicted_tokens_per_s": round(auto.predicted_tokens_per_s, 3),
                         "best_budget_tokens_per_s": round(best, 3), "auto_vs_best": round(auto.tokens_per_s / best, 4),
                         "rows": rows_json(rows)})

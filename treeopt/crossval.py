@@ -18,7 +18,7 @@ bootstrap over prompts), which is the scale any prediction should be read at.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .build import BuildError, build_tree
 from .stats import CalibrationStats, replay_per_prompt, subset
@@ -51,6 +51,7 @@ class CrossValidation:
     objective: str
     folds: int
     curves: list[FoldedCurve]  # one per strength tried (one in all for ``empirical``/``independent``)
+    prompt_order: list[int] = field(default_factory=list)  # the prompt (rollout index) behind each entry of a per_prompt list
 
     def best(self, n: int) -> FoldedCurve:
         """The strength with the most held-out tokens/step at n paths (ties: the weaker shrinkage)."""
@@ -119,7 +120,7 @@ def cross_validate(stats: CalibrationStats, sizes: list[int], objective: str, fo
             for n in sizes:
                 per_prompt[n] += replay_per_prompt(test, built.paths[:n])
         curves.append(FoldedCurve(strength, per_prompt))
-    return CrossValidation(objective, folds, curves)
+    return CrossValidation(objective, folds, curves, [i for part in split for i in part])
 
 
 def bootstrap_interval(per_prompt: list[tuple[int, int]], level: float = 0.9, resamples: int = 1000,

@@ -9,13 +9,13 @@ This module neither calibrates nor measures anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medusa_runtime.spec import TreeSpec
 
 from .build import DEFAULT_OBJECTIVE, BuildError, BuiltTree, build_tree, curve_points
 from .crossval import DEFAULT_FOLDS, CrossValidation, cross_validate, live_prompts
-from .stats import CalibrationStats, replay_tokens_per_step
+from .stats import CalibrationStats, replay_per_prompt, replay_tokens_per_step
 from .tuning import BudgetChoice, LatencyProfile, choose_budget
 
 
@@ -65,6 +65,9 @@ class DesignedTree:
     spec: TreeSpec
     curve: list[dict]  # per size: paths, nodes, tokens_per_step (cross-validated), in_sample_tokens_per_step
     choice: BudgetChoice | None  # the auto choice, when the budget was auto
+    # per size: each calibration prompt's (tokens, steps, prompt tokens or None) behind the curve's prediction
+    # (held out when cross-validated, else in-sample): how it spreads over prompts (``plan.py`` batches them)
+    per_prompt: dict[int, list[tuple[int, int, int | None]]] = field(default_factory=dict)
 
 
 def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyProfile | None = None,
@@ -90,13 +93,17 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
                                                strict=not auto, strength=strength, gap_free_depth=limits.gap_free_depth)
         return by_strength[strength], strength
 
-    curve = []
+    curve, per_prompt = [], {}
     for n in sizes:
         built, strength = build(n)
         if len(built.paths) < n:  # the stats support fewer paths: larger sizes are the same tree
             break
         in_sample = replay_tokens_per_step(stats, built.paths[:n])
         predicted = cv.tokens_per_step(n) if cv is not None and n > 0 else in_sample
+        replayed = cv.best(n).per_prompt[n] if cv is not None and n > 0 else replay_per_prompt(stats, built.paths[:n])
+        order = cv.prompt_order if cv is not None and n > 0 else range(len(stats.rollouts))
+        lengths = stats.prompt_tokens or [None] * len(stats.rollouts)
+        per_prompt[n] = [(t, s, lengths[i]) for (t, s), i in zip(replayed, order)]
         curve.append({"paths": n, "nodes": n + 1, "tokens_per_step": round(predicted, 4),
                       "in_sample_tokens_per_step": round(in_sample, 4), "strength": strength})
     choice = choose_budget(curve, latency) if auto else None
@@ -120,7 +127,7 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
         spec_meta.update({"budget_auto": True, "latency_device": latency.device, "batch_size": latency.batch_size,
                           "predicted_speedup": round(choice.speedup, 4),
                           "predicted_tokens_per_s": round(choice.tokens_per_s, 3), "throughput_curve": choice.rows})
-    return DesignedTree(TreeSpec(paths, spec_meta), curve, choice)
+    return DesignedTree(TreeSpec(paths, spec_meta), curve, choice, per_prompt)
 
 
 def cv_summary(cv: CrossValidation | None, n: int) -> dict | None:

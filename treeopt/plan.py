@@ -1,20 +1,126 @@
 """Which tree for which batch size, and from which batch size on Medusa should be off (``treeopt plan``).
 
 A verify step of B sequences with an N-node tree costs what B x N tokens cost, so the best tree shrinks
-as B grows and past some B plain decoding wins. For each batch size in a latency profile
-(``treeopt profile --batch-sizes``) this picks the tree size with the best predicted throughput,
-B x tokens/step(n) / step_ms(B, n), on the cross-validated tokens/step curve that ``build`` predicts
-with (``design.py``), and compares it with plain decoding at the same B (B / plain_step_ms(B)). The
-tokens/step curve does not depend on B: acceptance is per row. Pure Python; it neither decodes nor times.
+as B grows and past some B plain decoding wins. From a latency profile over batch sizes (``treeopt
+profile --batch-sizes``) and the cross-validated tokens/step of each tree size (``design.py``), this
+predicts tokens/s at each (B, N) in one of two ways of serving:
+
+- ``continuous``: finished rows are replaced at once (in-flight batching, as TensorRT-LLM serves), so
+  every step runs B rows: B x tokens/step(N) / step_ms(B, N).
+- ``static`` (the default: what the bundled runtime, ``bench`` and ``sweep`` run): a batch starts
+  together and rows leave when they finish, none join, so the batch's last steps run fewer rows. Each
+  calibration prompt's own (tokens, steps) under the tree, held out by the cross-validation, is grouped
+  into batches of B (many random groupings, the last batch filled up as ``bench`` does), and a batch's
+  time is its prefill (B prompts padded to the longest, from the profile's prefill timings and the
+  prompt lengths the stats record) plus the sum over its steps of step_ms(rows still decoding, N); step
+  and prefill times at batch sizes between profiled ones are interpolated linearly. Stats or profiles
+  without those fields count the prefill as one step.
+
+The plan picks, per batch size, the size with the best predicted tokens/s, and reports the batch size from
+which plain decoding is predicted as fast or faster. Pure Python; it neither decodes nor times.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import random
+from dataclasses import asdict, dataclass, replace
 
-from .design import TreeRequest, design_tree
-from .stats import CalibrationStats
-from .tuning import LatencyProfile, choose_budget
+from medusa_runtime.spec import TreeSpec
+
+from .design import DesignedTree, TreeRequest, design_tree
+from .stats import CalibrationStats, replay_per_prompt
+from .tuning import LatencyProfile
+
+BATCHING = ("static", "continuous")
+DEFAULT_BATCHING = "static"
+GROUPINGS = 32  # random groupings of the calibration prompts into batches (static batching)
+
+
+@dataclass
+class BatchLatency:
+    """Verify-step latency over (batch size, tree nodes), from a profile holding several batch sizes."""
+
+    profiles: dict[int, LatencyProfile]
+
+    def step_ms(self, batch: int, nodes: int) -> float:
+        """Step time of ``batch`` rows with an ``nodes``-node tree (1: a plain step), linear between profiled batch sizes."""
+        sizes = sorted(self.profiles)
+
+        def at(b: int) -> float:
+            p = self.profiles[b]
+            return p.plain_step_ms if nodes == 1 else p.at(nodes)
+
+        if batch <= sizes[0]:
+            return at(sizes[0])
+        for b0, b1 in zip(sizes, sizes[1:]):
+            if batch <= b1:
+                return at(b0) + (at(b1) - at(b0)) * (batch - b0) / (b1 - b0)
+        return _extrapolate(sizes, at, batch)
+
+    @property
+    def has_prefill(self) -> bool:
+        return all(p.prefill for p in self.profiles.values())
+
+    def prefill_ms(self, batch: int, tokens: int) -> float:
+        """A prefill of ``batch`` prompts padded to ``tokens``, linear between profiled batch sizes (0 if not profiled)."""
+        if not self.has_prefill:
+            return 0.0
+        sizes = sorted(self.profiles)
+
+        def at(b: int) -> float:
+            return self.profiles[b].prefill_ms(tokens)
+
+        if batch <= sizes[0]:
+            return at(sizes[0]) * batch / sizes[0]
+        for b0, b1 in zip(sizes, sizes[1:]):
+            if batch <= b1:
+                return at(b0) + (at(b1) - at(b0)) * (batch - b0) / (b1 - b0)
+        return _extrapolate(sizes, at, batch)
+
+
+def _extrapolate(sizes: list[int], at, batch: int) -> float:
+    """Beyond the largest profiled batch size: the last two sizes' slope (never decreasing)."""
+    b0, b1 = sizes[-2:] if len(sizes) > 1 else (sizes[0], sizes[0])
+    slope = (at(b1) - at(b0)) / (b1 - b0) if b1 != b0 else 0.0
+    return at(b1) + max(0.0, slope) * (batch - b1)
+
+
+def replayed_prompts(stats: CalibrationStats, paths) -> list[tuple[int, int, int | None]]:
+    """(tokens, steps, prompt tokens or None) of each calibration prompt decoded with this tree (in-sample replay)."""
+    lengths = stats.prompt_tokens or [None] * len(stats.rollouts)
+    return [(t, s, n) for (t, s), n in zip(replay_per_prompt(stats, paths), lengths)]
+
+
+def continuous_tokens_per_s(tokens_per_step: float, batch: int, nodes: int, latency: BatchLatency) -> float:
+    return batch * tokens_per_step * 1000.0 / latency.step_ms(batch, nodes)
+
+
+def static_tokens_per_s(per_prompt: list[tuple[int, int, int | None]], batch: int, nodes: int, latency: BatchLatency,
+                        groupings: int = GROUPINGS, seed: int = 0) -> float:
+    """Tokens/s of static batches of ``batch`` prompts drawn from these prompts' (tokens, steps, prompt tokens).
+    With prompt lengths and a profiled prefill, a batch costs its prefill (padded to its longest prompt) plus
+    its verify steps; without them, the prefill counts as one step."""
+    live = [p for p in per_prompt if p[1] > 0]
+    if not live:
+        raise ValueError("no prompt generated tokens: nothing to predict from")
+    step_ms = [0.0] + [latency.step_ms(b, nodes) for b in range(1, batch + 1)]  # by rows still decoding
+    prefill = latency.has_prefill and all(p[2] is not None for p in live)
+    tokens = seconds = 0.0
+    rng = random.Random(seed)
+    for _ in range(groupings):
+        order = live[:]
+        rng.shuffle(order)
+        for start in range(0, len(order), batch):
+            rows = [order[(start + i) % len(order)] for i in range(batch)]  # the last batch filled up, as bench does
+            done = 0
+            if prefill:  # the replay's steps count the prefill as the first one
+                seconds += latency.prefill_ms(batch, max(p[2] for p in rows)) / 1000.0
+                done = 1
+            for k, steps in enumerate(sorted(p[1] for p in rows)):  # between the k-th and (k+1)-th row's end: batch - k rows
+                seconds += max(0, steps - done) * step_ms[batch - k] / 1000.0
+                done = max(done, steps)
+            tokens += sum(p[0] for p in rows)
+    return tokens / seconds
 
 
 @dataclass
@@ -24,18 +130,27 @@ class BatchPlanRow:
     nodes: int
     tokens_per_step: float  # cross-validated prediction for that size
     step_ms: float  # verify-step latency at (batch_size, nodes), from the profile
-    tokens_per_s: float  # predicted, whole batch
-    plain_tokens_per_s: float  # plain decoding at this batch size, whole batch
+    tokens_per_s: float  # predicted under the plan's batching, whole batch
+    plain_tokens_per_s: float  # plain decoding at this batch size, same batching
     speedup: float  # tokens_per_s / plain_tokens_per_s
+    continuous_tokens_per_s: float  # the same tree if every step ran batch_size rows
 
 
 @dataclass
 class BatchPlan:
     rows: list[BatchPlanRow]
     switch_off_batch_size: int | None  # the smallest profiled batch size from which plain decoding is predicted as fast or faster
+    batching: str
     device: str
     statistic: str  # which timing of the profile (p10_ms or median_ms)
     curve: list[dict]  # the tokens/step curve every row was chosen on
+
+    def row(self, batch_size: int) -> BatchPlanRow:
+        for r in self.rows:
+            if r.batch_size == batch_size:
+                return r
+        raise ValueError(f"batch size {batch_size} was not profiled (profiled: {', '.join(str(r.batch_size) for r in self.rows)}); "
+                         f"re-run 'treeopt profile --batch-sizes' with it")
 
     @property
     def verdict(self) -> str:
@@ -54,7 +169,8 @@ class BatchPlan:
 
     def table(self) -> str:
         label = "p10 ms" if self.statistic == "p10_ms" else "med ms"
-        lines = [f"{'batch':>5} {'nodes':>5} {'tok/step':>8} {label:>8} {'tok/s':>8} {'plain tok/s':>11} {'speedup':>7}"]
+        lines = [f"{self.batching} batches ({'rows leave when done, none join' if self.batching == 'static' else 'finished rows replaced at once'})",
+                 f"{'batch':>5} {'nodes':>5} {'tok/step':>8} {label:>8} {'tok/s':>8} {'plain tok/s':>11} {'speedup':>7}"]
         for r in self.rows:
             lines.append(f"{r.batch_size:>5} {r.nodes:>5} {r.tokens_per_step:>8.3f} {r.step_ms:>8.1f} {r.tokens_per_s:>8.2f} "
                          f"{r.plain_tokens_per_s:>11.2f} {r.speedup:>6.2f}x")
@@ -62,23 +178,62 @@ class BatchPlan:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"device": self.device, "statistic": self.statistic, "switch_off_batch_size": self.switch_off_batch_size,
-                "verdict": self.verdict, "rows": [asdict(r) for r in self.rows], "tokens_per_step_curve": self.curve}
+        return {"device": self.device, "statistic": self.statistic, "batching": self.batching,
+                "switch_off_batch_size": self.switch_off_batch_size, "verdict": self.verdict,
+                "rows": [asdict(r) for r in self.rows], "tokens_per_step_curve": self.curve}
 
 
-def plan_batches(stats: CalibrationStats, latencies: dict[int, LatencyProfile], request: TreeRequest) -> BatchPlan:
+def predicted_tokens_per_s(tokens_per_step: float, nodes: int, per_prompt: list[tuple[int, int, int | None]], batch: int,
+                           latency: BatchLatency, batching: str) -> float:
+    """Predicted tokens/s of a tree (its predicted tokens/step, size, and per-prompt (tokens, steps)) at ``batch`` rows."""
+    if batching not in BATCHING:
+        raise ValueError(f"--batching {batching!r}: use one of {', '.join(BATCHING)}")
+    if batching == "continuous" or batch == 1:  # one row: both ways of batching are the same
+        return continuous_tokens_per_s(tokens_per_step, batch, nodes, latency)
+    return static_tokens_per_s(per_prompt, batch, nodes, latency)
+
+
+def designed_tokens_per_s(designed: DesignedTree, paths: int, batch: int, latency: BatchLatency, batching: str) -> float:
+    """``predicted_tokens_per_s`` of the ``paths``-path tree of ``designed``'s curve."""
+    point = next(p for p in designed.curve if p["paths"] == paths)
+    return predicted_tokens_per_s(point["tokens_per_step"], point["nodes"], designed.per_prompt[paths], batch, latency, batching)
+
+
+def plan_batches(stats: CalibrationStats, latencies: dict[int, LatencyProfile], request: TreeRequest,
+                 batching: str = DEFAULT_BATCHING) -> BatchPlan:
     """One row per profiled batch size; ``request.budget`` must be None (the size is what is planned)."""
     if request.budget is not None:
         raise ValueError("a plan chooses the tree size itself: the request's budget must be auto (None)")
+    if batching not in BATCHING:
+        raise ValueError(f"--batching {batching!r}: use one of {', '.join(BATCHING)}")
+    profiled = min(lat.sizes[-1] for lat in latencies.values())  # the largest tree every batch size was timed at
+    if profiled > 1 and request.max_budget > profiled - 1:
+        request = replace(request, max_budget=profiled - 1)  # plan only sizes that were measured
     sizes = sorted(latencies)
+    model = BatchLatency(latencies)
     # one cross-validated curve for all batch sizes (design_tree computes it for any latency profile)
-    curve = design_tree(stats, request, latencies[sizes[0]]).curve
+    designed = design_tree(stats, request, latencies[sizes[0]])
     rows = []
     for b in sizes:
-        choice = choose_budget(curve, latencies[b])
-        chosen = next(r for r in choice.rows if r["paths"] == choice.paths)
-        rows.append(BatchPlanRow(b, choice.paths, chosen["nodes"], chosen["tokens_per_step"], chosen["latency_ms"],
-                                 choice.tokens_per_s, round(choice.baseline_tokens_per_s, 3), round(choice.speedup, 4)))
+        rates = {p["paths"]: designed_tokens_per_s(designed, p["paths"], b, model, batching) for p in designed.curve}
+        best = max(rates, key=lambda n: (rates[n], -n))  # ties: the smaller tree
+        point = next(p for p in designed.curve if p["paths"] == best)
+        rows.append(BatchPlanRow(b, best, point["nodes"], point["tokens_per_step"], round(model.step_ms(b, point["nodes"]), 3),
+                                 round(rates[best], 3), round(rates[0], 3), round(rates[best] / rates[0], 4),
+                                 round(continuous_tokens_per_s(point["tokens_per_step"], b, point["nodes"], model), 3)))
     switch_off = next((r.batch_size for r in rows if r.paths == 0), None)
     first = latencies[sizes[0]]
-    return BatchPlan(rows, switch_off, first.device, first.statistic, curve)
+    return BatchPlan(rows, switch_off, batching, first.device, first.statistic, designed.curve)
+
+
+def tree_for_batch(stats: CalibrationStats, latencies: dict[int, LatencyProfile], request: TreeRequest, batch_size: int,
+                   batching: str = DEFAULT_BATCHING, meta: dict | None = None) -> TreeSpec:
+    """The planned tree for one batch size, built as ``build --budget N`` builds it, with the plan in its meta."""
+    plan = plan_batches(stats, latencies, request, batching)
+    row = plan.row(batch_size)
+    fixed = TreeRequest(row.paths, request.objective, request.max_depth, request.max_children, request.target, request.folds)
+    spec = design_tree(stats, fixed, meta=meta).spec
+    spec.meta.update({"budget_auto": True, "batch_size": batch_size, "batching": batching, "latency_device": plan.device,
+                      "predicted_tokens_per_s": row.tokens_per_s, "predicted_speedup": row.speedup,
+                      "predicted_plain_tokens_per_s": row.plain_tokens_per_s, "plan": [asdict(r) for r in plan.rows]})
+    return spec

@@ -4,7 +4,8 @@ Each (batch size B, tree size N) runs the runtime's real step (heads, candidate 
 B x N tree tokens with the per-row tree masks, acceptance, K/V move) after a prefill of B prompts of about
 ``context`` tokens (rows differ by a few tokens, as a server's rows do, so the per-row cache writes are
 timed), with warm-up steps first; the median and spread of ``repeats`` timed steps are recorded. Size 1 is
-the plain decoding step (no heads) at that batch size. The tree shape only changes the mask, not the cost,
+the plain decoding step (no heads) at that batch size. A batch's prefill is timed too, at two prompt
+lengths (starting a batch is part of what a batch costs). The tree shape only changes the mask, not the cost,
 so a synthetic tree is used.
 
 Within one batch size, sizes are timed round-robin (one step of each size, then the next round), not one
@@ -44,6 +45,9 @@ def synthetic_tree(nodes: int, depth: int, width: int = 10) -> TreeSpec:
     return TreeSpec(candidates[: nodes - 1])
 
 
+PREFILL_REPEATS = 5
+
+
 def _row_prompts(vocab: int, context: int, batch_size: int, limit: int | None, max_new: int) -> list[list[int]]:
     """B random prompts of about ``context`` tokens, each a few tokens shorter than the one before."""
     g = torch.Generator().manual_seed(0)
@@ -79,7 +83,30 @@ def profile_batch(loaded, heads, batch_size: int, sizes: list[int], repeats: int
                 times[nodes].append((time.perf_counter() - t0) * 1000)
             bar.update()
     rows = [_summary(nodes, times[nodes], repeats) for nodes in sizes]
-    return {"batch_size": batch_size, "plain_step": rows[0], "verify": [r for r in rows if r["nodes"] > 1] or [rows[0]]}
+    return {"batch_size": batch_size, "plain_step": rows[0], "verify": [r for r in rows if r["nodes"] > 1] or [rows[0]],
+            "prefill": profile_prefill(loaded, batch_size, context, bar)}
+
+
+def profile_prefill(loaded, batch_size: int, context: int, bar, repeats: int = PREFILL_REPEATS) -> list[dict]:
+    """A batch's prefill (B prompts right-padded to the longest) at two prompt lengths, a quarter of ``context``
+    and ``context``: what starting a batch costs (``plan.py`` interpolates it linearly in prompt length)."""
+    decoder = MedusaDecoder(loaded.model, None, TreeSpec([]), eos_token_ids=())
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    out = []
+    for length in sorted({max(1, context // 4), context}):
+        prompts = _row_prompts(loaded.model.config.vocab_size, length, batch_size, limit, 2)
+        times = []
+        for _ in range(repeats + 1):  # the first is a warm-up
+            sync_device(loaded.device)
+            t0 = time.perf_counter()
+            decoder.prefill(prompts, 1)
+            sync_device(loaded.device)
+            times.append((time.perf_counter() - t0) * 1000)
+            bar.update()
+        summary = _summary(1, times[1:], repeats)
+        del summary["nodes"]
+        out.append({"tokens": max(len(p) for p in prompts), **summary})
+    return out
 
 
 def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmup: int = 3, context: int = 256,
@@ -88,7 +115,8 @@ def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmu
     entry per batch size under "batches"."""
     sizes = sorted(set(sizes) | {1})  # the plain step is the baseline of every speedup: always measured
     batch_sizes = sorted(set(batch_sizes) | {1})
-    with tqdm(total=(warmup + repeats) * len(sizes) * len(batch_sizes), desc="profile: verify step latency",
+    per_batch = (warmup + repeats) * len(sizes) + 2 * (PREFILL_REPEATS + 1)
+    with tqdm(total=per_batch * len(batch_sizes), desc="profile: verify step latency",
               disable=not progress) as bar:
         batches = []
         for b in batch_sizes:

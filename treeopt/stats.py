@@ -32,6 +32,7 @@ class CalibrationStats:
     new_tokens: list[int]  # tokens generated per prompt (the replay emits exactly these)
     provenance: dict = field(default_factory=dict)
     prompt_indices: list[int] | None = None  # each rollout's index in the selected prompt list (None: 0, 1, 2, ...)
+    prompt_tokens: list[int] | None = None  # each rollout's prompt length in tokens (what a prefill costs); None in older stats
 
     def indices(self) -> list[int]:
         return list(range(len(self.rollouts))) if self.prompt_indices is None else self.prompt_indices
@@ -78,6 +79,7 @@ class CalibrationStats:
             "prefix_counts": {".".join(map(str, k)): v for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))},
             "new_tokens": self.new_tokens,
             "prompt_indices": self.indices(),
+            **({"prompt_tokens": self.prompt_tokens} if self.prompt_tokens is not None else {}),
             "rollouts": self.rollouts,
         }
 
@@ -118,7 +120,11 @@ def load_stats(path: str | Path) -> CalibrationStats:
     if indices is not None and (not isinstance(indices, list) or len(indices) != len(rollouts)
                                 or not all(is_int(i) and i >= 0 for i in indices) or len(set(indices)) != len(indices)):
         raise StatsError(f"{path}: field 'prompt_indices' must list one distinct prompt index (integer >= 0) per rollout; {REDO}")
-    return CalibrationStats(num_heads, topk, rollouts, new_tokens, provenance, indices)
+    lengths = data.get("prompt_tokens")
+    if lengths is not None and (not isinstance(lengths, list) or len(lengths) != len(rollouts)
+                                or not all(is_int(n) and n >= 1 for n in lengths)):
+        raise StatsError(f"{path}: field 'prompt_tokens' must list one prompt length (integer >= 1) per rollout; remove it or {REDO}")
+    return CalibrationStats(num_heads, topk, rollouts, new_tokens, provenance, indices, lengths)
 
 
 def _check_rows(path: Path, i: int, rows, n_new: int, num_heads: int, topk: int) -> None:
@@ -177,8 +183,9 @@ def replay_tokens_per_step(stats: CalibrationStats, paths) -> float:
 def subset(stats: CalibrationStats, prompts: list[int]) -> CalibrationStats:
     """The stats of these prompts only (indices into ``stats.rollouts``), same heads and top-k."""
     indices = stats.indices()
+    lengths = None if stats.prompt_tokens is None else [stats.prompt_tokens[i] for i in prompts]
     return CalibrationStats(stats.num_heads, stats.topk, [stats.rollouts[i] for i in prompts],
-                            [stats.new_tokens[i] for i in prompts], dict(stats.provenance), [indices[i] for i in prompts])
+                            [stats.new_tokens[i] for i in prompts], dict(stats.provenance), [indices[i] for i in prompts], lengths)
 
 
 # provenance that every shard of one run shares (and the merged stats keep)
@@ -226,10 +233,12 @@ def merge_shards(shards: list[tuple[str, CalibrationStats]]) -> CalibrationStats
     if missing:
         raise StatsError(f"merge-stats: shards {', '.join(f'{i}/{count}' for i in missing)} are missing; "
                          f"run 'treeopt calibrate --shard I/{count}' for them")
-    rows = sorted(((index, rollout, n_new, name) for _, name, stats in numbered
-                   for index, rollout, n_new in zip(stats.indices(), stats.rollouts, stats.new_tokens)), key=lambda r: r[0])
+    rows = sorted(((index, rollout, n_new, name, length) for _, name, stats in numbered
+                   for index, rollout, n_new, length in zip(stats.indices(), stats.rollouts, stats.new_tokens,
+                                                            stats.prompt_tokens or [None] * len(stats.rollouts))),
+                  key=lambda r: r[0])
     total = first.provenance.get("prompts_total", len(rows))
-    for position, (index, _, _, name) in enumerate(rows):
+    for position, (index, _, _, name, _) in enumerate(rows):
         if index != position:
             raise StatsError(f"{name}: holds prompt {index} where prompt {position} of {total} belongs (a prompt given twice "
                              f"or missing); re-run the shards with the same --prompts and --select")
@@ -237,4 +246,6 @@ def merge_shards(shards: list[tuple[str, CalibrationStats]]) -> CalibrationStats
         raise StatsError(f"merge-stats: the shards hold {len(rows)} prompts, the run has {total}; re-run the missing shards")
     provenance = {k: v for k, v in first.provenance.items() if k not in ("shard", "command", "date")}
     provenance.update({"prompts": total, "merged_from": [name for _, name, _ in numbered]})
-    return CalibrationStats(first.num_heads, first.topk, [r[1] for r in rows], [r[2] for r in rows], provenance)
+    lengths = [r[4] for r in rows]
+    return CalibrationStats(first.num_heads, first.topk, [r[1] for r in rows], [r[2] for r in rows], provenance,
+                            prompt_tokens=None if None in lengths else lengths)

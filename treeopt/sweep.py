@@ -18,8 +18,6 @@ from medusa_runtime.bench import batches_of, sync_device
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.spec import TreeSpec
 
-from .tuning import LatencyProfile
-
 
 @dataclass
 class SweepRow:
@@ -29,21 +27,13 @@ class SweepRow:
     tokens_per_s: float
     predicted_tokens_per_step: float | None  # cross-validated (what ``build`` writes as the prediction)
     in_sample_tokens_per_step: float | None  # replay on the calibration rollouts the tree was chosen on
-    predicted_tokens_per_s: float | None = None  # batch size x predicted tokens/step / profiled step time
+    predicted_tokens_per_s: float | None = None  # from the latency profile at this batch size (plan.py)
     batch_size: int = 1
 
 
-def predicted_tokens_per_s(spec: TreeSpec, latency: LatencyProfile) -> float | None:
-    """What the profile predicts for this tree at its batch size (plain decoding: the empty tree, 1 token/step)."""
-    per_step = spec.meta.get("expected_tokens_per_step") if spec.paths else 1.0
-    if per_step is None:
-        return None
-    ms = latency.at(spec.nodes) if spec.paths else latency.plain_step_ms
-    return latency.batch_size * per_step * 1000.0 / ms
-
-
 def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tokens: int = 128, progress: bool = True,
-              batch_size: int = 1, latency: LatencyProfile | None = None) -> list[SweepRow]:
+              batch_size: int = 1, predicted_tokens_per_s: dict[str, float] | None = None) -> list[SweepRow]:
+    """``predicted_tokens_per_s``: per tree label, what the latency profile predicts at this batch size (``plan.py``)."""
     decoders = {label: MedusaDecoder(loaded.model, heads if spec.paths else None, spec, loaded.eos_token_ids)
                 for label, spec in trees.items()}
     batches = [[prompt_ids[i] for i in indices] for indices in batches_of(len(prompt_ids), batch_size)]
@@ -61,7 +51,7 @@ def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tok
             totals[label][2] += time.perf_counter() - t0
     return [SweepRow(label, len(trees[label].paths), t / s, t / sec, trees[label].meta.get("expected_tokens_per_step"),
                      trees[label].meta.get("in_sample_tokens_per_step"),
-                     predicted_tokens_per_s(trees[label], latency) if latency is not None else None, batch_size)
+                     (predicted_tokens_per_s or {}).get(label), batch_size)
             for label, (t, s, sec) in totals.items()]
 
 

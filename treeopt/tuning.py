@@ -15,7 +15,7 @@ same profile read by 10th percentiles picks 4 nodes, which decoded 1.35-1.36x (`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medusa_runtime.files import is_int, is_positive_number, json_type, read_json_object
@@ -36,6 +36,17 @@ class LatencyProfile:
     meta: dict
     statistic: str = "p10_ms"
     batch_size: int = 1  # sequences decoded together in each timed step
+    prefill: list[tuple[int, float]] = field(default_factory=list)  # (prompt tokens, ms) of a batch's prefill; [] if not profiled
+
+    def prefill_ms(self, tokens: int) -> float | None:
+        """A batch prefill of prompts up to ``tokens`` long, linear in the length through the profiled points (None: not profiled)."""
+        if not self.prefill:
+            return None
+        if len(self.prefill) == 1:
+            (x, y), = self.prefill
+            return y * tokens / x
+        (x0, y0), (x1, y1) = self.prefill[0], self.prefill[-1]
+        return max(0.0, y0 + (y1 - y0) * (tokens - x0) / (x1 - x0))
 
     def at(self, nodes: float) -> float:
         """Verify-step latency (ms) at ``nodes`` tree tokens, linearly interpolated."""
@@ -113,11 +124,15 @@ def load_latency(path: str | Path, batch_size: int = 1) -> LatencyProfile:
     for label, row in [*((f"{where}verify[nodes={r['nodes']}]", r) for r in rows), (f"{where}plain_step", plain)]:
         if not is_positive_number(row.get(stat)):
             raise ValueError(f"{path}: field '{label}.{stat}' must be a positive number of milliseconds, got {row.get(stat)!r}; {redo}")
+    prefill = entry.get("prefill", [])
+    if not isinstance(prefill, list) or not all(isinstance(p, dict) and is_int(p.get("tokens")) and p["tokens"] >= 1
+                                                and is_positive_number(p.get(stat)) for p in prefill):
+        raise ValueError(f"{path}: field '{where}prefill' must list objects with 'tokens' (>= 1) and '{stat}' (ms); {redo}")
     return LatencyProfile(
         device=str(data.get("device", "?")), dtype=str(data.get("dtype", "?")), sizes=[r["nodes"] for r in rows],
         step_ms=[r[stat] for r in rows], plain_step_ms=plain[stat],
         meta={k: v for k, v in data.items() if k not in ("verify", "plain_step", "batches")}, statistic=stat,
-        batch_size=batch_size,
+        batch_size=batch_size, prefill=sorted((p["tokens"], p[stat]) for p in prefill),
     )
 
 

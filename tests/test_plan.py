@@ -1,0 +1,47 @@
+"""The plan's throughput models (static and continuous batches) on hand-computed cases, and its choices."""
+
+import pytest
+
+from treeopt.plan import BatchLatency, continuous_tokens_per_s, static_tokens_per_s
+from treeopt.tuning import LatencyProfile
+
+
+def profile(batch: int, plain: float, verify: dict[int, float], prefill=()) -> LatencyProfile:
+    sizes = sorted(verify)
+    return LatencyProfile("cpu", "float32", sizes, [verify[n] for n in sizes], plain, {}, batch_size=batch, prefill=list(prefill))
+
+
+def test_step_and_prefill_times_interpolate_between_profiled_batch_sizes():
+    lat = BatchLatency({1: profile(1, 10.0, {2: 12.0, 4: 14.0}, [(10, 5.0), (40, 20.0)]),
+                        4: profile(4, 16.0, {2: 24.0, 4: 30.0}, [(10, 14.0), (40, 50.0)])})
+    assert lat.step_ms(1, 1) == 10.0 and lat.step_ms(4, 1) == 16.0
+    assert lat.step_ms(2, 1) == pytest.approx(12.0) and lat.step_ms(3, 4) == pytest.approx(14.0 + 16.0 * 2 / 3)
+    assert lat.step_ms(8, 2) == pytest.approx(24.0 + (24.0 - 12.0) / 3 * 4)  # beyond: the last two sizes' slope
+    assert lat.prefill_ms(1, 25) == pytest.approx(12.5) and lat.prefill_ms(4, 40) == pytest.approx(50.0)
+    assert lat.prefill_ms(2, 40) == pytest.approx(20.0 + 30.0 / 3)
+
+
+def test_static_batches_pay_for_rows_that_finish_early():
+    lat = BatchLatency({1: profile(1, 10.0, {2: 10.0}), 2: profile(2, 20.0, {2: 20.0})})
+    # two prompts: 10 tokens in 5 steps and 4 tokens in 2 steps; together 2 steps of 2 rows, then 3 of 1 row
+    rate = static_tokens_per_s([(10, 5, None), (4, 2, None)], batch=2, nodes=2, latency=lat)
+    assert rate == pytest.approx(14 / ((2 * 20 + 3 * 10) / 1000))
+    assert continuous_tokens_per_s(14 / 7, 2, 2, lat) == pytest.approx(2 * 2 * 1000 / 20)  # every step full: faster
+    # one prompt per batch of 2: the batch is filled up with the same prompt again (as bench does)
+    assert static_tokens_per_s([(10, 5, None)], batch=2, nodes=2, latency=lat) == pytest.approx(20 / (5 * 20 / 1000))
+
+
+def test_static_batches_with_prompt_lengths_pay_a_prefill_padded_to_the_longest():
+    prefill = [(4, 8.0), (8, 16.0)]  # 2 ms per padded prompt token
+    lat = BatchLatency({1: profile(1, 10.0, {2: 10.0}, prefill), 2: profile(2, 20.0, {2: 20.0}, prefill)})
+    rate = static_tokens_per_s([(10, 5, 8), (4, 2, 4)], batch=2, nodes=2, latency=lat)
+    # the prefill (padded to 8 tokens: 16 ms) replaces the first step: then 1 step of 2 rows, 3 of 1 row
+    assert rate == pytest.approx(14 / ((16 + 1 * 20 + 3 * 10) / 1000))
+    # a prompt without a length: the prefill counts as a step again
+    assert static_tokens_per_s([(10, 5, 8), (4, 2, None)], 2, 2, lat) == pytest.approx(14 / ((2 * 20 + 3 * 10) / 1000))
+
+
+def test_groupings_are_deterministic():
+    lat = BatchLatency({1: profile(1, 10.0, {3: 13.0}), 4: profile(4, 14.0, {3: 30.0})})
+    prompts = [(20 + i, 10 + i % 7, None) for i in range(13)]
+    assert static_tokens_per_s(prompts, 4, 3, lat) == static_tokens_per_s(prompts, 4, 3, lat)
