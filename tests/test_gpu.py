@@ -23,3 +23,14 @@ def test_tree_decoding_equals_hf_greedy_on_cuda(arch, dtype, root):
         reference = hf_greedy(model, prompt, 24, [])
         assert MedusaDecoder(model, heads, tree, []).generate(prompt, 24).tokens == reference
         assert MedusaDecoder(model, None, tree, []).generate(prompt, 24, oracle=reference).tokens == reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_decoding_equals_each_prompts_greedy_on_cuda(dtype):
+    model = tiny_model("llama").to("cuda", dtype)
+    heads = tiny_heads(model, num_heads=3, root=True).to("cuda", dtype)
+    heads.attach_base(model)
+    tree = TreeSpec([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)])
+    prompts = [[5, 6, 7], [9, 20, 31, 40, 41, 42], [11]]
+    results = MedusaDecoder(model, heads, tree, []).generate_batch(prompts, 24)
+    assert [r.tokens for r in results] == [hf_greedy(model, p, 24, []) for p in prompts]

@@ -160,30 +160,37 @@ def curve_png(rows: list[dict], out: str | Path, chosen: int | None = None, base
 
 
 def plan_png(rows: list[dict], out: str | Path, measured: dict[int, dict[str, float]] | None = None) -> None:
-    """Predicted tokens/s against batch size: the planned Medusa tree (nodes annotated) and plain decoding.
-    ``rows``: ``BatchPlan.to_json()["rows"]``; ``measured`` (optional): batch size -> {"medusa", "plain"} tok/s."""
+    """Left: predicted tokens/s against batch size, the planned Medusa tree (nodes annotated) and plain decoding.
+    Right: the planned tree's speedup over plain decoding. ``rows``: ``BatchPlan.to_json()["rows"]``;
+    ``measured`` (optional): batch size -> {"medusa", "plain"} measured tok/s, drawn as crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = [r["batch_size"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, (ax, ratio) = plt.subplots(1, 2, figsize=(11, 4))
     ax.plot(sizes, [r["tokens_per_s"] for r in rows], marker="o", color="tab:green", label="Medusa, planned tree (predicted)")
     ax.plot(sizes, [r["plain_tokens_per_s"] for r in rows], marker="s", color="gray", linestyle="--", label="plain decoding (predicted)")
     for r in rows:
         ax.annotate(f"{r['nodes']}", (r["batch_size"], r["tokens_per_s"]), textcoords="offset points", xytext=(0, 7),
                     ha="center", fontsize=8)
+    ratio.plot(sizes, [r["speedup"] for r in rows], marker="o", color="tab:green", label="predicted")
+    ratio.axhline(1.0, color="gray", linestyle="--")
     if measured:
         b = sorted(measured)
         ax.plot(b, [measured[x]["medusa"] for x in b], "x", color="tab:green", markersize=9, label="Medusa, measured")
         ax.plot(b, [measured[x]["plain"] for x in b], "x", color="black", markersize=9, label="plain, measured")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_xlabel("batch size (sequences decoded together)")
+        ratio.plot(b, [measured[x]["medusa"] / measured[x]["plain"] for x in b], "x", color="black", markersize=9, label="measured")
+    for axis in (ax, ratio):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(sizes, [str(s) for s in sizes])
+        axis.set_xlabel("batch size (sequences decoded together)")
+        axis.legend(fontsize=8)
     ax.set_ylabel("tokens / s, whole batch")
-    ax.set_title("tree nodes planned per batch size (labels)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title("planned tree nodes per batch size (labels)", fontsize=9)
+    ratio.set_ylabel("planned tree / plain decoding")
+    ratio.set_title("speedup of the planned tree (1.0: plain decoding is planned)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
