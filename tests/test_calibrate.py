@@ -28,6 +28,7 @@ def test_stats_shapes_and_round_trip(setup, tmp_path):
     stats.save(tmp_path / "s.json")
     again = load_stats(tmp_path / "s.json")
     assert again.rollouts == stats.rollouts and again.accuracy() == stats.accuracy()
+    assert again.prompt_tokens == stats.prompt_tokens == [len(p) for p in PROMPTS]  # what a batch's prefill costs
 
 
 @pytest.mark.parametrize("tree", [

@@ -29,13 +29,18 @@ def stats_file(tiny_folder):
     return path
 
 
-def test_bench_writes_the_required_keys(tiny_folder, tmp_path, stats_file):
-    tree = tmp_path / "tree.json"
+def bench_built_tree(tiny_folder, tmp_path, stats_file, *options):
+    """Build a 4-path tree and bench it on 3 tiny prompts; returns (CLI result, tree path, report path)."""
+    tree, out = tmp_path / "tree.json", tmp_path / "report.json"
     assert invoke("build", stats_file, "--budget", 4, "--out", tree).exit_code == 0
-    out = tmp_path / "report.json"
     r = invoke("bench", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--tree", tree,
-               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:3", "--max-new-tokens", 16, "--json", out)
+               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:3", "--max-new-tokens", 16, "--json", out, *options)
     assert r.exit_code == 0, r.output
+    return r, tree, out
+
+
+def test_bench_writes_the_required_keys(tiny_folder, tmp_path, stats_file):
+    r, tree, out = bench_built_tree(tiny_folder, tmp_path, stats_file)
     report = json.loads(out.read_text())
     for key in ("tokens_per_step", "tokens_per_s", "baseline_tokens_per_s", "speedup", "identical", "divergences",
                 "predicted_tokens_per_step", "prompts", "nodes", "device", "dtype"):
@@ -244,13 +249,7 @@ def batch_latency(tiny_folder, tmp_path_factory):
 
 
 def test_bench_at_a_batch_size_checks_every_row(tiny_folder, tmp_path, stats_file):
-    tree = tmp_path / "tree.json"
-    assert invoke("build", stats_file, "--budget", 4, "--out", tree).exit_code == 0
-    out = tmp_path / "report.json"
-    r = invoke("bench", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--tree", tree,
-               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:3", "--max-new-tokens", 16,
-               "--batch-size", 2, "--json", out)
-    assert r.exit_code == 0, r.output
+    r, _, out = bench_built_tree(tiny_folder, tmp_path, stats_file, "--batch-size", 2)
     report = json.loads(out.read_text())
     assert report["batch_size"] == 2 and report["batches"] == 2 and report["prompts"] == 3
     # 3 prompts in batches of 2: the last batch is filled up with the first prompt again

@@ -49,6 +49,7 @@ def test_merged_shards_equal_one_run(tiny_folder, many_prompts, tmp_path):
     assert r.exit_code == 0, r.output
     one, merged = load_stats(tmp_path / "one.json"), load_stats(tmp_path / "merged.json")
     assert merged.rollouts == one.rollouts and merged.new_tokens == one.new_tokens
+    assert merged.prompt_tokens == one.prompt_tokens and len(one.prompt_tokens) == 19 and min(one.prompt_tokens) >= 1
     assert merged.indices() == one.indices() == list(range(19))
     assert merged.prefix_counts() == one.prefix_counts()
     for key in ("model", "heads_sha256", "prompt_source", "prompts_total"):
