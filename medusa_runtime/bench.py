@@ -166,6 +166,7 @@ def run_bench(
         decoder.generate_batch(first, 8, oracles=refs if oracle else None)
     own: dict[int, list[int]] = {}  # each prompt's own greedy decode (at batch size 1: the baseline itself)
     runs: list[PromptRun] = []
+    batch_seconds: list[tuple[float, float]] = []  # (baseline, runtime) per batch
     batch_speedups = []
     bar = tqdm(batches, desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''}, batch {batch_size})", disable=not progress)
     for k, indices in enumerate(bar):
@@ -193,15 +194,14 @@ def run_bench(
                 divergence = {"prompt": i, "batch": k, "position": pos, "top2_margin": top2_margin(model, ids, reference, pos)}
             runs.append(PromptRun(i, len(ids), len(result.tokens), len(base), t1 - t0, t2 - t1, result.steps, same, divergence,
                                   k, base == reference))
+        batch_seconds.append((t1 - t0, t2 - t1))
         batch_speedups.append((sum(len(r.tokens) for r in results) / (t2 - t1)) / (sum(map(len, baseline)) / (t1 - t0)))
-        done = runs
-        bar.set_postfix(tok_per_step=f"{sum(r.new_tokens for r in done) / sum(r.steps for r in done):.2f}",
+        bar.set_postfix(tok_per_step=f"{sum(r.new_tokens for r in runs) / sum(r.steps for r in runs):.2f}",
                         speedup=f"{statistics.median(batch_speedups):.2f}")
-    per_batch = {r.batch: (r.baseline_s, r.medusa_s) for r in runs}
     new_tokens = sum(r.new_tokens for r in runs)
     baseline_tokens = sum(r.baseline_tokens for r in runs)
-    medusa_s = sum(m for _, m in per_batch.values())
-    baseline_s = sum(b for b, _ in per_batch.values())
+    baseline_s = sum(b for b, _ in batch_seconds)
+    medusa_s = sum(m for _, m in batch_seconds)
     predicted = tree.meta.get("expected_tokens_per_step")
     planned = tree.meta.get("predicted_tokens_per_s") if tree.meta.get("batch_size", 1) == batch_size else None
     tokens_per_s, baseline_tokens_per_s = new_tokens / medusa_s, baseline_tokens / baseline_s

@@ -101,9 +101,8 @@ class MedusaDecoder:
         if heads is not None:
             check_tree_fits_heads(self.tree, heads, model.config.vocab_size)
         self.buffers: TreeBuffers = build_buffers(self.tree, self.device, self.dtype)
-        self._depths = self.buffers.depths.tolist()
-        self._root_paths = self.buffers.root_paths.tolist()
-        self._path_of = [self._root_paths[i][: self._depths[i] + 1] for i in range(self.buffers.num_nodes)]  # node -> nodes on its path
+        # node -> the nodes on its path, root first (what the cache keeps when that node is accepted)
+        self._path_of = [path[: depth + 1] for path, depth in zip(self.buffers.root_paths.tolist(), self.buffers.depths.tolist())]
         self.vocab_size = model.config.vocab_size
         self._generator = torch.Generator(device=self.device)
         self._accept = self._accept_typical if self.sampling.temperature > 0 else self._accept_greedy
@@ -141,18 +140,18 @@ class MedusaDecoder:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ acceptance
-    def _accept_greedy(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    def _accept_greedy(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row the deepest node whose whole path equals the base argmax. tree_tokens [B, N], logits [B, N, V]
-        -> (node per row, bonus tokens [B])."""
+        -> (node per row [B], bonus tokens [B])."""
         b = self.buffers
         pred = logits.argmax(dim=-1)  # [B, N]
         ok = tree_tokens == pred[:, b.parents]  # [B, N]: each node is its parent's argmax
         ok[:, 0] = True
         accepted = ~(b.ancestor_mask[None] & ~ok[:, None, :]).any(dim=-1)  # [B, N]: every node on its path is right
         best = (b.depths * accepted).argmax(dim=-1)  # [B], first maximum: deterministic
-        return best.tolist(), pred.gather(1, best[:, None])[:, 0]
+        return best, pred.gather(1, best[:, None])[:, 0]
 
-    def _accept_typical(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    def _accept_typical(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Typical acceptance per row: p(x) > min(epsilon, delta * exp(-H)); longest path, then most likely."""
         b, s = self.buffers, self.sampling
         logp = torch.log_softmax(logits.float() / s.temperature, dim=-1)  # [B, N, V]
@@ -169,7 +168,7 @@ class MedusaDecoder:
         longest = accepted & (depth == depth.max(dim=-1, keepdim=True).values)
         best = torch.where(longest, path_logp, float("-inf")).argmax(dim=-1)  # [B]
         bonus = torch.multinomial(probs[torch.arange(len(best), device=best.device), best], 1, generator=self._generator)
-        return best.tolist(), bonus[:, 0]
+        return best, bonus[:, 0]
 
     def _first_token(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, V] -> [B]."""
@@ -235,17 +234,17 @@ class MedusaDecoder:
             state.tree_bias[row, 0, :, n : n + b.num_nodes] = b.attn_bias
         # one token per row at equal lengths attends to the whole prefix: no mask (plain decoding's fast path)
         bias = None if b.num_nodes == 1 and min(lengths) == max(lengths) else state.tree_bias[..., :span]
-        positions = torch.tensor(lengths, device=self.device)[:, None] + b.depths  # [B, N]
+        positions = cache.plan.starts[:, None] + b.depths  # [B, N]
         hidden_all = self._forward(tree_tokens, positions, bias, cache)  # [B, N, H]
-        best, state.root = self._accept(tree_tokens, self._logits(hidden_all))
-        paths = [self._path_of[node] for node in best]
+        best, state.root = self._accept(tree_tokens, self._logits(hidden_all))  # [B], [B]
+        paths = [self._path_of[node] for node in best.tolist()]
         accepted = tree_tokens.gather(1, b.root_paths[best]).tolist()  # [B, D+1]: each row's path tokens, padded
         new_tokens = [accepted[row][1 : len(path)] + [bonus] for row, (path, bonus) in enumerate(zip(paths, state.root.tolist()))]
         for row, (n, path) in enumerate(zip(lengths, paths)):
             # the accepted path is now prefix; the next step's tree pattern overwrites the rest of this step's slots
             state.tree_bias[row, 0, :, n : n + len(path)] = 0
         cache.commit(paths)
-        state.hidden = hidden_all[torch.arange(len(best), device=self.device), torch.tensor(best, device=self.device)]
+        state.hidden = hidden_all[torch.arange(len(paths), device=self.device), best]
         state.emitted = [e + len(t) for e, t in zip(state.emitted, new_tokens)]
         return new_tokens
 
@@ -267,7 +266,7 @@ class MedusaDecoder:
             raise ValueError(f"{len(oracles)} oracle continuations for {len(prompts)} prompts")
         state = self.prefill(prompts, max_new_tokens)
         outs: list[list[int]] = [[t] for t in state.root.tolist()]
-        emitted: list[list[int]] = [[1] for _ in prompts]
+        per_step: list[list[int]] = [[1] for _ in prompts]  # tokens each row got from each forward that served it
         if on_tokens:
             for row, out in enumerate(outs):
                 on_tokens(row, out[:])
@@ -280,13 +279,13 @@ class MedusaDecoder:
                     if token in self.eos or len(out) + len(kept) >= max_new_tokens:
                         break
                 out.extend(kept)
-                emitted[row].append(len(kept))
+                per_step[row].append(len(kept))
                 if on_tokens:
                     on_tokens(row, kept)
             state.keep([i for i, row in enumerate(state.rows) if not self._finished(outs[row], max_new_tokens)])
-        return [DecodeResult(tokens=out, steps=len(per_step), emitted_per_step=per_step,
+        return [DecodeResult(tokens=out, steps=len(counts), emitted_per_step=counts,
                              stop_reason="eos" if out[-1] in self.eos else "length")
-                for out, per_step in zip(outs, emitted)]
+                for out, counts in zip(outs, per_step)]
 
     def _finished(self, out: list[int], max_new_tokens: int) -> bool:
         return out[-1] in self.eos or len(out) >= max_new_tokens

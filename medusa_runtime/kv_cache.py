@@ -29,6 +29,7 @@ class _WritePlan:
 
     def __init__(self) -> None:
         self.start: int | None = None  # every row writes at this position (equal lengths), or None
+        self.starts: torch.Tensor | None = None  # [B] each row's first write position (its length before the forward)
         self.positions: torch.Tensor | None = None  # [B, T] per-row write positions when lengths differ
         self.rows: torch.Tensor | None = None  # [B, 1] row indices for the indexed write
         self.past = 0  # max(lengths) before the forward (what Hugging Face asks as the cache's sequence length)
@@ -85,14 +86,13 @@ class TreeKVCache(Cache):
         plan.end = plan.past + tokens_per_row
         if plan.end > self.max_len:
             raise RuntimeError(f"KV cache overflow: {plan.end} > {self.max_len} preallocated tokens")
+        plan.starts = torch.tensor(lengths, device=self.device)
         if min(lengths) == plan.past:
             plan.start, plan.positions = plan.past, None
         else:
-            device = self.device
-            start = torch.tensor(lengths, device=device)
             plan.start = None
-            plan.positions = start[:, None] + torch.arange(tokens_per_row, device=device)  # [B, T]
-            plan.rows = torch.arange(len(lengths), device=device)[:, None]  # [B, 1]
+            plan.positions = plan.starts[:, None] + torch.arange(tokens_per_row, device=self.device)  # [B, T]
+            plan.rows = torch.arange(len(lengths), device=self.device)[:, None]  # [B, 1]
         return plan.end
 
     def commit(self, accepted_slots: list[list[int]]) -> None:

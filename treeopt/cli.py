@@ -393,10 +393,11 @@ def build(
     request = TreeRequest(None if auto else n_paths, objective, max_depth, max_children, target, folds, max_budget)
     sources = {"stats_file": str(stats_file), **({"latency_file": str(latency)} if auto else {})}
     if batch_size > 1:  # the plan's tree for that batch size (its prediction needs every profiled batch size)
-        from .plan import tree_for_batch
+        from .plan import plan_batches, planned_tree
 
         try:
-            spec = tree_for_batch(stats, load_latency_batches_or_fail(latency), request, batch_size, batching, sources)
+            plan_made = plan_batches(stats, load_latency_batches_or_fail(latency), request, batching)
+            spec = planned_tree(stats, plan_made, request, batch_size, sources)
         except (BuildError, ValueError) as err:
             fail(str(err))
         spec.save(out)
@@ -722,21 +723,13 @@ def demo(
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "per_prompt"}))
 
 
-def measured_points(path: Path) -> dict[int, dict[str, float]]:
-    """batch size -> {"medusa": auto tree's tok/s, "plain": the empty tree's} from a sweep JSON (either layout)."""
-    from medusa_runtime.files import read_json_object
+def measured_points_or_fail(path: Path) -> dict[int, dict[str, float]]:
+    from .sweep import measured_points
 
-    fix = "pass the --json output of 'treeopt sweep'"
     try:
-        doc = read_json_object(path, "sweep", fix)
-        points = {}
-        for batch in doc.get("batches", [doc]):
-            rows = {row["label"]: row for row in batch["rows"]}
-            auto = next(row for label, row in rows.items() if label.startswith("auto"))
-            points[int(batch.get("batch_size", 1))] = {"medusa": float(auto["tokens_per_s"]), "plain": float(rows["empty"]["tokens_per_s"])}
-    except (ValueError, KeyError, TypeError, StopIteration) as err:
-        fail(f"{path}: not a sweep result ({type(err).__name__}: {err}); {fix}")
-    return points
+        return measured_points(path)
+    except ValueError as err:
+        fail(str(err))
 
 
 @app.command()
@@ -776,7 +769,7 @@ def plan(
     if png:
         from .viz import plan_png
 
-        plan_png(doc["rows"], png, measured_points(measured) if measured else None)
+        plan_png(doc["rows"], png, measured_points_or_fail(measured) if measured else None)
         typer.echo(f"plot written to {png}")
     typer.echo(json.dumps({"switch_off_batch_size": result.switch_off_batch_size,
                            "planned_nodes": {r.batch_size: r.nodes for r in result.rows},
@@ -807,42 +800,37 @@ def sweep(
 
     from .build import BuildError
     from .design import TreeRequest, design_tree
-    from .plan import BatchLatency, designed_tokens_per_s, predicted_tokens_per_s, replayed_prompts, tree_for_batch
+    from .plan import BatchLatency, budget_tokens_per_s, plan_batches, planned_tree
     from .sweep import format_sweep, rows_json, run_sweep
 
     stats = load_stats_or_fail(stats_file)
     sizes = [n for n in parse_int_list("--budgets", budgets, minimum=0) if n > 0]
     batch_list = parse_int_list("--batch-sizes", batch_sizes)
-    for b in batch_list:
-        load_latency_or_fail(latency, b)  # a clear error for a batch size the profile lacks
     latencies = load_latency_batches_or_fail(latency)
+    missing = [b for b in batch_list if b not in latencies]
+    if missing:
+        fail(f"{latency}: no batch size {', '.join(map(str, missing))} (profiled: {', '.join(map(str, sorted(latencies)))}); "
+             f"re-run 'treeopt profile --batch-sizes {batch_sizes}'")
     model_latency = BatchLatency(latencies)
-    trees = {"empty": (TreeSpec([]), None)}
+    request = TreeRequest(None)
     try:
-        for n in sizes:
-            designed = design_tree(stats, TreeRequest(n))
-            trees[f"budget {n}"] = (designed.spec, designed)
-        autos = {b: tree_for_batch(stats, latencies, TreeRequest(None), b, batching) for b in batch_list}
+        designed = {n: design_tree(stats, TreeRequest(n)) for n in sizes}
+        plan_made = plan_batches(stats, latencies, request, batching)
+        autos = {b: planned_tree(stats, plan_made, request, b) for b in batch_list}
     except (BuildError, ValueError) as err:
         fail(f"--budgets {budgets}: {err}")
-    plain_per_prompt = replayed_prompts(stats, [])
-
-    def predict(spec: TreeSpec, designed, b: int) -> float:
-        if designed is None and not spec.paths:
-            return predicted_tokens_per_s(1.0, 1, plain_per_prompt, b, model_latency, batching)
-        if designed is None:  # the planned tree carries its own prediction
-            return spec.meta["predicted_tokens_per_s"]
-        return designed_tokens_per_s(designed, len(spec.paths), b, model_latency, batching)
-
+    trees = {"empty": TreeSpec([]), **{f"budget {n}": d.spec for n, d in designed.items()}}
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
     prompt_ids = load_prompt_ids(loaded, prompts, select)
     results = []
     for b in batch_list:
         auto_spec = autos[b]
         label = f"auto ({len(auto_spec.paths)})"
-        run_trees = {**{k: spec for k, (spec, _) in trees.items()}, label: auto_spec}
-        predicted = {**{k: predict(spec, designed, b) for k, (spec, designed) in trees.items()}, label: predict(auto_spec, None, b)}
-        rows = run_sweep(loaded, medusa_heads, run_trees, prompt_ids, max_new_tokens, batch_size=b, predicted_tokens_per_s=predicted)
+        predicted = {"empty": budget_tokens_per_s(stats, 0, b, model_latency, batching),
+                     **{f"budget {n}": budget_tokens_per_s(stats, n, b, model_latency, batching, d) for n, d in designed.items()},
+                     label: plan_made.row(b).tokens_per_s}
+        rows = run_sweep(loaded, medusa_heads, {**trees, label: auto_spec}, prompt_ids, max_new_tokens, batch_size=b,
+                         predicted_tokens_per_s=predicted)
         typer.echo(f"batch size {b} ({batching} batches):" if len(batch_list) > 1 or b > 1 else "")
         typer.echo(format_sweep(rows))
         best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))
@@ -854,7 +842,7 @@ def sweep(
                         "rows": rows_json(rows)})
     summary = {"prompts": prompts, "select": select, "max_new_tokens": max_new_tokens, "batches": results}
     if len(results) == 1:  # the single-batch-size layout earlier versions wrote
-        summary = {**{k: v for k, v in results[0].items()}, "prompts": prompts, "select": select}
+        summary = {**results[0], "prompts": prompts, "select": select}
     if json_out:
         write_output(json_out, json.dumps(summary, indent=1) + "\n")
     typer.echo(json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in results]))

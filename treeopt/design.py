@@ -94,6 +94,7 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
         return by_strength[strength], strength
 
     curve, per_prompt = [], {}
+    lengths = stats.prompt_lengths()
     for n in sizes:
         built, strength = build(n)
         if len(built.paths) < n:  # the stats support fewer paths: larger sizes are the same tree
@@ -102,7 +103,6 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
         predicted = cv.tokens_per_step(n) if cv is not None and n > 0 else in_sample
         replayed = cv.best(n).per_prompt[n] if cv is not None and n > 0 else replay_per_prompt(stats, built.paths[:n])
         order = cv.prompt_order if cv is not None and n > 0 else range(len(stats.rollouts))
-        lengths = stats.prompt_tokens or [None] * len(stats.rollouts)
         per_prompt[n] = [(t, s, lengths[i]) for (t, s), i in zip(replayed, order)]
         curve.append({"paths": n, "nodes": n + 1, "tokens_per_step": round(predicted, 4),
                       "in_sample_tokens_per_step": round(in_sample, 4), "strength": strength})

@@ -44,18 +44,7 @@ class BatchLatency:
 
     def step_ms(self, batch: int, nodes: int) -> float:
         """Step time of ``batch`` rows with an ``nodes``-node tree (1: a plain step), linear between profiled batch sizes."""
-        sizes = sorted(self.profiles)
-
-        def at(b: int) -> float:
-            p = self.profiles[b]
-            return p.plain_step_ms if nodes == 1 else p.at(nodes)
-
-        if batch <= sizes[0]:
-            return at(sizes[0])
-        for b0, b1 in zip(sizes, sizes[1:]):
-            if batch <= b1:
-                return at(b0) + (at(b1) - at(b0)) * (batch - b0) / (b1 - b0)
-        return _extrapolate(sizes, at, batch)
+        return self._along_batch(lambda p: p.plain_step_ms if nodes == 1 else p.at(nodes), batch)
 
     @property
     def has_prefill(self) -> bool:
@@ -63,32 +52,20 @@ class BatchLatency:
 
     def prefill_ms(self, batch: int, tokens: int) -> float:
         """A prefill of ``batch`` prompts padded to ``tokens``, linear between profiled batch sizes (0 if not profiled)."""
-        if not self.has_prefill:
-            return 0.0
+        return self._along_batch(lambda p: p.prefill_ms(tokens), batch) if self.has_prefill else 0.0
+
+    def _along_batch(self, at, batch: int) -> float:
+        """``at(profile)`` at ``batch`` rows: the smallest profile below it, linear between profiled batch sizes, and
+        beyond the largest the last two sizes' slope (never decreasing)."""
         sizes = sorted(self.profiles)
-
-        def at(b: int) -> float:
-            return self.profiles[b].prefill_ms(tokens)
-
+        value = {b: at(self.profiles[b]) for b in sizes}
         if batch <= sizes[0]:
-            return at(sizes[0]) * batch / sizes[0]
-        for b0, b1 in zip(sizes, sizes[1:]):
-            if batch <= b1:
-                return at(b0) + (at(b1) - at(b0)) * (batch - b0) / (b1 - b0)
-        return _extrapolate(sizes, at, batch)
-
-
-def _extrapolate(sizes: list[int], at, batch: int) -> float:
-    """Beyond the largest profiled batch size: the last two sizes' slope (never decreasing)."""
-    b0, b1 = sizes[-2:] if len(sizes) > 1 else (sizes[0], sizes[0])
-    slope = (at(b1) - at(b0)) / (b1 - b0) if b1 != b0 else 0.0
-    return at(b1) + max(0.0, slope) * (batch - b1)
-
-
-def replayed_prompts(stats: CalibrationStats, paths) -> list[tuple[int, int, int | None]]:
-    """(tokens, steps, prompt tokens or None) of each calibration prompt decoded with this tree (in-sample replay)."""
-    lengths = stats.prompt_tokens or [None] * len(stats.rollouts)
-    return [(t, s, n) for (t, s), n in zip(replay_per_prompt(stats, paths), lengths)]
+            return value[sizes[0]]
+        b0, b1 = next(((x, y) for x, y in zip(sizes, sizes[1:]) if batch <= y), (sizes[-2], sizes[-1]) if len(sizes) > 1 else (sizes[0], sizes[0]))
+        if b1 == b0:
+            return value[b1]
+        slope = (value[b1] - value[b0]) / (b1 - b0)
+        return value[b0] + slope * (batch - b0) if batch <= b1 else value[b1] + max(0.0, slope) * (batch - b1)
 
 
 def continuous_tokens_per_s(tokens_per_step: float, batch: int, nodes: int, latency: BatchLatency) -> float:
@@ -226,14 +203,23 @@ def plan_batches(stats: CalibrationStats, latencies: dict[int, LatencyProfile], 
     return BatchPlan(rows, switch_off, batching, first.device, first.statistic, designed.curve)
 
 
-def tree_for_batch(stats: CalibrationStats, latencies: dict[int, LatencyProfile], request: TreeRequest, batch_size: int,
-                   batching: str = DEFAULT_BATCHING, meta: dict | None = None) -> TreeSpec:
-    """The planned tree for one batch size, built as ``build --budget N`` builds it, with the plan in its meta."""
-    plan = plan_batches(stats, latencies, request, batching)
+def planned_tree(stats: CalibrationStats, plan: BatchPlan, request: TreeRequest, batch_size: int,
+                 meta: dict | None = None) -> TreeSpec:
+    """The plan's tree for one batch size, built as ``build --budget N`` builds it, with the plan in its meta.
+    ``request``: the one the plan was made with (objective and shape limits)."""
     row = plan.row(batch_size)
-    fixed = TreeRequest(row.paths, request.objective, request.max_depth, request.max_children, request.target, request.folds)
-    spec = design_tree(stats, fixed, meta=meta).spec
-    spec.meta.update({"budget_auto": True, "batch_size": batch_size, "batching": batching, "latency_device": plan.device,
+    spec = design_tree(stats, replace(request, budget=row.paths), meta=meta).spec
+    spec.meta.update({"budget_auto": True, "batch_size": batch_size, "batching": plan.batching, "latency_device": plan.device,
                       "predicted_tokens_per_s": row.tokens_per_s, "predicted_speedup": row.speedup,
                       "predicted_plain_tokens_per_s": row.plain_tokens_per_s, "plan": [asdict(r) for r in plan.rows]})
     return spec
+
+
+def budget_tokens_per_s(stats: CalibrationStats, paths: int, batch: int, latency: BatchLatency, batching: str,
+                        designed: DesignedTree | None = None) -> float:
+    """Predicted tokens/s of the tree ``build --budget paths`` writes (0: plain decoding) at ``batch`` rows;
+    ``designed``: that build, if already made."""
+    if paths == 0:
+        plain = [(t, s, n) for (t, s), n in zip(replay_per_prompt(stats, []), stats.prompt_lengths())]
+        return predicted_tokens_per_s(1.0, 1, plain, batch, latency, batching)
+    return designed_tokens_per_s(designed or design_tree(stats, TreeRequest(paths)), paths, batch, latency, batching)

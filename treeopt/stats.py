@@ -37,6 +37,10 @@ class CalibrationStats:
     def indices(self) -> list[int]:
         return list(range(len(self.rollouts))) if self.prompt_indices is None else self.prompt_indices
 
+    def prompt_lengths(self) -> list[int | None]:
+        """Each rollout's prompt length in tokens (None throughout in stats that predate the field)."""
+        return list(self.prompt_tokens) if self.prompt_tokens is not None else [None] * len(self.rollouts)
+
     @property
     def positions(self) -> int:
         return sum(len(r) for r in self.rollouts)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from medusa_runtime.bench import batches_of, sync_device
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.files import read_json_object
 from medusa_runtime.spec import TreeSpec
 
 
@@ -72,3 +73,19 @@ def format_sweep(rows: list[SweepRow]) -> str:
 
 def rows_json(rows: list[SweepRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def measured_points(path) -> dict[int, dict[str, float]]:
+    """batch size -> {"medusa": the auto tree's tok/s, "plain": the empty tree's}, read back from a sweep's --json
+    output (either layout); ValueError naming the file otherwise."""
+    fix = "pass the --json output of 'treeopt sweep'"
+    doc = read_json_object(path, "sweep", fix)
+    try:
+        points = {}
+        for batch in doc.get("batches", [doc]):
+            rows = {row["label"]: row for row in batch["rows"]}
+            auto = next(row for label, row in rows.items() if label.startswith("auto"))
+            points[int(batch.get("batch_size", 1))] = {"medusa": float(auto["tokens_per_s"]), "plain": float(rows["empty"]["tokens_per_s"])}
+    except (KeyError, TypeError, ValueError, StopIteration) as err:
+        raise ValueError(f"{path}: not a sweep result ({type(err).__name__}: {err}); {fix}") from None
+    return points
