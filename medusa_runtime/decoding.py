@@ -130,6 +130,19 @@ class MedusaDecoder:
         of the heads the tree reads (root-conditioned heads read the root too; plain Medusa heads ignore it)."""
         return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used, root=root)
 
+    def _sequential_tree_tokens(self, hidden: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+        """Sequential heads: the tree's tokens depth by depth, each node's children guessed by the next head for that
+        node's own path; one head call per depth over every row and node of it. hidden [B, H], root [B] -> [B, N]."""
+        b = self.buffers
+        tokens = root.new_zeros(len(root), b.num_nodes)  # [B, N]
+        tokens[:, 0] = root
+        h, r = hidden[:, None, :], root[:, None]  # [B, 1, H], [B, 1]: shared by every node of a row
+        for level in b.expansions:
+            path = tokens[:, level.parent_paths]  # [B, P, d]: each parent's draft tokens
+            top = self.heads.path_candidates(level.depth, h, r, path, level.topk)  # [B, P, topk]
+            tokens[:, level.children] = top[:, level.child_parent, level.child_rank]
+        return tokens
+
     def _oracle_candidates(self, references: list[list[int]], emitted: list[int]) -> torch.Tensor:
         """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose. -> [B, D, topk]"""
         depth, topk = self.buffers.num_heads_used, self.buffers.topk
@@ -220,7 +233,9 @@ class MedusaDecoder:
         row's new tokens (accepted path + bonus), not yet truncated at EOS or the token limit.
         ``oracles``: one reference continuation per prompt of the batch (indexed by ``state.rows``)."""
         b, cache = self.buffers, state.cache
-        if b.num_nodes > 1:
+        if b.num_nodes > 1 and oracles is None and self.heads.config.sequential:
+            tree_tokens = self._sequential_tree_tokens(state.hidden, state.root)  # [B, N]
+        elif b.num_nodes > 1:
             if oracles is not None:
                 guesses = self._oracle_candidates([oracles[r] for r in state.rows], state.emitted)
             else:

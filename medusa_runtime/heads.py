@@ -21,6 +21,15 @@ argmax there under greedy decoding, the sampled token under typical acceptance; 
 argmax). Head 1 then guesses the token after a known token rather than after a distribution over it, as
 Hydra's sequentially dependent heads do for their first draft token. R_i starts at zero, so a fresh head
 is a Medusa head. Upstream loaders do not read these checkpoints; plain v1/v2 heads load as before.
+
+Sequential heads (ours; ``"medusa_sequential": true``, keys ``root.{i}.weight`` and ``path.{i}.{j}.weight`` for
+0 <= j < i): head i also reads the draft tokens d_1..d_i that its own path fixed before it (d_j is the token at
+depth j, guessed by head j-1), as Hydra's sequentially dependent heads do:
+head i reads h + R_i e(root) + sum_j P_ij e(d_{j+1}). Each head's guesses therefore depend on the path, so the
+runtime asks for them depth by depth (``path_candidates``: one call per depth over all of that depth's nodes),
+and calibration and training feed the true path (teacher forcing). P_ij starts at zero, so sequential heads
+initialised from root-conditioned ones guess exactly as those do. Hydra++'s prefix attention (an extra decoder
+layer feeding the heads) is not implemented: a config that asks for it is refused.
 """
 
 from __future__ import annotations
@@ -68,6 +77,16 @@ class ResBlock(nn.Module):
         return x + F.silu(self.linear(x))
 
 
+HEAD_KINDS = ("plain", "root-conditioned", "sequential")
+
+
+def true_path(future: torch.Tensor) -> torch.Tensor:
+    """The draft tokens a sequential head reads on the true path (teacher forcing): future [..., K] (the tokens
+    heads 0..K-1 should guess, -1 where unknown) -> path [..., K-1] (head i reads path[..., :i]; -1 becomes 0,
+    harmless because every later head's target is unknown there too)."""
+    return future[..., :-1].clamp(min=0)
+
+
 @dataclass
 class HeadsConfig:
     num_heads: int
@@ -77,6 +96,23 @@ class HeadsConfig:
     shared_lm_head: bool  # True: "v2", reuse the base lm_head
     base_model: str = ""
     root_conditioned: bool = False  # heads also read the root token's input embedding (see the module docstring)
+    sequential: bool = False  # heads also read the draft tokens earlier on their path (implies root_conditioned)
+
+    def __post_init__(self):
+        if self.sequential and not self.root_conditioned:
+            raise ValueError("sequential heads read the root token too: set root_conditioned=True with sequential=True")
+
+    @staticmethod
+    def flags(kind: str) -> dict[str, bool]:
+        """``root_conditioned`` and ``sequential`` for one of HEAD_KINDS."""
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head kind {kind!r}: use one of {', '.join(HEAD_KINDS)}")
+        return {"root_conditioned": kind != "plain", "sequential": kind == "sequential"}
+
+    @property
+    def kind(self) -> str:
+        """plain | root-conditioned | sequential: the words the CLI and READMEs use."""
+        return "sequential" if self.sequential else "root-conditioned" if self.root_conditioned else "plain"
 
 
 class MedusaHeads(nn.Module):
@@ -94,6 +130,9 @@ class MedusaHeads(nn.Module):
         self.heads = nn.ModuleList(blocks)
         # R_i: [H, H] per head, zero so that a fresh head ignores the root; None for plain Medusa heads
         self.root_proj = nn.ModuleList(_zero_linear(config.hidden_size) for _ in range(config.num_heads)) if config.root_conditioned else None
+        # P_ij: head i's projection of the draft token at depth j+1 (j < i), zero at first; None unless sequential
+        self.path_proj = (nn.ModuleList(nn.ModuleList(_zero_linear(config.hidden_size) for _ in range(i))
+                                        for i in range(config.num_heads)) if config.sequential else None)
         # the base lm_head and input embedding are borrowed, not owned: never saved with the heads
         self._base_lm_head = [base_lm_head]
         self._base_embedding: list[nn.Module | None] = [None]
@@ -155,18 +194,35 @@ class MedusaHeads(nn.Module):
                 for head in self.heads:
                     head[-1].weight.copy_(lm_head.weight)
 
-    def _inputs(self, h: torch.Tensor, root: torch.Tensor | None, num_heads: int | None) -> list[torch.Tensor]:
-        """What each of the first ``num_heads`` heads reads: h [..., H], root [...] token ids -> tensors [..., H]."""
-        count = len(self.heads) if num_heads is None else min(num_heads, len(self.heads))
-        if self.root_proj is None:
-            return [h] * count
-        if root is None:
-            raise ValueError("root-conditioned heads need the root token: pass root= (the base model's next token)")
+    def _embed(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The base input embedding of token ids: [...] -> [..., H]."""
         embedding = self._base_embedding[0]
         if embedding is None:
-            raise RuntimeError("root-conditioned heads need the base input embedding: call attach_base(model)")
-        e = embedding(root).to(h.dtype)  # [..., H]
-        return [h + proj(e) for proj, _ in zip(self.root_proj, range(count))]
+            raise RuntimeError(f"{self.config.kind} heads need the base input embedding: call attach_base(model)")
+        return embedding(tokens).to(dtype)
+
+    def _head_input(self, i: int, h: torch.Tensor, root: torch.Tensor | None, path: torch.Tensor | None) -> torch.Tensor:
+        """What head i reads: h [..., H] plus, for root-conditioned heads, R_i e(root) (root [...]) and, for sequential
+        heads, sum_j P_ij e(path[..., j]) over the first i draft tokens of path [..., >=i]. Shapes broadcast, so
+        h [B, 1, H] with path [B, P, i] gives [B, P, H]."""
+        if self.root_proj is None:
+            return h
+        if root is None:
+            raise ValueError(f"{self.config.kind} heads need the root token: pass root= (the base model's next token)")
+        x = h + self.root_proj[i](self._embed(root, h.dtype))
+        if self.path_proj is None or i == 0:
+            return x
+        if path is None or path.shape[-1] < i:
+            raise ValueError(f"sequential head {i} reads the {i} draft tokens before it on its path: pass path= [..., >={i}] token ids")
+        e = self._embed(path[..., :i], h.dtype)  # [..., i, H]
+        for j, proj in enumerate(self.path_proj[i]):
+            x = x + proj(e[..., j, :])
+        return x
+
+    def _inputs(self, h: torch.Tensor, root: torch.Tensor | None, num_heads: int | None, path: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """What each of the first ``num_heads`` heads reads (see ``_head_input``) -> tensors [..., H]."""
+        count = len(self.heads) if num_heads is None else min(num_heads, len(self.heads))
+        return [self._head_input(i, h, root, path) for i in range(count)]
 
     def _shared_lm_head(self) -> nn.Module:
         lm_head = self._base_lm_head[0]
@@ -174,48 +230,77 @@ class MedusaHeads(nn.Module):
             raise RuntimeError("v2 heads need the base lm_head: call attach_base(model)")
         return lm_head
 
-    def hidden(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
-        """Each head's own layers on what it reads. h: [..., H] (root: [...]) -> [..., K, H], the features before
-        the shared lm_head (v1 heads end in their own lm_head, so for them this is already [..., K, V] logits)."""
-        return torch.stack([head(x) for head, x in zip(self.heads, self._inputs(h, root, num_heads))], dim=-2)
+    def hidden(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None,
+               path: torch.Tensor | None = None) -> torch.Tensor:
+        """Each head's own layers on what it reads. h: [..., H] (root: [...]; path: [..., K-1], the true draft
+        tokens d_1.. for sequential heads, i.e. teacher forcing) -> [..., K, H], the features before the shared
+        lm_head (v1 heads end in their own lm_head, so for them this is already [..., K, V] logits)."""
+        return torch.stack([head(x) for head, x in zip(self.heads, self._inputs(h, root, num_heads, path))], dim=-2)
 
-    def forward(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
-        """h: [..., H] (root: [...]) -> logits [..., K, V]; ``num_heads`` computes only the first heads (a shallow tree)."""
-        out = self.hidden(h, num_heads, root)
+    def forward(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None,
+                path: torch.Tensor | None = None) -> torch.Tensor:
+        """h: [..., H] (root: [...], path: [..., K-1]) -> logits [..., K, V]; ``num_heads`` computes only the first
+        heads (a shallow tree)."""
+        out = self.hidden(h, num_heads, root, path)
         return self._shared_lm_head()(out) if self.config.shared_lm_head else out  # shared: one matmul for all heads
 
-    def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
-        """The token ids each head ranks highest: h [..., H] (root: [...], root-conditioned heads) -> [..., K, topk], best first.
+    def _check_topk(self, topk: int) -> None:
+        if self.draft_vocab is not None and topk > len(self.draft_vocab):
+            raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens; "
+                             f"use a tree with smaller ranks or heads written with a larger --draft-vocab")
+
+    def _guess(self, head: nn.Sequential, x: torch.Tensor, topk: int) -> torch.Tensor:
+        """One head's top-k token ids on inputs x [..., H] -> [..., topk] (draft vocabulary when one is set)."""
+        if self.config.shared_lm_head:
+            features, weight = head(x), self._shared_lm_head().weight
+        else:
+            features, weight = head[:-1](x), head[-1].weight
+        if self.draft_vocab is None:
+            return F.linear(features, weight).topk(topk, dim=-1).indices
+        return self.draft_vocab[self._draft_head(weight)(features).topk(topk, dim=-1).indices]
+
+    def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None, root: torch.Tensor | None = None,
+                   path: torch.Tensor | None = None) -> torch.Tensor:
+        """The token ids each head ranks highest: h [..., H] (root: [...]; path: [..., K-1] true draft tokens for
+        sequential heads) -> [..., K, topk], best first.
 
         Without a draft vocabulary this is ``forward(h).topk(topk)``; with one, only its tokens compete and
         the lm_head product covers only their rows."""
+        self._check_topk(topk)
         if self.draft_vocab is None:
-            return self(h, num_heads, root).topk(topk, dim=-1).indices
-        if topk > len(self.draft_vocab):
-            raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens; "
-                             f"use a tree with smaller ranks or heads written with a larger --draft-vocab")
+            return self(h, num_heads, root, path).topk(topk, dim=-1).indices
         if self.config.shared_lm_head:
-            logits = self._draft_head(self._shared_lm_head().weight)(self.hidden(h, num_heads, root))  # [..., K, V']
-        else:
-            inputs = self._inputs(h, root, num_heads)
-            logits = torch.stack([self._draft_head(head[-1].weight)(head[:-1](x)) for head, x in zip(self.heads, inputs)], dim=-2)
-        return self.draft_vocab[logits.topk(topk, dim=-1).indices]
+            logits = self._draft_head(self._shared_lm_head().weight)(self.hidden(h, num_heads, root, path))  # [..., K, V']
+            return self.draft_vocab[logits.topk(topk, dim=-1).indices]
+        return torch.stack([self._guess(head, x, topk) for head, x in zip(self.heads, self._inputs(h, root, num_heads, path))], dim=-2)
+
+    def path_candidates(self, i: int, h: torch.Tensor, root: torch.Tensor, path: torch.Tensor, topk: int) -> torch.Tensor:
+        """Head i's top-k for several paths at once (sequential heads, one call per tree depth): h [B, 1, H], root
+        [B, 1], path [B, P, i] (the draft tokens at depths 1..i of each of P nodes) -> [B, P, topk]."""
+        self._check_topk(topk)
+        x = self._head_input(i, h, root, path)
+        return self._guess(self.heads[i], x.expand(*path.shape[:-1], x.shape[-1]), topk)  # head 0 reads no path: [B, 1, H]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
-        """The checkpoint's tensors: upstream keys ``{i}.{j}...`` plus ``root.{i}.weight`` for root-conditioned heads."""
+        """The checkpoint's tensors: upstream keys ``{i}.{j}...``, plus ``root.{i}.weight`` (root-conditioned and
+        sequential heads) and ``path.{i}.{j}.weight`` (sequential heads)."""
         state = dict(self.heads.state_dict())
         if self.root_proj is not None:
             state.update({f"root.{k}": v for k, v in self.root_proj.state_dict().items()})
+        if self.path_proj is not None:
+            state.update({f"path.{k}": v for k, v in self.path_proj.state_dict().items()})
         return state
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of ``checkpoint_state`` (strict)."""
         root = {k[len("root."):]: v for k, v in state.items() if k.startswith("root.")}
-        self.heads.load_state_dict({k: v for k, v in state.items() if not k.startswith("root.")}, strict=True)
-        if root and self.root_proj is None:
-            raise KeyError(f"unexpected root keys {sorted(root)[:3]} for heads that are not root-conditioned")
-        if self.root_proj is not None:
-            self.root_proj.load_state_dict(root, strict=True)
+        path = {k[len("path."):]: v for k, v in state.items() if k.startswith("path.")}
+        self.heads.load_state_dict({k: v for k, v in state.items() if not k.startswith(("root.", "path."))}, strict=True)
+        for name, keys, module in (("root", root, self.root_proj), ("path", path, self.path_proj)):
+            if keys and module is None:
+                raise KeyError(f"unexpected {name} keys {sorted(keys)[:3]} for {self.config.kind} heads")
+            if module is not None:
+                module.load_state_dict(keys, strict=True)
 
     def save(self, folder: str | Path, extra_config: dict | None = None, weight_dtype: torch.dtype | None = None) -> None:
         """Write the checkpoint; ``weight_dtype`` (e.g. float16) stores the tensors in that dtype, and loading casts
@@ -234,6 +319,7 @@ class MedusaHeads(nn.Module):
             "vocab_size": self.config.vocab_size,
             "medusa_shared_lm_head": self.config.shared_lm_head,
             **({"medusa_root_conditioned": True} if self.config.root_conditioned else {}),
+            **({"medusa_sequential": True} if self.config.sequential else {}),
             **(extra_config or {}),
         }
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
@@ -272,9 +358,12 @@ def read_heads_config(path: Path) -> dict:
     base = declared.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
         raise HeadsFormatError(f"{path}: field 'base_model_name_or_path' must be a string, got a {json_type(base)}; {fix}")
-    if not isinstance(declared.get("medusa_root_conditioned", False), bool):
-        raise HeadsFormatError(f"{path}: field 'medusa_root_conditioned' must be true or false, "
-                               f"got {declared['medusa_root_conditioned']!r}; {fix}")
+    for flag in ("medusa_root_conditioned", "medusa_sequential"):
+        if not isinstance(declared.get(flag, False), bool):
+            raise HeadsFormatError(f"{path}: field {flag!r} must be true or false, got {declared[flag]!r}; {fix}")
+    if declared.get("medusa_prefix_attention", False):
+        raise HeadsFormatError(f"{path}: field 'medusa_prefix_attention' asks for Hydra++ prefix attention, which this runtime "
+                               f"does not implement; use heads without it (treeopt train-heads --kind sequential)")
     return declared
 
 
@@ -327,14 +416,16 @@ def _describe(value) -> str:
 
 _KEY = re.compile(r"^(\d+)\.(\d+)\.(linear\.weight|linear\.bias|weight)$")
 _ROOT_KEY = re.compile(r"^root\.(\d+)\.weight$")
+_PATH_KEY = re.compile(r"^path\.(\d+)\.(\d+)\.weight$")
 
 
 def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
     """Read head count, ResBlock depth, hidden size and lm_head kind from the state dict's keys."""
     layout: dict[int, dict[int, set[str]]] = {}
     roots = sorted(int(m[1]) for m in map(_ROOT_KEY.match, state) if m)
+    sequential = any(_PATH_KEY.match(key) for key in state)
     for key in state:
-        if _ROOT_KEY.match(key):
+        if _ROOT_KEY.match(key) or _PATH_KEY.match(key):
             continue
         match = _KEY.match(key)
         if not match:
@@ -358,22 +449,29 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
             raise HeadsFormatError(f"{path}: missing key '{i}.{num_layers}.weight' (head {i}'s lm_head)")
     if roots and roots != heads:
         raise HeadsFormatError(f"{path}: root-conditioned heads need one 'root.{{i}}.weight' per head 0..{len(heads) - 1}; found {roots}")
+    if sequential and not roots:
+        raise HeadsFormatError(f"{path}: sequential heads ('path.{{i}}.{{j}}.weight' keys) need 'root.{{i}}.weight' keys too; found none")
     first_key = "0.0.linear.weight" if num_layers else f"0.{num_layers}.weight"
     if state[first_key].dim() != 2:
         raise HeadsFormatError(f"{path}: key {first_key!r} has shape {tuple(state[first_key].shape)}, expected a matrix")
     hidden = state[first_key].shape[0] if num_layers else state[first_key].shape[1]
     vocab = 0 if shared else state[f"0.{num_layers}.weight"].shape[0]
-    expected = _expected_shapes(len(heads), num_layers, hidden, vocab, shared, bool(roots))
+    expected = _expected_shapes(len(heads), num_layers, hidden, vocab, shared, bool(roots), sequential)
     for key, tensor in state.items():  # every key and shape before any allocation: a bad file must not size the heads
         if key not in expected:
             raise HeadsFormatError(f"{path}: unexpected key {key!r}")
         if tuple(tensor.shape) != expected[key]:
             raise HeadsFormatError(f"{path}: key {key!r} has shape {tuple(tensor.shape)}, expected {expected[key]}")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise HeadsFormatError(f"{path}: missing keys {missing[:4]}" + (" (sequential heads need 'path.{i}.{j}.weight' for every 0 <= j < i)"
+                                                                        if sequential else ""))
     return HeadsConfig(num_heads=len(heads), num_layers=num_layers, hidden_size=hidden, vocab_size=vocab, shared_lm_head=shared,
-                       root_conditioned=bool(roots))
+                       root_conditioned=bool(roots), sequential=sequential)
 
 
-def _expected_shapes(num_heads: int, num_layers: int, hidden: int, vocab: int, shared: bool, root: bool) -> dict[str, tuple]:
+def _expected_shapes(num_heads: int, num_layers: int, hidden: int, vocab: int, shared: bool, root: bool,
+                     sequential: bool = False) -> dict[str, tuple]:
     """The keys and shapes of ``MedusaHeads(config).checkpoint_state()``, without building the heads."""
     shapes: dict[str, tuple] = {}
     for i in range(num_heads):
@@ -383,6 +481,8 @@ def _expected_shapes(num_heads: int, num_layers: int, hidden: int, vocab: int, s
             shapes[f"{i}.{num_layers}.weight"] = (vocab, hidden)
         if root:
             shapes[f"root.{i}.weight"] = (hidden, hidden)
+        if sequential:
+            shapes.update({f"path.{i}.{j}.weight": (hidden, hidden) for j in range(i)})
     return shapes
 
 
@@ -397,10 +497,11 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if config_file.exists():
         declared = read_heads_config(config_file)
         config.base_model = declared.get("base_model_name_or_path", "") or ""
-        if bool(declared.get("medusa_root_conditioned", False)) != config.root_conditioned:
-            raise HeadsFormatError(f"{config_file}: 'medusa_root_conditioned' is {declared.get('medusa_root_conditioned', False)} "
-                                   f"but {path.name} {'has' if config.root_conditioned else 'has no'} 'root.{{i}}.weight' keys; "
-                                   f"the two files are from different heads")
+        for flag, has, keys in (("medusa_root_conditioned", config.root_conditioned, "root.{i}.weight"),
+                                ("medusa_sequential", config.sequential, "path.{i}.{j}.weight")):
+            if bool(declared.get(flag, False)) != has:
+                raise HeadsFormatError(f"{config_file}: {flag!r} is {declared.get(flag, False)} but {path.name} "
+                                       f"{'has' if has else 'has no'} '{keys}' keys; the two files are from different heads")
     if base_model is not None:
         base_hidden = base_model.config.hidden_size
         if config.hidden_size != base_hidden:
@@ -439,8 +540,9 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
         for head in heads.heads:  # the ResBlocks only: a v1 head's own lm_head would be a second 100 MB-scale copy
             for block in head[: config.num_layers]:
                 pack_linears(block)  # decoding feeds the heads one row: see layout.py
-        if heads.root_proj is not None:
-            pack_linears(heads.root_proj)
+        for proj in (heads.root_proj, heads.path_proj):
+            if proj is not None:
+                pack_linears(proj)
         heads.attach_base(base_model)
     heads.eval()
     heads.requires_grad_(False)

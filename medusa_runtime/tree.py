@@ -3,6 +3,8 @@
 Nodes are ordered root first, then by depth (stable in spec order), so a parent always precedes its
 children and the node at depth j of any root path has index >= j (which makes the in-place K/V move
 after acceptance safe). Candidates live in a flat vector ``[root; head1 top-k; head2 top-k; ...]``.
+Sequential heads guess per path instead: ``expansions`` lists, per depth, the nodes that have children, the
+draft tokens on their paths and where each child's rank is found (see ``DepthExpansion``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,18 @@ from dataclasses import dataclass
 import torch
 
 from .spec import TreeSpec
+
+
+@dataclass
+class DepthExpansion:
+    """The children of one depth d, guessed by head d for each parent's own path (sequential heads)."""
+
+    depth: int  # d: parents are at depth d, children at d+1, guessed by head d (0-based)
+    topk: int  # 1 + the largest child rank at this depth
+    parent_paths: torch.Tensor  # [P, d] long: node indices of each parent's draft tokens (depths 1..d)
+    children: torch.Tensor  # [C] long: node index of each child
+    child_parent: torch.Tensor  # [C] long: which of the P parents it hangs under
+    child_rank: torch.Tensor  # [C] long: its rank in that parent's top-k
 
 
 @dataclass
@@ -25,6 +39,7 @@ class TreeBuffers:
     parents: torch.Tensor  # [N] long: parent node index (root: 0)
     candidate_index: torch.Tensor  # [N] long: index of each node's token in the flat candidate vector
     root_paths: torch.Tensor  # [N, D+1] long: node indices from the root down to each node, padded with 0
+    expansions: list[DepthExpansion]  # one per depth 0..D-1 (used with sequential heads)
 
 
 def _node_order(paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -50,6 +65,20 @@ def build_buffers(spec: TreeSpec, device: torch.device | str = "cpu", dtype: tor
         if p:
             parents[i] = index[p[:-1]]
             cand[i] = 1 + (len(p) - 1) * topk + p[-1]
+    expansions = []
+    for d in range(depth):
+        parents_d = [p for p in nodes if len(p) == d and any(len(q) == d + 1 and q[:d] == p for q in nodes)]
+        slot = {p: i for i, p in enumerate(parents_d)}
+        kids = [q for q in nodes if len(q) == d + 1]
+        expansions.append(DepthExpansion(
+            depth=d,
+            topk=1 + max(q[-1] for q in kids),
+            parent_paths=torch.tensor([[index[p[:j]] for j in range(1, d + 1)] for p in parents_d], dtype=torch.long,
+                                      device=device).reshape(len(parents_d), d),
+            children=torch.tensor([index[q] for q in kids], dtype=torch.long, device=device),
+            child_parent=torch.tensor([slot[q[:d]] for q in kids], dtype=torch.long, device=device),
+            child_rank=torch.tensor([q[-1] for q in kids], dtype=torch.long, device=device),
+        ))
     bias = torch.zeros(n, n, dtype=dtype)
     bias.masked_fill_(~ancestor, torch.finfo(dtype).min)
     return TreeBuffers(
@@ -62,4 +91,5 @@ def build_buffers(spec: TreeSpec, device: torch.device | str = "cpu", dtype: tor
         parents=parents.to(device),
         candidate_index=cand.to(device),
         root_paths=root_paths.to(device),
+        expansions=expansions,
     )

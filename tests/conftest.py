@@ -50,11 +50,14 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, std: float = 0.5, root: bool = False) -> MedusaHeads:
-    """Random heads; ``root``: root-conditioned, with random (non-zero) root projections."""
+def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, std: float = 0.5, root: bool = False,
+               sequential: bool = False) -> MedusaHeads:
+    """Random heads; ``root``: root-conditioned, with random (non-zero) root projections; ``sequential``: also
+    random path projections (implies ``root``)."""
     torch.manual_seed(seed)
     cfg = model.config
-    heads = MedusaHeads(HeadsConfig(num_heads, 1, cfg.hidden_size, cfg.vocab_size, shared, base_model="tiny", root_conditioned=root))
+    heads = MedusaHeads(HeadsConfig(num_heads, 1, cfg.hidden_size, cfg.vocab_size, shared, base_model="tiny",
+                                    root_conditioned=root or sequential, sequential=sequential))
     heads.init_from_base(model.get_output_embeddings())
     heads.attach_base(model)
     with torch.no_grad():
@@ -62,6 +65,9 @@ def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, st
             torch.nn.init.normal_(head[0].linear.weight, std=std)
         for proj in heads.root_proj or ():
             torch.nn.init.normal_(proj.weight, std=std)
+        for projs in heads.path_proj or ():
+            for proj in projs:
+                torch.nn.init.normal_(proj.weight, std=std)
     heads.eval().requires_grad_(False)
     return heads
 

@@ -12,10 +12,10 @@ from treeopt.stats import load_stats, replay_steps
 PROMPTS = [[4 + i, 9 + 2 * i, 20 + i] for i in range(6)]
 
 
-@pytest.fixture(scope="module", params=["plain", "root-conditioned"])
+@pytest.fixture(scope="module", params=["plain", "root-conditioned", "sequential"])
 def setup(request):
     model = tiny_model("llama", seed=3)
-    heads = tiny_heads(model, num_heads=3, std=0.3, root=request.param == "root-conditioned")
+    heads = tiny_heads(model, num_heads=3, std=0.3, root=request.param == "root-conditioned", sequential=request.param == "sequential")
     loaded = loaded_tiny(model)
     return loaded, heads, calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False)
 

@@ -194,7 +194,7 @@ def test_train_heads_writes_heads_a_draft_vocab_and_a_readme(tiny_folder, tmp_pa
     rows.write_text("".join(json.dumps({"text": " ".join(f"w{rng.randrange(60)}" for _ in range(30))}) + "\n" for _ in range(40)))
     out = tmp_path / "heads"
     args = ("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 2, "--epochs", 2,
-            "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--root-conditioned", "--draft-vocab", 16, "--out", out)
+            "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--kind", "root-conditioned", "--draft-vocab", 16, "--out", out)
     r = invoke(*args)
     assert r.exit_code == 0, r.output
     assert json.loads((out / "config.json").read_text())["medusa_root_conditioned"] is True
@@ -221,6 +221,46 @@ def test_train_heads_writes_heads_a_draft_vocab_and_a_readme(tiny_folder, tmp_pa
     assert invoke(*args).exit_code == 0  # the same command again resumes (nothing left to train) and succeeds
     r = invoke(*args[:-4], "--draft-vocab", -1, "--out", out)
     assert r.exit_code != 0 and "--draft-vocab -1" in r.output
+
+
+def test_train_heads_sequential_from_root_conditioned_heads(tiny_folder, tmp_path):
+    """--kind sequential --init-from: starts from the given heads' guesses and draft vocabulary, then runs losslessly."""
+    from safetensors.torch import load_file
+
+    from medusa_runtime.heads import load_heads
+
+    from transformers import AutoModelForCausalLM
+
+    from medusa_runtime.bench import hf_greedy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder / "model")
+    rows = tmp_path / "rows.jsonl"  # the model's own greedy text, so that every head has targets along its path
+    texts = [[4 + i, 9 + i % 7, 20] + hf_greedy(model, [4 + i, 9 + i % 7, 20], 30, []) for i in range(40)]
+    rows.write_text("".join(json.dumps({"text": " ".join(f"w{t - 4}" for t in ids)}) + "\n" for ids in texts))
+    common = ("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 3, "--epochs", 2,
+              "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--draft-vocab", 24)
+    start, seq = tmp_path / "start", tmp_path / "seq"
+    assert invoke(*common, "--kind", "root-conditioned", "--out", start).exit_code == 0
+    r = invoke(*common, "--kind", "sequential", "--init-from", start, "--out", seq)
+    assert r.exit_code == 0, r.output
+    config = json.loads((seq / "config.json").read_text())
+    assert config["medusa_sequential"] is True and "sequential" in (seq / "README.md").read_text()
+    state = load_file(seq / "medusa_lm_head.safetensors")
+    assert {k for k in state if k.startswith("path.")} == {"path.1.0.weight", "path.2.0.weight", "path.2.1.weight"}
+    assert all(state[k].abs().sum() > 0 for k in state if k.startswith("path."))  # the path projections learned
+    assert load_heads(seq).draft_vocab.tolist() == load_heads(start).draft_vocab.tolist()  # kept from --init-from
+    tree = tmp_path / "tree.json"
+    tree.write_text(json.dumps({"format": "medusa-tree", "version": 1, "paths": [[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]]}))
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", seq, "--tree", tree,
+               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:2", "--max-new-tokens", 12)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["identical"] == 1.0
+    r = invoke(*common, "--kind", "root-conditioned", "--init-from", seq, "--out", tmp_path / "back")
+    assert r.exit_code != 0 and "sequential heads have tensors (path." in r.output
+    r = invoke(*common, "--kind", "hydra", "--out", tmp_path / "bad")
+    assert r.exit_code != 0 and "--kind 'hydra'" in r.output
+    r = invoke(*common, "--kind", "sequential", "--num-heads", 2, "--init-from", start, "--out", tmp_path / "bad2")
+    assert r.exit_code != 0 and "--init-from" in r.output and "(3, 1, True" in r.output
 
 
 def test_train_heads_says_why_answers_stop_short_of_tokens(tiny_folder, tmp_path):
@@ -301,3 +341,26 @@ def test_sweep_at_several_batch_sizes(tiny_folder, stats_file, batch_latency, tm
     assert r.exit_code == 0, r.output
     r = invoke("plan", stats_file, "--latency", batch_latency, "--png", tmp_path / "plan.png", "--measured", batch_latency)
     assert r.exit_code == 2 and "not a sweep result" in r.output
+
+
+def test_pack_answers_then_train_heads_starts_from_them(tiny_folder, tmp_path):
+    """Answers generated once, packed, and a second run seeded from the pack generates nothing."""
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 2} w{i + 5}"}) + "\n" for i in range(6)))
+    common = ("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 2, "--epochs", 1,
+              "--batch-size", 16, "--max-new-tokens", 6, "--num-prompts", 6, "--draft-vocab", 0, "--mtbench-select", "")
+    first = tmp_path / "first"
+    assert invoke(*common, "--out", first).exit_code == 0
+    pack = tmp_path / "answers.npz"
+    r = invoke("pack-answers", first, "--out", pack, "--model", tiny_folder / "model", "--gen-dtype", "float32", "--max-new-tokens", 6)
+    assert r.exit_code == 0, r.output
+    assert "6 answers" in r.output
+    second = tmp_path / "second"
+    r = invoke(*common, "--answers", pack, "--out", second)
+    assert r.exit_code == 0, r.output
+    assert "answers: 6 of the 6" in r.output
+    assert (second / ".work" / "trajectories.jsonl").read_text() == (first / ".work" / "trajectories.jsonl").read_text()
+    r = invoke(*common, "--answers", pack, "--max-new-tokens", 7, "--out", tmp_path / "third")
+    assert r.exit_code != 0 and "max_new_tokens 6 (this run: 7; --max-new-tokens)" in r.output
+    r = invoke("pack-answers", tmp_path / "nowhere", "--out", pack, "--gen-dtype", "float32")
+    assert r.exit_code != 0 and "no such file" in r.output

@@ -15,8 +15,11 @@ MODELS["llama-packed"] = tiny_model("llama", seed=0)  # CPU loading swaps in one
 pack_linears(MODELS["llama-packed"])
 MODELS["llama-draft-vocab"] = MODELS["llama"]  # heads that guess from a third of the 64 tokens only
 MODELS["llama-root"] = MODELS["llama-packed"]  # root-conditioned heads (they also read the root token)
-HEADS = {arch: tiny_heads(model, num_heads=3, root=arch == "llama-root") for arch, model in MODELS.items()}
+MODELS["llama-sequential"] = MODELS["llama-packed"]  # sequential heads: guesses per path, depth by depth
+MODELS["qwen2-sequential-draft"] = MODELS["qwen2"]  # the same, unpacked, from a draft vocabulary
+HEADS = {arch: tiny_heads(model, num_heads=3, root=arch == "llama-root", sequential="sequential" in arch) for arch, model in MODELS.items()}
 HEADS["llama-draft-vocab"].set_draft_vocab(list(range(0, 64, 3)))
+HEADS["qwen2-sequential-draft"].set_draft_vocab(list(range(1, 64, 2)))
 
 
 @st.composite

@@ -13,10 +13,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("root", [False, True])
-def test_tree_decoding_equals_hf_greedy_on_cuda(arch, dtype, root):
+@pytest.mark.parametrize("kind", ["plain", "root-conditioned", "sequential"])
+def test_tree_decoding_equals_hf_greedy_on_cuda(arch, dtype, kind):
     model = tiny_model(arch).to("cuda", dtype)
-    heads = tiny_heads(model, num_heads=3, root=root).to("cuda", dtype)
+    heads = tiny_heads(model, num_heads=3, root=kind == "root-conditioned", sequential=kind == "sequential").to("cuda", dtype)
     heads.attach_base(model)
     tree = TreeSpec([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)])
     for prompt in ([5, 6, 7], [9, 20, 31, 40]):
@@ -26,9 +26,10 @@ def test_tree_decoding_equals_hf_greedy_on_cuda(arch, dtype, root):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_batched_decoding_equals_each_prompts_greedy_on_cuda(dtype):
+@pytest.mark.parametrize("sequential", [False, True])
+def test_batched_decoding_equals_each_prompts_greedy_on_cuda(dtype, sequential):
     model = tiny_model("llama").to("cuda", dtype)
-    heads = tiny_heads(model, num_heads=3, root=True).to("cuda", dtype)
+    heads = tiny_heads(model, num_heads=3, root=True, sequential=sequential).to("cuda", dtype)
     heads.attach_base(model)
     tree = TreeSpec([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)])
     prompts = [[5, 6, 7], [9, 20, 31, 40, 41, 42], [11]]

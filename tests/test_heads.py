@@ -204,3 +204,69 @@ def test_loaded_heads_run_packed_and_guess_what_stock_maths_guesses(tmp_path, mo
     with torch.inference_mode():  # as the decoder calls them
         assert torch.equal(loaded.candidates(h, 4), expected)
         assert loaded._draft_head(lm_weights[0] if shared else loaded.heads[0][-1].weight)._packed is not None
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_sequential_round_trip_and_errors(tmp_path, model, shared):
+    heads = tiny_heads(model, num_heads=3, shared=shared, sequential=True)
+    heads.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["medusa_sequential"] is True and config["medusa_root_conditioned"] is True
+    assert {k for k in load_file(tmp_path / "medusa_lm_head.safetensors") if k.startswith("path.")} == {
+        "path.1.0.weight", "path.2.0.weight", "path.2.1.weight"}
+    loaded = load_heads(tmp_path, model)
+    assert loaded.config.kind == "sequential"
+    h, root, path = torch.randn(4, model.config.hidden_size), torch.tensor([5, 6, 7, 8]), torch.tensor([[9, 10]] * 4)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(h, root=root, path=path), heads(h, root=root, path=path), atol=1e-5)
+        other = loaded(h, root=root, path=path.flip(-1))
+        assert torch.allclose(other[:, 0], loaded(h, root=root, path=path)[:, 0])  # head 0 reads no draft token
+        assert not torch.allclose(other[:, 1:], loaded(h, root=root, path=path)[:, 1:])  # later heads read their path
+        with pytest.raises(ValueError, match="draft tokens before it"):
+            loaded(h, root=root)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "medusa_sequential": False}))
+    with pytest.raises(HeadsFormatError, match="medusa_sequential"):
+        load_heads(tmp_path, model)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "medusa_prefix_attention": True}))
+    with pytest.raises(HeadsFormatError, match="prefix attention"):
+        load_heads(tmp_path, model)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    state = load_file(tmp_path / "medusa_lm_head.safetensors")
+    del state["path.2.1.weight"]
+    save_file(state, tmp_path / "medusa_lm_head.safetensors")
+    with pytest.raises(HeadsFormatError, match=r"path\.2\.1\.weight"):
+        load_heads(tmp_path, model)
+    del state["root.0.weight"], state["root.1.weight"], state["root.2.weight"]
+    save_file(state, tmp_path / "medusa_lm_head.safetensors")
+    with pytest.raises(HeadsFormatError, match="need 'root"):
+        load_heads(tmp_path, model)
+
+
+def test_fresh_sequential_heads_are_their_root_conditioned_heads(model):
+    from medusa_runtime.heads import HeadsConfig, MedusaHeads
+
+    rooted = tiny_heads(model, num_heads=3, root=True)
+    seq = MedusaHeads(HeadsConfig(3, 1, model.config.hidden_size, model.config.vocab_size, True, root_conditioned=True, sequential=True))
+    seq.load_checkpoint_state({**rooted.checkpoint_state(), **{k: v for k, v in seq.checkpoint_state().items() if k.startswith("path.")}})
+    seq.attach_base(model)
+    h, root = torch.randn(3, model.config.hidden_size), torch.tensor([1, 2, 3])
+    with torch.inference_mode():
+        assert torch.equal(seq(h, root=root, path=torch.tensor([[4, 5]] * 3)), rooted(h, root=root))  # zero path projections
+    with pytest.raises(ValueError, match="root_conditioned=True"):
+        HeadsConfig(3, 1, 8, 64, True, sequential=True)
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_path_candidates_are_the_teacher_forced_candidates(model, draft):
+    """What the runtime asks per depth equals what calibration asks along the true path."""
+    heads = tiny_heads(model, num_heads=3, sequential=True)
+    if draft:
+        heads.set_draft_vocab(list(range(2, 64, 3)))
+    h, root = torch.randn(2, model.config.hidden_size), torch.tensor([7, 11])
+    paths = torch.tensor([[[3, 4], [5, 6], [3, 9]], [[8, 8], [1, 2], [60, 61]]])  # [B=2, P=3, 2]
+    with torch.inference_mode():
+        for i in range(3):
+            per_depth = heads.path_candidates(i, h[:, None], root[:, None], paths[..., :i], 4)  # [2, 3, 4]
+            for p in range(3):
+                forced = heads.candidates(h, 4, root=root, path=paths[:, p])  # [2, 3 heads, 4]
+                assert torch.equal(per_depth[:, p], forced[:, i])

@@ -5,7 +5,7 @@ import torch
 
 from conftest import VOCAB, loaded_tiny, tiny_model
 from medusa_runtime.bench import hf_greedy
-from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads
+from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
 from treeopt.distill import Trajectory
 from treeopt.train_heads import (TrainConfig, TrainError, check_output_folder, compute_features, head_accuracy,
                                  read_training_rows, train_heads)
@@ -214,22 +214,27 @@ def test_answers_appended_later_complete_a_cached_partial_chunk(tmp_path):
     assert torch.equal(resumed.targets, fresh.targets) and torch.equal(resumed.hidden, fresh.hidden)
 
 
-def test_root_conditioned_heads_train_and_load_strictly(data, tmp_path):
+@pytest.mark.parametrize("kind", ["root-conditioned", "sequential"])
+def test_conditioned_heads_train_and_load_strictly(data, tmp_path, kind):
     model, features = data
-    heads = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, VOCAB, True, root_conditioned=True))
+    heads = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, VOCAB, True, **HeadsConfig.flags(kind)))
     heads.init_from_base(model.get_output_embeddings())
     heads.attach_base(model)
     before = head_accuracy(heads, features.hidden, features.targets, features.roots)
-    cfg = TrainConfig(num_heads=2, epochs=15, batch_size=64, lr=1e-2, root_conditioned=True)
+    cfg = TrainConfig(num_heads=2, epochs=15, batch_size=64, lr=1e-2, kind=kind)
     train_heads(heads, features, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
     after = head_accuracy(heads, features.hidden, features.targets, features.roots)
     assert after["top1"][0] > before["top1"][0] + 0.1
     assert all(proj.weight.abs().sum() > 0 for proj in heads.root_proj)  # the root projections learned something
+    if kind == "sequential":
+        assert heads.path_proj[1][0].weight.abs().sum() > 0  # so did head 1's projection of the draft token before it
     heads.save(tmp_path / "heads")
     loaded = load_heads(tmp_path / "heads", model)
-    h, root = features.hidden[:5], features.roots[:5]
+    h, root, path = features.hidden[:5], features.roots[:5], true_path(features.targets[:5])
     with torch.inference_mode():
-        assert torch.allclose(loaded(h, root=root), heads(h, root=root), atol=1e-5)
+        assert torch.allclose(loaded(h, root=root, path=path), heads(h, root=root, path=path), atol=1e-5)
+    with pytest.raises(TrainError, match="do not match"):
+        train_heads(heads, features, TrainConfig(num_heads=2, kind="plain"), tmp_path / "s2.pt", model.get_output_embeddings().weight)
 
 
 def test_nothing_after_eos_is_a_target(tmp_path):
@@ -240,3 +245,14 @@ def test_nothing_after_eos_is_a_target(tmp_path):
     without = compute_features(loaded, [Trajectory([4, 7, 9], answer[:-1] + [5])], 3, tmp_path / "b", ["argmax"])
     for k in range(3):  # head k at t = len - k - 1 would guess the token after EOS
         assert with_eos.targets[len(answer) - k - 1, k] == -1 and without.targets[len(answer) - k - 1, k] >= 0
+
+
+def test_features_of_sequences_batched_together_equal_one_at_a_time(tmp_path):
+    """Sequences of different lengths share a forward (right-padded): each one's hidden states are its own."""
+    model = tiny_model("llama", seed=5)
+    loaded = loaded_tiny(model, eos=())
+    trajs = [Trajectory([4 + i, 7], hf_greedy(model, [4 + i, 7], 3 + 4 * i, [])) for i in range(5)]
+    together = compute_features(loaded, trajs, 3, tmp_path / "together", chunk=64)
+    alone = compute_features(loaded, trajs, 3, tmp_path / "alone", chunk=1)
+    assert torch.allclose(together.hidden, alone.hidden, atol=1e-5)
+    assert torch.equal(together.targets, alone.targets) and torch.equal(together.roots, alone.roots)

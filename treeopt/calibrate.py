@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from medusa_runtime.decoding import MedusaDecoder
-from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES
+from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES, true_path
 from medusa_runtime.models import dtype_name
 from medusa_runtime.spec import chain_tree
 
@@ -70,13 +70,16 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     ids = torch.tensor([prompt_ids + response], device=loaded.device)
     hidden = loaded.model.base_model(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(response)]
     resp = torch.tensor(response, dtype=torch.long)
-    roots = resp[: hidden.shape[0]].to(loaded.device)  # [R]: at new-token position t the root is new token t+1
-    top = heads.candidates(hidden, topk, root=roots).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
-    R, K = top.shape[0], top.shape[1]
+    R, K = hidden.shape[0], heads.num_heads
+    roots = resp[:R].to(loaded.device)  # [R]: at new-token position t the root is new token t+1
     future = torch.full((R, K), -1, dtype=torch.long)
     for k in range(K):  # head k at t guesses new token t+k+2, i.e. response[t+k+1]
         n = max(R - (k + 1), 0)
         future[:n, k] = resp[k + 1 : k + 1 + n]
+    # sequential heads read the true path before them (teacher forcing): exactly what the runtime feeds them on the
+    # one path that can be accepted, so ranks along it replay the runtime; past the answer's end nothing is counted
+    path = true_path(future).to(loaded.device)  # [R, K-1]
+    top = heads.candidates(hidden, topk, root=roots, path=path).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
     match = top == future[..., None]  # [R, K, topk]
     ranks = torch.where(match.any(-1), match.float().argmax(-1), torch.full((R, K), -1))
     return ranks.tolist()

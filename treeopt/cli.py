@@ -28,6 +28,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_HEADS = {"smollm2-135m": REPO_DATA / "heads" / "smollm2-135m"}
+DEFAULT_ANSWERS = {"smollm2-135m": REPO_DATA / "answers" / "smollm2-135m.npz"}  # what the shipped heads trained on
 
 ModelOpt = typer.Option("smollm2-135m", "--model", help="alias smollm2-135m, a HF folder, a .gguf file or a hub id")
 HeadsOpt = typer.Option(None, "--heads", help="Medusa heads folder; default: the shipped heads of the default model; 'none' for no heads")
@@ -226,6 +227,44 @@ def bench(
     typer.echo(report_json_line(report))
 
 
+def resolve_answers(answers: str, model: str, gen_dtype: str, max_new_tokens: int) -> str:
+    """--answers auto|none|FILE -> a pack path, or "" to generate every answer."""
+    if answers == "none":
+        return ""
+    if answers != "auto":
+        return answers
+    shipped = DEFAULT_ANSWERS.get(model)
+    return str(shipped) if shipped and shipped.exists() and gen_dtype == "bfloat16" and max_new_tokens == 128 else ""
+
+
+@app.command("pack-answers")
+def pack_answers_cmd(
+    source: Path = typer.Argument(..., help="a train-heads --out folder (its .work/trajectories.jsonl) or such a JSONL file"),
+    out: Path = typer.Option(..., "--out", help=".npz to write (e.g. data/answers/smollm2-135m.npz)"),
+    model: str = ModelOpt,
+    gen_dtype: str = typer.Option(..., "--gen-dtype", help="dtype that wrote the answers (what train-heads was given)"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="the answer length limit they were written with"),
+    source_note: str = typer.Option("", "--note", help="where the prompts came from, kept in the pack's meta"),
+):
+    """Pack self-distilled answers as compact token ids, so that train-heads (--answers) starts from them."""
+    from .answers import write_answers
+    from .distill import read_trajectories
+
+    jsonl = source / ".work" / "trajectories.jsonl" if source.is_dir() else source
+    if not jsonl.is_file():
+        fail(f"{jsonl}: no such file; pass a train-heads --out folder or its trajectories.jsonl")
+    try:
+        trajectories = read_trajectories(jsonl)
+    except ValueError as err:
+        fail(str(err))
+    if not trajectories:
+        fail(f"{jsonl}: holds no answers yet")
+    meta = {"model": model, "gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens, "note": source_note}
+    write_answers(trajectories, out, meta)
+    tokens = sum(len(t.response_ids) for t in trajectories)
+    typer.echo(f"{len(trajectories)} answers ({tokens} answer tokens) packed into {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
 @app.command("train-heads")
 def train_heads_cmd(
     out: Path = typer.Option(..., "--out", help="output folder (upstream Medusa checkpoint format)"),
@@ -234,8 +273,12 @@ def train_heads_cmd(
     num_heads: int = typer.Option(4, "--num-heads"),
     num_layers: int = typer.Option(1, "--num-layers", help="ResBlocks per head"),
     shared_lm_head: bool = typer.Option(True, "--shared-lm-head/--own-lm-head", help="v2 (reuse the base lm_head) or v1"),
-    root_conditioned: bool = typer.Option(False, "--root-conditioned/--plain", help="heads also read the root token's embedding "
-                                          "(treeopt extension of the checkpoint format; --plain: upstream Medusa heads)"),
+    kind: str = typer.Option("plain", "--kind", help="plain (upstream Medusa heads) | root-conditioned (heads also read the root "
+                             "token) | sequential (and the draft tokens earlier on their path); the last two extend the format"),
+    answers: str = typer.Option("auto", "--answers", help="answers pack to start from instead of generating them (auto: the "
+                                "shipped pack of the default model when --gen-dtype bfloat16 and --max-new-tokens 128 fit it; none)"),
+    init_from: str = typer.Option("", "--init-from", help="heads folder to start from (same sizes; e.g. the shipped heads): "
+                                  "its weights and draft vocabulary, new tensors at zero"),
     tokens: int = typer.Option(320_000, "--tokens", help="response tokens of self-distillation data"),
     epochs: int = typer.Option(3, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -255,9 +298,11 @@ def train_heads_cmd(
     device: str = DeviceOpt,
 ):
     """Train Medusa-1 heads by self-distillation (base frozen) and write them with a README of figures."""
+    from .answers import AnswersError
     from .train_heads import TrainConfig, TrainError, run_train_heads
 
-    cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, root_conditioned=root_conditioned, tokens=tokens,
+    cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, kind=kind, init_from=init_from, tokens=tokens,
+                      answers=resolve_answers(answers, model, gen_dtype, max_new_tokens),
                       epochs=epochs, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
                       draft_vocab=draft_vocab, save_dtype=save_dtype,
                       max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, prompts=num_prompts)
@@ -268,7 +313,7 @@ def train_heads_cmd(
     loaded, _, _ = load_everything(model, "none", dtype, device)
     try:
         result = run_train_heads(loaded, data, cfg, out, overwrite, command_line(), mtbench_select or None)
-    except TrainError as err:
+    except (TrainError, AnswersError) as err:
         fail(str(err))
     for name in ("held_out", "mtbench"):
         if result[name]:

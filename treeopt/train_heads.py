@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medusa_runtime.files import parse_json, read_text
-from medusa_runtime.heads import HeadsConfig, MedusaHeads
+from medusa_runtime.heads import HEAD_KINDS, HeadsConfig, MedusaHeads, load_heads, true_path
 from medusa_runtime.models import DTYPES, dtype_name, resolve_dtype
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
 
+from .answers import check_answers_fit, read_answers, seed_answers
 from .distill import Trajectory, generate_trajectories
 
 
@@ -47,7 +48,11 @@ class TrainConfig:
     num_heads: int = 4
     num_layers: int = 1
     shared_lm_head: bool = True
-    root_conditioned: bool = False  # heads also read the root token's embedding (medusa_runtime/heads.py)
+    kind: str = "plain"  # plain | root-conditioned (heads also read the root token) | sequential (and the draft tokens
+    # earlier on their path): see medusa_runtime/heads.py
+    answers: str = ""  # an answers pack (treeopt/answers.py) to start from instead of generating those answers again
+    init_from: str = ""  # heads folder to start from (same sizes): its ResBlocks, root projections and draft vocabulary;
+    # what it lacks (a sequential head's path projections) starts at zero, so training starts from its guesses
     tokens: int = 320_000  # response tokens of self-distillation data to generate / use
     epochs: int = 3
     lr: float = 1e-3
@@ -67,6 +72,12 @@ class TrainConfig:
     save_dtype: str = "float16"  # weights are rounded to this before evaluation and stored in it (float32: as trained)
 
     def validate(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise TrainError(f"--kind {self.kind!r}: use one of {', '.join(HEAD_KINDS)}")
+        if self.answers and not Path(self.answers).is_file():
+            raise TrainError(f"--answers {self.answers}: no such file; pass a pack written by 'treeopt pack-answers', or none")
+        if self.init_from and not Path(self.init_from).is_dir():
+            raise TrainError(f"--init-from {self.init_from}: no such heads folder")
         if self.num_heads < 1:
             raise TrainError(f"--num-heads {self.num_heads}: need at least 1 head")
         if self.num_layers < 0:
@@ -158,6 +169,14 @@ def answer_shortfall(prompts: list[str], answered_tokens: int, cfg: TrainConfig)
             f"{cfg.max_prompt_tokens} is answered; {fix}")
 
 
+def seed_from_pack(path: Path, jsonl: Path, loaded, cfg: TrainConfig) -> None:
+    """Append the answers of a pack to the run's answer file (those it lacks), after checking they fit the run."""
+    pack = read_answers(path)
+    check_answers_fit(pack, path, loaded.name, cfg.gen_dtype or dtype_name(loaded.dtype), cfg.max_new_tokens)
+    added = seed_answers(pack, jsonl)
+    print(f"answers: {added} of the {len(pack.trajectories)} in {path} added to {jsonl} ({pack.answer_tokens} answer tokens in the pack)")
+
+
 def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: TrainConfig, out: Path) -> list[Trajectory]:
     trajectories = []
     if prompts:
@@ -168,6 +187,8 @@ def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: Trai
         random.Random(cfg.seed).shuffle(order)
         ids = [render_chat(loaded.tokenizer, p) for p in order[: cfg.prompts]]
         ids = [x for x in ids if len(x) <= cfg.max_prompt_tokens]
+        if cfg.answers:
+            seed_from_pack(Path(cfg.answers), out / "trajectories.jsonl", loaded, cfg)
         trajectories += generate_trajectories(generation_model(loaded, cfg), ids, out / "trajectories.jsonl", cfg.max_new_tokens,
                                               batch_size=cfg.gen_batch_size, token_budget=cfg.tokens)
     for text in texts:
@@ -178,6 +199,22 @@ def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: Trai
 
 
 TARGET_MODES = ("tokens", "argmax", "greedy_path")
+
+
+FEATURE_BATCH = 8  # sequences per forward while computing features (a CPU runs [8, T] GEMMs far better than [1, T])
+
+
+def _hidden_states(base, sequences: list[list[int]], device) -> list[torch.Tensor]:
+    """The base model's final hidden states of each sequence, [T_i, H] each, a few sequences per forward. They
+    are right-padded with their own last token: under a causal mask a token never sees the padding after it."""
+    out = []
+    for s in range(0, len(sequences), FEATURE_BATCH):
+        group = sequences[s : s + FEATURE_BATCH]
+        width = max(len(ids) for ids in group)
+        tokens = torch.tensor([ids + ids[-1:] * (width - len(ids)) for ids in group], device=device)  # [b, T]
+        hidden = base(input_ids=tokens).last_hidden_state  # [b, T, H]
+        out += [hidden[i, : len(ids)] for i, ids in enumerate(group)]
+    return out
 
 
 @torch.no_grad()  # not inference_mode: the features feed autograd later
@@ -209,11 +246,12 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
             parts.append(torch.load(path, weights_only=True))
             continue
         hid, tgt, seq, rts = [], [], [], []
+        states = _hidden_states(base, [t.prompt_ids + t.response_ids for t in batch], loaded.device)
         for j, traj in enumerate(batch):
             mode = target_modes[start + j] if target_modes is not None else "tokens"
             ids = traj.prompt_ids + traj.response_ids
             tokens = torch.tensor([ids], device=loaded.device)
-            h = base(input_ids=tokens).last_hidden_state[0]  # [T, H]
+            h = states[j]  # [T, H]
             if mode == "tokens":
                 nxt = tokens[0, 1:]  # greedy answers: the token there is the base model's prediction
                 nxt = torch.cat([nxt, nxt.new_full((1,), -1)])  # [T]
@@ -284,7 +322,7 @@ def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tenso
     for s in range(0, len(hidden), batch):
         h = hidden[s : s + batch].to(param.device, param.dtype)
         t = targets[s : s + batch].to(param.device)
-        top5 = heads.candidates(h, 5, root=roots[s : s + batch].to(param.device))  # [B, K, 5] (draft vocabulary when one is set)
+        top5 = heads.candidates(h, 5, root=roots[s : s + batch].to(param.device), path=true_path(t))  # [B, K, 5] (draft vocabulary when one is set)
         valid = t >= 0
         hit1 += ((top5[..., 0] == t) & valid).sum(0).cpu()
         hit5 += ((top5 == t[..., None]).any(-1) & valid).sum(0).cpu()
@@ -318,9 +356,8 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     ``softmax_vocab``: the tokens the heads will guess from (a draft vocabulary). With a shared lm_head the
     softmax then runs over exactly those, and targets outside them are skipped (never guessable). Without it,
     the softmax runs over the tokens that occur as targets plus mined hard negatives."""
-    if heads.config.root_conditioned != cfg.root_conditioned or heads.num_heads != cfg.num_heads:
-        raise TrainError(f"heads ({heads.num_heads}, root-conditioned: {heads.config.root_conditioned}) do not match the training "
-                         f"config ({cfg.num_heads}, root-conditioned: {cfg.root_conditioned})")
+    if heads.config.kind != cfg.kind or heads.num_heads != cfg.num_heads:
+        raise TrainError(f"heads ({heads.num_heads}, {heads.config.kind}) do not match the training config ({cfg.num_heads}, {cfg.kind})")
     train_idx, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
     fixed = softmax_vocab is not None and heads.config.shared_lm_head
     vocab = softmax_vocab.unique() if fixed else features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
@@ -340,7 +377,8 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         found = [vocab]
         with torch.no_grad():
             for chunk in sample.split(256):  # [256, K, V] logits at a time
-                logits = F.linear(heads.hidden(features.hidden[chunk].float(), root=features.roots[chunk]), lm_weight.detach().float())
+                logits = F.linear(heads.hidden(features.hidden[chunk].float(), root=features.roots[chunk],
+                                               path=true_path(features.targets[chunk])), lm_weight.detach().float())
                 found.append(logits.topk(MINE_TOPK, dim=-1).indices.flatten())
         return torch.unique(torch.cat(found))
 
@@ -376,12 +414,13 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         h = features.hidden[idx].float()  # [B, H]
         t = features.targets[idx]  # [B, K]
         root = features.roots[idx]  # [B]
+        path = true_path(t)  # [B, K-1]: the draft tokens a sequential head reads (teacher forcing)
         if heads.config.shared_lm_head:
-            logits = F.linear(heads.hidden(h, root=root), sub_weight)  # [B, K, V']
+            logits = F.linear(heads.hidden(h, root=root, path=path), sub_weight)  # [B, K, V']
             column = remap[t.clamp(min=0)]  # -1: a token outside the softmax (only with a fixed vocabulary)
             target = torch.where((t >= 0) & (column >= 0), column, -100)
         else:
-            logits = heads(h, root=root)
+            logits = heads(h, root=root, path=path)
             target = torch.where(t >= 0, t, -100)
         losses = torch.stack([F.cross_entropy(logits[:, k], target[:, k], ignore_index=-100) for k in range(cfg.num_heads)])
         loss = (losses.nan_to_num(0.0) * weights).sum()
@@ -430,8 +469,13 @@ def write_readme(out: Path, command: str, data_desc: str, cfg: TrainConfig, resu
         return "\n".join(rows)
 
     kind = "shared base lm_head (v2)" if cfg.shared_lm_head else "own lm_head (v1)"
-    if cfg.root_conditioned:
+    if cfg.kind == "root-conditioned":
         kind += ", root-conditioned (treeopt extension: each head also reads the root token's embedding)"
+    if cfg.kind == "sequential":
+        kind += (", sequential (treeopt extension: each head also reads the embeddings of the root and of the draft tokens "
+                 "earlier on its path)")
+    if cfg.init_from:
+        kind += f"; started from the heads in {cfg.init_from}, whose draft vocabulary they keep"
     if result["softmax"] == "draft":
         softmax = (f"softmax during training over the {result['softmax_vocab']} tokens of the draft vocabulary, the tokens the "
                    f"runtime guesses from (targets outside it are never guessable and are skipped)")
@@ -466,6 +510,40 @@ Accuracies below are the runtime's own guesses: {guesses}.
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
+def new_heads(loaded, cfg: TrainConfig, trajectories: list[Trajectory]) -> tuple[MedusaHeads, tuple[list[int], dict] | None]:
+    """Fresh float32 heads of ``cfg.kind`` for training, and the draft vocabulary they will guess from.
+
+    From ``cfg.init_from``: every tensor those heads have is copied (they must match in count, depth, lm_head kind
+    and hidden size) and their draft vocabulary is kept, so training starts from their guesses. Otherwise a fresh
+    Medusa start (ResBlocks at zero: the base lm_head) and a draft vocabulary from the answers."""
+    lm_head = loaded.model.get_output_embeddings()
+    hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, loaded.model.config.hidden_size, loaded.model.config.vocab_size,
+                       cfg.shared_lm_head, base_model=loaded.name, **HeadsConfig.flags(cfg.kind))
+    heads = MedusaHeads(hcfg)
+    heads.init_from_base(lm_head)
+    chosen = draft_vocab_from(trajectories, cfg.draft_vocab) if cfg.draft_vocab else None
+    if cfg.init_from:
+        start = load_heads(cfg.init_from)
+        got = (start.num_heads, start.config.num_layers, start.config.shared_lm_head, start.config.hidden_size)
+        want = (cfg.num_heads, cfg.num_layers, cfg.shared_lm_head, hcfg.hidden_size)
+        if got != want:
+            raise TrainError(f"--init-from {cfg.init_from}: heads of (count, ResBlocks, shared lm_head, hidden) {got}, but this "
+                             f"run trains {want}; pass matching --num-heads/--num-layers or another folder")
+        state = heads.checkpoint_state()
+        extra = sorted(set(start.checkpoint_state()) - set(state))
+        if extra:
+            raise TrainError(f"--init-from {cfg.init_from}: {start.config.kind} heads have tensors ({extra[0]}, ...) that "
+                             f"{cfg.kind} heads lack; start {cfg.kind} heads from plain or {cfg.kind} ones")
+        heads.load_checkpoint_state({**state, **{k: v.float() for k, v in start.checkpoint_state().items()}})
+        if start.draft_vocab is not None:
+            chosen = (start.draft_vocab.tolist(), dict(start.draft_vocab_meta))
+    heads.attach_base(loaded.model)
+    heads.to(torch.float32)
+    if cfg.draft_vocab and chosen is None:
+        print(f"no draft vocabulary written: the answers hold fewer than {cfg.draft_vocab} distinct tokens")
+    return heads, chosen
+
+
 def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: bool = False, command: str = "",
                     mtbench_select: str | None = "0:80", progress: bool = True) -> dict:
     """The whole pipeline: data, features, training, evaluation, the checkpoint and its README."""
@@ -483,6 +561,8 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     if n_generated:
         written = cfg.gen_dtype or dtype_name(loaded.dtype)
         desc += f"; {n_generated} greedy answers of the base model ({answered} tokens) written in {written}"
+        if cfg.answers:
+            desc += f" (the run's answer file seeded from the pack {cfg.answers})"
         if answer_target_mode(loaded, cfg) == "greedy_path":
             desc += (", targets recomputed by the training model itself, skipped where the answer leaves its greedy path")
     shortfall = answer_shortfall(prompts, answered, cfg)
@@ -491,19 +571,11 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
         desc += f" ({shortfall})"
     # raw text: plain heads learn from every position; root-conditioned heads only where the text follows the
     # model's own argmax, or the root they read and the token their target follows would differ
-    text_mode = "greedy_path" if cfg.root_conditioned else "argmax"
+    text_mode = "greedy_path" if cfg.kind != "plain" else "argmax"
     modes = [answer_target_mode(loaded, cfg)] * n_generated + [text_mode] * len(texts)
     features = compute_features(loaded, trajectories, cfg.num_heads, work / "features", modes)
     lm_head = loaded.model.get_output_embeddings()
-    hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, loaded.model.config.hidden_size, loaded.model.config.vocab_size,
-                       cfg.shared_lm_head, base_model=loaded.name, root_conditioned=cfg.root_conditioned)
-    heads = MedusaHeads(hcfg)
-    heads.init_from_base(lm_head)
-    heads.attach_base(loaded.model)
-    heads.to(torch.float32)
-    chosen = draft_vocab_from(trajectories, cfg.draft_vocab) if cfg.draft_vocab else None
-    if cfg.draft_vocab and chosen is None:
-        print(f"no draft vocabulary written: the answers hold fewer than {cfg.draft_vocab} distinct tokens")
+    heads, chosen = new_heads(loaded, cfg, trajectories)
     result = train_heads(heads, features, cfg, work / "train_state.pt", lm_head.weight, progress,
                          softmax_vocab=torch.tensor(chosen[0]) if chosen else None)
     if cfg.save_dtype != "float32":  # evaluate exactly the weights that are written
@@ -513,7 +585,7 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     mtbench, draft = None, None
     if chosen:
         heads.set_draft_vocab(*chosen)
-        draft = {**chosen[1], "vocab_size": hcfg.vocab_size}
+        draft = {**chosen[1], "vocab_size": heads.config.vocab_size}
     result["held_out"] = head_accuracy(heads, *held_out(features, cfg))  # as the runtime guesses: stored weights, draft vocabulary
     if mtbench_select:
         from medusa_runtime.prompts import select_prompts

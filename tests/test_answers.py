@@ -1,0 +1,64 @@
+"""Answer packs: compact round trip, strict reading, and seeding train-heads' resumable answer file."""
+
+import json
+
+import numpy as np
+import pytest
+
+from treeopt.answers import AnswersError, check_answers_fit, read_answers, seed_answers, write_answers
+from treeopt.distill import Trajectory, read_trajectories
+
+META = {"model": "smollm2-135m", "gen_dtype": "bfloat16", "max_new_tokens": 128}
+ANSWERS = [Trajectory([1, 2, 3], [40000, 5, 6]), Trajectory([7], [8]), Trajectory([9, 10], [])]
+
+
+def test_round_trip_is_exact_and_compact(tmp_path):
+    path = write_answers(ANSWERS, tmp_path / "a.npz", META)
+    pack = read_answers(path)
+    assert pack.trajectories == ANSWERS and pack.answer_tokens == 4
+    assert pack.meta["answers"] == 3 and pack.meta["model"] == "smollm2-135m"
+    with np.load(path) as raw:
+        assert raw["tokens"].dtype == np.uint16  # ids below 65536: two bytes each
+    big = write_answers([Trajectory([70000], [1])], tmp_path / "b.npz", META)
+    assert read_answers(big).trajectories == [Trajectory([70000], [1])]
+
+
+def test_defects_are_named(tmp_path):
+    with pytest.raises(AnswersError, match="no such file"):
+        read_answers(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(AnswersError, match="not a readable .npz"):
+        read_answers(tmp_path / "junk.npz")
+    np.savez(tmp_path / "short.npz", tokens=np.zeros(3, np.uint16))
+    with pytest.raises(AnswersError, match="'prompt_lengths' is missing"):
+        read_answers(tmp_path / "short.npz")
+    path = write_answers(ANSWERS, tmp_path / "a.npz", META)
+    with np.load(path) as raw:
+        arrays = dict(raw)
+    np.savez(tmp_path / "cut.npz", **{**arrays, "tokens": arrays["tokens"][:-1]})
+    with pytest.raises(AnswersError, match="do not add up"):
+        read_answers(tmp_path / "cut.npz")
+    np.savez(tmp_path / "fmt.npz", **{**arrays, "meta": np.asarray(json.dumps({"format": "other"}))})
+    with pytest.raises(AnswersError, match="'format' and 'version'"):
+        read_answers(tmp_path / "fmt.npz")
+    with pytest.raises(AnswersError, match="needs 'gen_dtype'"):
+        write_answers(ANSWERS, tmp_path / "x.npz", {"model": "m", "max_new_tokens": 1})
+
+
+def test_answers_of_another_setting_are_refused(tmp_path):
+    pack = read_answers(write_answers(ANSWERS, tmp_path / "a.npz", META))
+    check_answers_fit(pack, tmp_path / "a.npz", "smollm2-135m", "bfloat16", 128)
+    with pytest.raises(AnswersError, match=r"gen_dtype 'bfloat16' \(this run: 'float32'; --gen-dtype\)"):
+        check_answers_fit(pack, tmp_path / "a.npz", "smollm2-135m", "float32", 128)
+    with pytest.raises(AnswersError, match="--max-new-tokens"):
+        check_answers_fit(pack, tmp_path / "a.npz", "smollm2-135m", "bfloat16", 64)
+
+
+def test_seeding_appends_only_what_the_answer_file_lacks(tmp_path):
+    pack = read_answers(write_answers(ANSWERS, tmp_path / "a.npz", META))
+    jsonl = tmp_path / "work" / "trajectories.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_text(json.dumps({"prompt_ids": [7], "response_ids": [8]}) + "\n" + '{"prompt_ids": [1')  # a killed run's tail
+    assert seed_answers(pack, jsonl) == 2
+    assert read_trajectories(jsonl) == [ANSWERS[1], ANSWERS[0], ANSWERS[2]]
+    assert seed_answers(pack, jsonl) == 0
