@@ -62,3 +62,16 @@ def test_seeding_appends_only_what_the_answer_file_lacks(tmp_path):
     assert seed_answers(pack, jsonl) == 2
     assert read_trajectories(jsonl) == [ANSWERS[1], ANSWERS[0], ANSWERS[2]]
     assert seed_answers(pack, jsonl) == 0
+
+
+def test_auto_is_the_shipped_pack_only_when_the_settings_fit():
+    from treeopt.answers import SHIPPED, resolve_answers
+
+    assert resolve_answers("auto", "smollm2-135m", "bfloat16", 128) == str(SHIPPED["smollm2-135m"])
+    assert SHIPPED["smollm2-135m"].exists()  # the pack ships with the repository
+    assert resolve_answers("auto", "smollm2-135m", "float32", 128) == ""
+    assert resolve_answers("auto", "other-model", "bfloat16", 128) == ""
+    assert resolve_answers("none", "smollm2-135m", "bfloat16", 128) == ""
+    assert resolve_answers("x.npz", "smollm2-135m", "bfloat16", 128) == "x.npz"
+    pack = read_answers(SHIPPED["smollm2-135m"])
+    assert pack.meta["gen_dtype"] == "bfloat16" and pack.meta["max_new_tokens"] == 128 and len(pack.trajectories) >= 3072

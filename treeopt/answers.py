@@ -24,6 +24,9 @@ import numpy as np
 from .distill import Trajectory, drop_partial_tail, read_trajectories
 
 ANSWERS_FORMAT = "treeopt-answers"
+# the shipped pack per model alias: what the shipped heads trained on (bfloat16 answers of at most 128 tokens)
+SHIPPED = {"smollm2-135m": Path(__file__).resolve().parent.parent / "data" / "answers" / "smollm2-135m.npz"}
+SHIPPED_SETTINGS = {"gen_dtype": "bfloat16", "max_new_tokens": 128}
 ANSWERS_VERSION = 1
 
 
@@ -105,6 +108,18 @@ def check_answers_fit(pack: AnswerPack, path: Path, model: str, gen_dtype: str, 
         flags = {"model": "--model", "gen_dtype": "--gen-dtype", "max_new_tokens": "--max-new-tokens"}
         said = ", ".join(f"{k} {pack.meta.get(k)!r} (this run: {want[k]!r}; {flags[k]})" for k in wrong)
         raise AnswersError(f"{path}: answers written with {said}; match those flags, or pass --answers none to generate new ones")
+
+
+def resolve_answers(answers: str, model: str, gen_dtype: str, max_new_tokens: int) -> str:
+    """``train-heads --answers auto|none|FILE`` -> a pack path, or "" to generate every answer. ``auto``: the
+    shipped pack of ``model`` when the run's settings are the pack's."""
+    if answers == "none":
+        return ""
+    if answers != "auto":
+        return answers
+    shipped = SHIPPED.get(model)
+    fits = {"gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens} == SHIPPED_SETTINGS
+    return str(shipped) if shipped is not None and shipped.exists() and fits else ""
 
 
 def seed_answers(pack: AnswerPack, jsonl: Path) -> int:

@@ -28,7 +28,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_HEADS = {"smollm2-135m": REPO_DATA / "heads" / "smollm2-135m"}
-DEFAULT_ANSWERS = {"smollm2-135m": REPO_DATA / "answers" / "smollm2-135m.npz"}  # what the shipped heads trained on
 
 ModelOpt = typer.Option("smollm2-135m", "--model", help="alias smollm2-135m, a HF folder, a .gguf file or a hub id")
 HeadsOpt = typer.Option(None, "--heads", help="Medusa heads folder; default: the shipped heads of the default model; 'none' for no heads")
@@ -227,16 +226,6 @@ def bench(
     typer.echo(report_json_line(report))
 
 
-def resolve_answers(answers: str, model: str, gen_dtype: str, max_new_tokens: int) -> str:
-    """--answers auto|none|FILE -> a pack path, or "" to generate every answer."""
-    if answers == "none":
-        return ""
-    if answers != "auto":
-        return answers
-    shipped = DEFAULT_ANSWERS.get(model)
-    return str(shipped) if shipped and shipped.exists() and gen_dtype == "bfloat16" and max_new_tokens == 128 else ""
-
-
 @app.command("pack-answers")
 def pack_answers_cmd(
     source: Path = typer.Argument(..., help="a train-heads --out folder (its .work/trajectories.jsonl) or such a JSONL file"),
@@ -298,7 +287,7 @@ def train_heads_cmd(
     device: str = DeviceOpt,
 ):
     """Train Medusa-1 heads by self-distillation (base frozen) and write them with a README of figures."""
-    from .answers import AnswersError
+    from .answers import AnswersError, resolve_answers
     from .train_heads import TrainConfig, TrainError, run_train_heads
 
     cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, kind=kind, init_from=init_from, tokens=tokens,
