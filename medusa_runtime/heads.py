@@ -524,10 +524,7 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
             raise HeadsFormatError(
                 f"{path}: key {key!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
             )
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise HeadsFormatError(f"{path}: missing keys {missing}")
-    heads.load_checkpoint_state(state)
+    heads.load_checkpoint_state(state)  # infer_config has checked that no key is missing
     draft = folder / DRAFT_VOCAB_FILE
     if draft.exists():
         try:

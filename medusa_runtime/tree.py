@@ -67,9 +67,9 @@ def build_buffers(spec: TreeSpec, device: torch.device | str = "cpu", dtype: tor
             cand[i] = 1 + (len(p) - 1) * topk + p[-1]
     expansions = []
     for d in range(depth):
-        parents_d = [p for p in nodes if len(p) == d and any(len(q) == d + 1 and q[:d] == p for q in nodes)]
-        slot = {p: i for i, p in enumerate(parents_d)}
         kids = [q for q in nodes if len(q) == d + 1]
+        parents_d = list(dict.fromkeys(q[:d] for q in kids))  # the depth-d nodes with children, each once
+        slot = {p: i for i, p in enumerate(parents_d)}
         expansions.append(DepthExpansion(
             depth=d,
             topk=1 + max(q[-1] for q in kids),

@@ -521,7 +521,7 @@ def new_heads(loaded, cfg: TrainConfig, trajectories: list[Trajectory]) -> tuple
                        cfg.shared_lm_head, base_model=loaded.name, **HeadsConfig.flags(cfg.kind))
     heads = MedusaHeads(hcfg)
     heads.init_from_base(lm_head)
-    chosen = draft_vocab_from(trajectories, cfg.draft_vocab) if cfg.draft_vocab else None
+    chosen = None
     if cfg.init_from:
         start = load_heads(cfg.init_from)
         got = (start.num_heads, start.config.num_layers, start.config.shared_lm_head, start.config.hidden_size)
@@ -529,14 +529,16 @@ def new_heads(loaded, cfg: TrainConfig, trajectories: list[Trajectory]) -> tuple
         if got != want:
             raise TrainError(f"--init-from {cfg.init_from}: heads of (count, ResBlocks, shared lm_head, hidden) {got}, but this "
                              f"run trains {want}; pass matching --num-heads/--num-layers or another folder")
-        state = heads.checkpoint_state()
-        extra = sorted(set(start.checkpoint_state()) - set(state))
+        state, given = heads.checkpoint_state(), start.checkpoint_state()
+        extra = sorted(set(given) - set(state))
         if extra:
             raise TrainError(f"--init-from {cfg.init_from}: {start.config.kind} heads have tensors ({extra[0]}, ...) that "
                              f"{cfg.kind} heads lack; start {cfg.kind} heads from plain or {cfg.kind} ones")
-        heads.load_checkpoint_state({**state, **{k: v.float() for k, v in start.checkpoint_state().items()}})
+        heads.load_checkpoint_state({**state, **{k: v.float() for k, v in given.items()}})
         if start.draft_vocab is not None:
             chosen = (start.draft_vocab.tolist(), dict(start.draft_vocab_meta))
+    if chosen is None and cfg.draft_vocab:
+        chosen = draft_vocab_from(trajectories, cfg.draft_vocab)
     heads.attach_base(loaded.model)
     heads.to(torch.float32)
     if cfg.draft_vocab and chosen is None:
