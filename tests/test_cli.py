@@ -269,14 +269,17 @@ def test_train_heads_says_why_answers_stop_short_of_tokens(tiny_folder, tmp_path
     out = tmp_path / "heads"
     r = invoke("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 2, "--epochs", 1,
                "--batch-size", 16, "--max-new-tokens", 6, "--tokens", 100000, "--num-prompts", 3, "--draft-vocab", 0,
-               "--mtbench-select", "", "--out", out)
+               "--target", "distribution", "--mtbench-select", "", "--out", out)
     assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["treeopt_train"]["config"]["target"] == "distribution"
     assert len((out / ".work" / "trajectories.jsonl").read_text().splitlines()) == 3  # --num-prompts drew 3 of 5
     why = "short of --tokens 100000: every prompt of the 3 drawn that fits --max-prompt-tokens 128 is answered"
     assert why in r.output and "raise --num-prompts (the data holds 5 distinct prompts)" in r.output
     assert why in (out / "README.md").read_text()
     r = invoke("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-prompts", 0, "--out", tmp_path / "h0")
     assert r.exit_code != 0 and "--num-prompts must be positive" in r.output
+    r = invoke("train-heads", "--model", tiny_folder / "model", "--data", rows, "--target", "soft", "--out", tmp_path / "h1")
+    assert r.exit_code != 0 and "--target 'soft': use one of greedy, distribution" in r.output
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from medusa_runtime.bench import hf_greedy
 from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
 from treeopt.distill import Trajectory
 from treeopt.train_heads import (TrainConfig, TrainError, check_output_folder, compute_features, head_accuracy,
-                                 read_training_rows, train_heads)
+                                 head_losses, read_training_rows, teacher_logits, train_heads)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,40 @@ def test_training_lowers_loss_and_writes_a_loadable_checkpoint(data, tmp_path):
     loaded = load_heads(tmp_path / "heads", model)
     h = features.hidden[:5]
     assert torch.allclose(loaded(h), heads(h), atol=1e-6)
+
+
+def test_the_teacher_is_the_base_models_prediction_ahead(data):
+    model, features = data
+    idx = torch.arange(len(features.hidden))
+    teacher = teacher_logits(features, idx, 2, model.get_output_embeddings().weight.detach())  # [M, 2, V]
+    valid = features.targets >= 0
+    assert valid.sum() > 100
+    assert torch.equal(teacher.argmax(-1)[valid], features.targets[valid])
+
+
+def test_head_losses_cross_entropy_and_kl_over_rows_with_a_target():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(6, 2, 5), torch.randn(6, 2, 5)
+    target = torch.tensor([[0, 1], [2, -100], [4, 3], [-100, -100], [1, 0], [3, 2]])
+    expected = torch.stack([torch.nn.functional.cross_entropy(logits[:, k], target[:, k], ignore_index=-100) for k in range(2)])
+    assert torch.allclose(head_losses(logits, target), expected)
+    assert torch.allclose(head_losses(teacher, target, teacher), torch.zeros(2), atol=1e-6)
+    kl = head_losses(logits, target, teacher)
+    assert (kl > 0.05).all()
+    changed = logits.clone()
+    changed[3] = 100.0  # a row without targets does not count
+    assert torch.allclose(head_losses(changed, target, teacher), kl)
+    assert head_losses(logits, torch.full((6, 2), -100), teacher).tolist() == [0.0, 0.0]
+
+
+def test_training_on_the_teacher_distribution_learns_the_greedy_tokens(data, tmp_path):
+    model, features = data
+    heads = fresh_heads(model)
+    before = head_accuracy(heads, features.hidden, features.targets, features.roots)
+    cfg = TrainConfig(num_heads=2, epochs=15, batch_size=64, lr=1e-2, target="distribution")
+    train_heads(heads, features, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
+    after = head_accuracy(heads, features.hidden, features.targets, features.roots)
+    assert after["top1"][0] > before["top1"][0] + 0.1
 
 
 def test_resume_continues_from_the_saved_step(data, tmp_path):
@@ -98,6 +132,10 @@ def test_resume_reproduces_an_uninterrupted_run(data, tmp_path, monkeypatch):
 def test_bad_inputs(tmp_path):
     with pytest.raises(TrainError, match="--num-heads 0"):
         TrainConfig(num_heads=0).validate()
+    with pytest.raises(TrainError, match="--target 'soft'"):
+        TrainConfig(target="soft").validate()
+    with pytest.raises(TrainError, match="needs --shared-lm-head"):
+        TrainConfig(target="distribution", shared_lm_head=False).validate()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(TrainError, match="no rows"):

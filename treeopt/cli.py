@@ -21,6 +21,7 @@ from .build import DEFAULT_OBJECTIVE
 from .crossval import DEFAULT_FOLDS
 from .design import DEFAULT_MAX_BUDGET
 from .plan import BATCHING, DEFAULT_BATCHING
+from .train_config import TrainConfig
 from .tuning import PROFILE_SIZES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -259,40 +260,42 @@ def train_heads_cmd(
     out: Path = typer.Option(..., "--out", help="output folder (upstream Medusa checkpoint format)"),
     model: str = ModelOpt,
     data: str = typer.Option("sharegpt", "--data", help="sharegpt | FILE.jsonl of {\"prompt\": ...} or {\"text\": ...} rows"),
-    num_heads: int = typer.Option(4, "--num-heads"),
-    num_layers: int = typer.Option(1, "--num-layers", help="ResBlocks per head"),
-    shared_lm_head: bool = typer.Option(True, "--shared-lm-head/--own-lm-head", help="v2 (reuse the base lm_head) or v1"),
-    kind: str = typer.Option("plain", "--kind", help="plain (upstream Medusa heads) | root-conditioned (heads also read the root "
+    num_heads: int = typer.Option(TrainConfig.num_heads, "--num-heads"),
+    num_layers: int = typer.Option(TrainConfig.num_layers, "--num-layers", help="ResBlocks per head"),
+    shared_lm_head: bool = typer.Option(TrainConfig.shared_lm_head, "--shared-lm-head/--own-lm-head", help="v2 (reuse the base lm_head) or v1"),
+    kind: str = typer.Option(TrainConfig.kind, "--kind", help="plain (upstream Medusa heads) | root-conditioned (heads also read the root "
                              "token) | sequential (and the draft tokens earlier on their path); the last two extend the format"),
     answers: str = typer.Option("auto", "--answers", help="answers pack to start from instead of generating them (auto: the "
                                 "shipped pack of the default model when --gen-dtype bfloat16 and --max-new-tokens 128 fit it; none)"),
     init_from: str = typer.Option("", "--init-from", help="heads folder to start from (same sizes; e.g. the shipped heads): "
                                   "its weights and draft vocabulary, new tensors at zero"),
-    tokens: int = typer.Option(320_000, "--tokens", help="response tokens of self-distillation data"),
-    epochs: int = typer.Option(3, "--epochs"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    batch_size: int = typer.Option(256, "--batch-size", help="training positions per step"),
-    gen_batch_size: int = typer.Option(128, "--gen-batch-size", help="prompts answered together while generating data"),
-    gen_dtype: str = typer.Option("", "--gen-dtype", help="dtype that writes the answers (bfloat16: faster on CPUs with AVX512-BF16; "
+    tokens: int = typer.Option(TrainConfig.tokens, "--tokens", help="response tokens of self-distillation data"),
+    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
+    target: str = typer.Option(TrainConfig.target, "--target", help="greedy (cross-entropy to the base model's argmax) | "
+                               "distribution (KL to its whole distribution over the guessable tokens: Hydra++'s teacher loss)"),
+    lr: float = typer.Option(TrainConfig.lr, "--lr"),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="training positions per step"),
+    gen_batch_size: int = typer.Option(TrainConfig.gen_batch_size, "--gen-batch-size", help="prompts answered together while generating data"),
+    gen_dtype: str = typer.Option(TrainConfig.gen_dtype, "--gen-dtype", help="dtype that writes the answers (bfloat16: faster on CPUs with AVX512-BF16; "
                                   "targets stay the training dtype's own argmax)"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="length of each generated answer"),
-    max_prompt_tokens: int = typer.Option(128, "--max-prompt-tokens", help="skip longer prompts"),
-    num_prompts: int = typer.Option(12000, "--num-prompts", help="prompts drawn (a fixed shuffle) to answer; "
+    max_new_tokens: int = typer.Option(TrainConfig.max_new_tokens, "--max-new-tokens", help="length of each generated answer"),
+    max_prompt_tokens: int = typer.Option(TrainConfig.max_prompt_tokens, "--max-prompt-tokens", help="skip longer prompts"),
+    num_prompts: int = typer.Option(TrainConfig.prompts, "--num-prompts", help="prompts drawn (a fixed shuffle) to answer; "
                                     "answers stop at --tokens or when every drawn prompt is answered"),
     mtbench_select: str = typer.Option("0:80", "--mtbench-select", help="MT-Bench prompts for the accuracy report ('' to skip)"),
-    draft_vocab: int = typer.Option(4096, "--draft-vocab", help="guess only from the N most frequent answer tokens (0: whole vocabulary)"),
-    save_dtype: str = typer.Option("float16", "--save-dtype", help="dtype the weights are stored in (and evaluated at)"),
+    draft_vocab: int = typer.Option(TrainConfig.draft_vocab, "--draft-vocab", help="guess only from the N most frequent answer tokens (0: whole vocabulary)"),
+    save_dtype: str = typer.Option(TrainConfig.save_dtype, "--save-dtype", help="dtype the weights are stored in (and evaluated at)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Train Medusa-1 heads by self-distillation (base frozen) and write them with a README of figures."""
     from .answers import AnswersError, resolve_answers
-    from .train_heads import TrainConfig, TrainError, run_train_heads
+    from .train_heads import TrainError, run_train_heads
 
     cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, kind=kind, init_from=init_from, tokens=tokens,
                       answers=resolve_answers(answers, model, gen_dtype, max_new_tokens),
-                      epochs=epochs, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
+                      epochs=epochs, target=target, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
                       draft_vocab=draft_vocab, save_dtype=save_dtype,
                       max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, prompts=num_prompts)
     try:

@@ -26,70 +26,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medusa_runtime.files import parse_json, read_text
-from medusa_runtime.heads import HEAD_KINDS, HeadsConfig, MedusaHeads, load_heads, true_path
-from medusa_runtime.models import DTYPES, dtype_name, resolve_dtype
+from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
+from medusa_runtime.models import dtype_name, resolve_dtype
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
 
 from .answers import check_answers_fit, read_answers, seed_answers
 from .distill import Trajectory, generate_trajectories
+from .train_config import TrainConfig, TrainError
 
 
 CHECKPOINT_EVERY = 200  # steps between training checkpoints
 MINE_EVERY = 400  # steps between hard-negative mining rounds (full-vocabulary top-k on a sample)
 MINE_POSITIONS, MINE_TOPK = 2048, 8
-
-
-class TrainError(ValueError):
-    pass
-
-
-@dataclass
-class TrainConfig:
-    num_heads: int = 4
-    num_layers: int = 1
-    shared_lm_head: bool = True
-    kind: str = "plain"  # plain | root-conditioned (heads also read the root token) | sequential (and the draft tokens
-    # earlier on their path): see medusa_runtime/heads.py
-    answers: str = ""  # an answers pack (treeopt/answers.py) to start from instead of generating those answers again
-    init_from: str = ""  # heads folder to start from (same sizes): its ResBlocks, root projections and draft vocabulary;
-    # what it lacks (a sequential head's path projections) starts at zero, so training starts from its guesses
-    tokens: int = 320_000  # response tokens of self-distillation data to generate / use
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 256
-    head_decay: float = 0.8  # loss weight of head k is decay**k, as the later upstream recipe
-    max_new_tokens: int = 128
-    max_prompt_tokens: int = 128  # longer prompts are skipped: prompt tokens cost generation time, not data
-    prompts: int = 12000  # training prompts considered (first N of a fixed shuffle)
-    gen_batch_size: int = 128  # prompts answered together (128 measured fastest on a 2-core CPU)
-    gen_dtype: str = ""  # dtype of the model that writes the answers ("": the training model's own). Another
-    # dtype (bfloat16: ~1.7x faster on a CPU with AVX512-BF16) only writes the text; targets are then the
-    # training model's own argmax at each position, so heads still learn exactly what verification accepts
-    eval_fraction: float = 0.05
-    seed: int = 0
-    draft_vocab: int = 4096  # guesses come from the N most frequent answer tokens (0: whole vocabulary); with a
-    # shared lm_head the training softmax then runs over exactly those tokens, the competition the runtime holds
-    save_dtype: str = "float16"  # weights are rounded to this before evaluation and stored in it (float32: as trained)
-
-    def validate(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise TrainError(f"--kind {self.kind!r}: use one of {', '.join(HEAD_KINDS)}")
-        if self.answers and not Path(self.answers).is_file():
-            raise TrainError(f"--answers {self.answers}: no such file; pass a pack written by 'treeopt pack-answers', or none")
-        if self.init_from and not Path(self.init_from).is_dir():
-            raise TrainError(f"--init-from {self.init_from}: no such heads folder")
-        if self.num_heads < 1:
-            raise TrainError(f"--num-heads {self.num_heads}: need at least 1 head")
-        if self.num_layers < 0:
-            raise TrainError(f"--num-layers {self.num_layers}: cannot be negative")
-        if self.draft_vocab < 0:
-            raise TrainError(f"--draft-vocab {self.draft_vocab}: must be >= 0 (0: guess from the whole vocabulary)")
-        if self.save_dtype not in DTYPES:
-            raise TrainError(f"--save-dtype {self.save_dtype!r}: use one of {', '.join(DTYPES)}")
-        if self.gen_dtype and self.gen_dtype not in DTYPES:
-            raise TrainError(f"--gen-dtype {self.gen_dtype!r}: use one of {', '.join(DTYPES)} (or leave it empty)")
-        if min(self.epochs, self.batch_size, self.tokens, self.gen_batch_size, self.max_new_tokens, self.prompts) < 1:
-            raise TrainError("--epochs, --batch-size, --gen-batch-size, --max-new-tokens, --tokens and --num-prompts must be positive")
 
 
 @dataclass
@@ -332,7 +280,7 @@ def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tenso
 
 
 # --------------------------------------------------------------------------- training
-def _split(features: Features, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_answers(features: Features, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out split by trajectory, so no answer is half in training and half in evaluation."""
     sequences = features.sequence.unique()
     g = torch.Generator().manual_seed(seed)
@@ -344,8 +292,28 @@ def _split(features: Features, fraction: float, seed: int) -> tuple[torch.Tensor
 
 def held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(hidden, targets, roots) of the held-out answers: what ``head_accuracy`` takes."""
-    _, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
+    _, held_idx = split_answers(features, cfg.eval_fraction, cfg.seed)
     return features.hidden[held_idx], features.targets[held_idx], features.roots[held_idx]
+
+
+def teacher_logits(features: Features, idx: torch.Tensor, num_heads: int, weight: torch.Tensor) -> torch.Tensor:
+    """[B, K, V'] the base model's logits (over ``weight``'s rows) for what head k guesses at positions ``idx``:
+    its prediction at position +k+1, read from the stored hidden states. Meaningful where the target is
+    (a target implies that position is in the same answer); clamped, not meaningful, elsewhere."""
+    ahead = (idx[:, None] + torch.arange(1, num_heads + 1)).clamp(max=len(features.hidden) - 1)  # [B, K]
+    return F.linear(features.hidden[ahead].float(), weight)
+
+
+def head_losses(logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """[K] loss per head over the rows with a target (``target`` -100 elsewhere; 0 for a head without any):
+    cross-entropy to ``target``, or, given the base model's ``teacher`` logits over the same tokens
+    ([B, K, V'] like ``logits``), KL(teacher || heads)."""
+    valid = target != -100  # [B, K]
+    if teacher is None:
+        per_row = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")  # [B, K]
+    else:
+        per_row = F.kl_div(logits.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    return (per_row * valid).sum(0) / valid.sum(0).clamp(min=1)
 
 
 def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_path: Path,
@@ -358,7 +326,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     the softmax runs over the tokens that occur as targets plus mined hard negatives."""
     if heads.config.kind != cfg.kind or heads.num_heads != cfg.num_heads:
         raise TrainError(f"heads ({heads.num_heads}, {heads.config.kind}) do not match the training config ({cfg.num_heads}, {cfg.kind})")
-    train_idx, held_idx = _split(features, cfg.eval_fraction, cfg.seed)
+    train_idx, held_idx = split_answers(features, cfg.eval_fraction, cfg.seed)
     fixed = softmax_vocab is not None and heads.config.shared_lm_head
     vocab = softmax_vocab.unique() if fixed else features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
 
@@ -422,8 +390,8 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         else:
             logits = heads(h, root=root, path=path)
             target = torch.where(t >= 0, t, -100)
-        losses = torch.stack([F.cross_entropy(logits[:, k], target[:, k], ignore_index=-100) for k in range(cfg.num_heads)])
-        loss = (losses.nan_to_num(0.0) * weights).sum()
+        teacher = teacher_logits(features, idx, cfg.num_heads, sub_weight) if cfg.target == "distribution" else None
+        loss = (head_losses(logits, target, teacher) * weights).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
