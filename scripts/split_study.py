@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from medusa_runtime.prompts import parse_select
+from treeopt.build import DEFAULT_OBJECTIVE, OBJECTIVES
 from treeopt.design import TreeRequest, design_tree
 from treeopt.formats import import_tree
 from treeopt.stats import CalibrationStats, load_stats, replay_tokens_per_step, subset
@@ -67,12 +68,12 @@ def reference_trees(folder: str | None, depth: int) -> dict[str, list[tuple[int,
 
 
 def run_split(stats: CalibrationStats, calibrate: list[int], bench: list[int], budgets: list[int],
-              references: dict[str, list]) -> dict:
+              references: dict[str, list], objective: str = DEFAULT_OBJECTIVE) -> dict:
     """Build every budget on ``calibrate`` (as ``treeopt build``), replay on ``bench``."""
     cal, held = subset(stats, calibrate), subset(stats, bench)
     rows = {}
     for n in budgets:
-        spec = design_tree(cal, TreeRequest(budget=n)).spec
+        spec = design_tree(cal, TreeRequest(budget=n, objective=objective)).spec
         measured = replay_tokens_per_step(held, spec.paths)
         predicted = spec.meta["expected_tokens_per_step"]
         rows[n] = {"predicted": predicted, "in_sample": spec.meta["in_sample_tokens_per_step"], "measured": measured,
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--calibrate", type=int, default=40, help="prompts a split calibrates on")
     parser.add_argument("--bench", type=int, default=20, help="other prompts it is measured on")
     parser.add_argument("--splits", type=int, default=100)
+    parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES, help="build's --objective")
     parser.add_argument("--fixed", default="0:80:2/1:80:4", help="the protocol's own split, CAL/BENCH selects ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the per-split rows and the summary as JSON here")
@@ -123,15 +125,16 @@ def main() -> None:
     splits = []
     for _ in range(args.splits):
         drawn = rng.sample(live, args.calibrate + args.bench)
-        splits.append(run_split(stats, sorted(drawn[: args.calibrate]), sorted(drawn[args.calibrate :]), budgets, references))
+        splits.append(run_split(stats, sorted(drawn[: args.calibrate]), sorted(drawn[args.calibrate :]), budgets, references, args.objective))
     summary = summarise(splits, budgets)
     fixed = None
     if args.fixed:
         cal_sel, bench_sel = args.fixed.split("/")
         where = {label: i for i, label in enumerate(labels)}
         pick = lambda sel: [where[j] for j in range(max(labels) + 1)[parse_select(sel)] if j in where]  # noqa: E731
-        fixed = run_split(stats, pick(cal_sel), pick(bench_sel), budgets, references)
-    print(f"{args.splits} random splits of {len(live)} prompts: build on {args.calibrate}, measure on {args.bench} others")
+        fixed = run_split(stats, pick(cal_sel), pick(bench_sel), budgets, references, args.objective)
+    print(f"{args.splits} random splits of {len(live)} prompts: build ({args.objective}) on {args.calibrate}, "
+          f"measure on {args.bench} others")
     print(f"{'nodes':>5} {'mean err':>9} {'sd err':>7} {'|err|<=1%':>9} {'fixed split: pred / meas / err':>32}"
           f" {'ours >= every reference':>24}")
     for n in budgets:
@@ -144,7 +147,7 @@ def main() -> None:
             extra = f" (fixed split: {fixed[n]['measured'] - fixed[n]['references'][name]:+.4f})" if fixed else ""
             print(f"  {n + 1} nodes vs {name}: mean margin {r['mean_margin']:+.4f} tokens/step, ours >= in "
                   f"{100 * r['ours_at_least']:.0f}% of splits{extra}")
-    record = {"pool": args.stats, "prompts": len(live), "splits": args.splits, "calibrate": args.calibrate,
+    record = {"pool": args.stats, "objective": args.objective, "prompts": len(live), "splits": args.splits, "calibrate": args.calibrate,
               "bench": args.bench, "seed": args.seed, "summary": summary, "fixed": fixed}
     if args.out:
         Path(args.out).write_text(json.dumps({**record, "per_split": splits}, indent=1))
