@@ -42,15 +42,10 @@ def test_root_conditioned_round_trip_and_errors(tmp_path, model, shared):
         with pytest.raises(ValueError, match="need the root token"):
             loaded(h)
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "medusa_root_conditioned": False}))
     with pytest.raises(HeadsFormatError, match="medusa_root_conditioned"):
-        load_heads(tmp_path, model)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    state = load_file(tmp_path / "medusa_lm_head.safetensors")
-    del state["root.2.weight"]
-    save_file(state, tmp_path / "medusa_lm_head.safetensors")
+        load_heads(with_config(tmp_path, config, medusa_root_conditioned=False), model)
     with pytest.raises(HeadsFormatError, match=r"root\.\{i\}\.weight"):
-        load_heads(tmp_path, model)
+        load_heads(without_weights(with_config(tmp_path, config), "root.2.weight"), model)
 
 
 def test_fresh_root_conditioned_heads_are_medusa_heads(model):
@@ -86,6 +81,21 @@ def test_pickle_that_runs_code_is_refused(tmp_path, model):
     torch.save({"0.0.linear.weight": Evil()}, tmp_path / "medusa_lm_head.pt")
     with pytest.raises(HeadsFormatError, match="weights-only"):
         load_heads(tmp_path, model)
+
+
+def with_config(folder, config: dict, **changes):
+    """Rewrite a heads folder's config.json as ``config`` with ``changes``; returns the folder."""
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+def without_weights(folder, *keys: str):
+    """Drop these tensors from a heads folder's safetensors file; returns the folder."""
+    state = load_file(folder / "medusa_lm_head.safetensors")
+    for key in keys:
+        del state[key]
+    save_file(state, folder / "medusa_lm_head.safetensors")
+    return folder
 
 
 def _mutate(tmp_path, model, change):
@@ -224,22 +234,14 @@ def test_sequential_round_trip_and_errors(tmp_path, model, shared):
         assert not torch.allclose(other[:, 1:], loaded(h, root=root, path=path)[:, 1:])  # later heads read their path
         with pytest.raises(ValueError, match="draft tokens before it"):
             loaded(h, root=root)
-    (tmp_path / "config.json").write_text(json.dumps({**config, "medusa_sequential": False}))
     with pytest.raises(HeadsFormatError, match="medusa_sequential"):
-        load_heads(tmp_path, model)
-    (tmp_path / "config.json").write_text(json.dumps({**config, "medusa_prefix_attention": True}))
+        load_heads(with_config(tmp_path, config, medusa_sequential=False), model)
     with pytest.raises(HeadsFormatError, match="prefix attention"):
-        load_heads(tmp_path, model)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    state = load_file(tmp_path / "medusa_lm_head.safetensors")
-    del state["path.2.1.weight"]
-    save_file(state, tmp_path / "medusa_lm_head.safetensors")
+        load_heads(with_config(tmp_path, config, medusa_prefix_attention=True), model)
     with pytest.raises(HeadsFormatError, match=r"path\.2\.1\.weight"):
-        load_heads(tmp_path, model)
-    del state["root.0.weight"], state["root.1.weight"], state["root.2.weight"]
-    save_file(state, tmp_path / "medusa_lm_head.safetensors")
+        load_heads(without_weights(with_config(tmp_path, config), "path.2.1.weight"), model)
     with pytest.raises(HeadsFormatError, match="need 'root"):
-        load_heads(tmp_path, model)
+        load_heads(without_weights(tmp_path, "root.0.weight", "root.1.weight", "root.2.weight"), model)
 
 
 def test_fresh_sequential_heads_are_their_root_conditioned_heads(model):

@@ -21,7 +21,7 @@ from .build import DEFAULT_OBJECTIVE
 from .crossval import DEFAULT_FOLDS
 from .design import DEFAULT_MAX_BUDGET
 from .plan import BATCHING, DEFAULT_BATCHING
-from .train_config import TrainConfig
+from .train_config import TrainConfig, TrainError
 from .tuning import PROFILE_SIZES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -233,7 +233,7 @@ def pack_answers_cmd(
     out: Path = typer.Option(..., "--out", help=".npz to write (e.g. data/answers/smollm2-135m.npz)"),
     model: str = ModelOpt,
     gen_dtype: str = typer.Option(..., "--gen-dtype", help="dtype that wrote the answers (what train-heads was given)"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="the answer length limit they were written with"),
+    max_new_tokens: int = typer.Option(TrainConfig.max_new_tokens, "--max-new-tokens", help="the answer length limit they were written with"),
     source_note: str = typer.Option("", "--note", help="where the prompts came from, kept in the pack's meta"),
 ):
     """Pack self-distilled answers as compact token ids, so that train-heads (--answers) starts from them."""
@@ -291,7 +291,7 @@ def train_heads_cmd(
 ):
     """Train Medusa-1 heads by self-distillation (base frozen) and write them with a README of figures."""
     from .answers import AnswersError, resolve_answers
-    from .train_heads import TrainError, run_train_heads
+    from .train_heads import run_train_heads
 
     cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, kind=kind, init_from=init_from, tokens=tokens,
                       answers=resolve_answers(answers, model, gen_dtype, max_new_tokens),
