@@ -201,7 +201,7 @@ class MedusaHeads(nn.Module):
             raise RuntimeError(f"{self.config.kind} heads need the base input embedding: call attach_base(model)")
         return embedding(tokens).to(dtype)
 
-    def _head_input(self, i: int, h: torch.Tensor, root: torch.Tensor | None, path: torch.Tensor | None) -> torch.Tensor:
+    def head_input(self, i: int, h: torch.Tensor, root: torch.Tensor | None, path: torch.Tensor | None) -> torch.Tensor:
         """What head i reads: h [..., H] plus, for root-conditioned heads, R_i e(root) (root [...]) and, for sequential
         heads, sum_j P_ij e(path[..., j]) over the first i draft tokens of path [..., >=i]. Shapes broadcast, so
         h [B, 1, H] with path [B, P, i] gives [B, P, H]."""
@@ -220,9 +220,9 @@ class MedusaHeads(nn.Module):
         return x
 
     def _inputs(self, h: torch.Tensor, root: torch.Tensor | None, num_heads: int | None, path: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """What each of the first ``num_heads`` heads reads (see ``_head_input``) -> tensors [..., H]."""
+        """What each of the first ``num_heads`` heads reads (see ``head_input``) -> tensors [..., H]."""
         count = len(self.heads) if num_heads is None else min(num_heads, len(self.heads))
-        return [self._head_input(i, h, root, path) for i in range(count)]
+        return [self.head_input(i, h, root, path) for i in range(count)]
 
     def _shared_lm_head(self) -> nn.Module:
         lm_head = self._base_lm_head[0]
@@ -278,7 +278,7 @@ class MedusaHeads(nn.Module):
         """Head i's top-k for several paths at once (sequential heads, one call per tree depth): h [B, 1, H], root
         [B, 1], path [B, P, i] (the draft tokens at depths 1..i of each of P nodes) -> [B, P, topk]."""
         self._check_topk(topk)
-        x = self._head_input(i, h, root, path)
+        x = self.head_input(i, h, root, path)
         return self._guess(self.heads[i], x.expand(*path.shape[:-1], x.shape[-1]), topk)  # head 0 reads no path: [B, 1, H]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from medusa_runtime.heads import true_path
 from medusa_runtime.models import load_model
 from treeopt.distill import read_trajectories
-from treeopt.train_heads import Features, TrainConfig, compute_features, head_losses, new_heads, split_answers
+from treeopt.train_heads import Features, compute_features, split_answers
+
+from probe_arms import add_common_args, arm_heads, first_answers, print_arms, top1_and_joint, train_arm  # scripts/, beside this file
 
 
 class PrefixLayer(nn.Module):
@@ -83,10 +81,6 @@ def run_arm(name, heads, prefix, features, mtbench, train_spans, held_spans, sub
     groups = [{"params": [p for p in heads.parameters() if p.requires_grad], "lr": args.lr}]
     if prefix is not None:  # a new layer from scratch learns at its own rate
         groups.append({"params": list(prefix.parameters()), "lr": args.prefix_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    steps = math.ceil(len(train_spans) / args.batch) * args.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    weights = torch.tensor([0.8 ** k for k in range(heads.num_heads)])
 
     def logits_of(feats: Features, batch, grad: bool):
         """Logits over the draft vocabulary at every row of these answers, their softmax columns (-100: no
@@ -100,53 +94,30 @@ def run_arm(name, heads, prefix, features, mtbench, train_spans, held_spans, sub
         column = remap[t.clamp(min=0)]
         return out, torch.where((t >= 0) & (column >= 0), column, -100), t
 
-    started, step = time.time(), 0
-    bar = tqdm(total=steps, desc=name)
-    for epoch in range(args.epochs):
+    def epoch_batches(epoch: int) -> list:
         order = torch.randperm(len(train_spans), generator=torch.Generator().manual_seed(epoch)).tolist()
-        for s in range(0, len(order), args.batch):
-            out, target, _ = logits_of(features, [train_spans[i] for i in order[s : s + args.batch]], True)
-            loss = (head_losses(out, target) * weights).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    def accuracy(feats: Features, batches: list[tuple[int, int]]) -> dict:
-        """Top-1 over every position with a target (one outside the draft vocabulary is a miss), as head_accuracy."""
-        hit, both, count = torch.zeros(heads.num_heads), 0, torch.zeros(heads.num_heads)
-        for s in range(0, len(batches), args.batch):
-            out, target, raw = logits_of(feats, batches[s : s + args.batch], False)
-            ok = (out.argmax(-1) == target) & (target != -100)  # [N, K]
-            hit += ok.sum(0)
-            count += (raw >= 0).sum(0)
-            both += int((ok[:, 0] & ok[:, 1]).sum())
-        return {"top1": [round(a, 4) for a in (hit / count.clamp(min=1)).tolist()],
-                "p_head2_given_head1": round(both / max(int(hit[0]), 1), 4)}
+        return [[train_spans[i] for i in order[s : s + args.batch]] for s in range(0, len(order), args.batch)]
+
+    run = train_arm(name, groups, epoch_batches, lambda batch, grad: logits_of(features, batch, grad), heads.num_heads,
+                    args.epochs, warmup=50)
+
+    def scored(feats: Features, spans: list[tuple[int, int]]):
+        return (logits_of(feats, spans[s : s + args.batch], False) for s in range(0, len(spans), args.batch))
 
     mtbench_spans = list(sequence_spans(mtbench).values())
-    return {"held_out": accuracy(features, held_spans), "mtbench": accuracy(mtbench, mtbench_spans),
-            "steps": steps, "train_s": round(time.time() - started, 1)}
+    return {"held_out": top1_and_joint(scored(features, held_spans), heads.num_heads),
+            "mtbench": top1_and_joint(scored(mtbench, mtbench_spans), heads.num_heads), **run}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, required=True, help="a train-heads output's .work folder")
-    parser.add_argument("--init-from", required=True, help="sequential or root-conditioned heads both arms start from")
-    parser.add_argument("--answers", type=int, default=3072)
-    parser.add_argument("--epochs", type=int, default=1)
+    add_common_args(parser, answers=3072)
     parser.add_argument("--batch", type=int, default=16, help="answers per step")
-    parser.add_argument("--lr", type=float, default=5e-4, help="the heads' learning rate")
     parser.add_argument("--prefix-lr", type=float, default=5e-4, help="the prefix layer's learning rate")
-    parser.add_argument("--num-layers", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    answers = read_trajectories(args.work / "trajectories.jsonl")
-    n = (min(len(answers), args.answers) // 64) * 64
-    answers = answers[:n]
+    answers = first_answers(args.work, args.answers)
+    n = len(answers)
     loaded = load_model("smollm2-135m")
     features = compute_features(loaded, answers, 4, args.work / "features", ["greedy_path"] * n)
     # MT-Bench (0:80, 128 new tokens): answers no heads here were trained on; train-heads wrote their features
@@ -157,24 +128,15 @@ def main() -> None:
     held_ids = set(features.sequence[held_idx].unique().tolist())
     train_spans = [spans[i] for i in sorted(spans) if i not in held_ids]
     held_spans = [spans[i] for i in sorted(held_ids)]
-    lm_weight = loaded.model.get_output_embeddings().weight.detach().float()
     embed = loaded.model.get_input_embeddings()
     rows = {}
     for arm in ("heads", "prefix+heads"):
-        cfg = TrainConfig(num_heads=4, num_layers=args.num_layers, kind="sequential", init_from=args.init_from)
-        heads, draft = new_heads(loaded, cfg, answers)
-        vocab = torch.tensor(draft[0])
-        remap = torch.full((lm_weight.shape[0],), -1, dtype=torch.long)
-        remap[vocab] = torch.arange(len(vocab))
-        prefix = PrefixLayer(lm_weight.shape[1]) if arm == "prefix+heads" else None
-        rows[arm] = run_arm(arm, heads.train(), prefix, features, mtbench, train_spans, held_spans, lm_weight[vocab], remap,
+        heads, sub_weight, remap = arm_heads(loaded, args.init_from, args.num_layers, answers)
+        prefix = PrefixLayer(sub_weight.shape[1]) if arm == "prefix+heads" else None
+        rows[arm] = run_arm(arm, heads, prefix, features, mtbench, train_spans, held_spans, sub_weight, remap,
                             lambda ids: embed(ids).detach().float(), args)
     print(f"{n} answers ({len(train_spans)} train, {len(held_spans)} held out), {args.epochs} epoch(s), batches of {args.batch} answers")
-    print(f"{'arm':<14} {'set':<9} {'top-1 per head':<30} P(h2|h1)")
-    for arm, row in rows.items():
-        for part in ("held_out", "mtbench"):
-            acc = row[part]
-            print(f"{arm:<14} {part:<9} {' / '.join(f'{a:.3f}' for a in acc['top1']):<30} {acc['p_head2_given_head1']:.3f}")
+    print_arms(rows)
     print(json.dumps({"answers": n, "epochs": args.epochs, "lr": args.lr, "prefix_lr": args.prefix_lr, "init_from": args.init_from, **rows}))
 
 

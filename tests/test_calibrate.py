@@ -52,3 +52,13 @@ def test_replay_of_a_built_tree_equals_runtime(setup):
     results = [decoder.generate(p, 30) for p in PROMPTS]
     assert replay_steps(stats, built.paths) == (sum(len(r.tokens) for r in results), sum(r.steps for r in results))
     assert sum(r.steps for r in results) < sum(len(r.tokens) for r in results)  # the heads do help here
+
+
+def test_chain_conditionals_count_top1_paths():
+    from treeopt.stats import CalibrationStats
+
+    # rank rows [head1, head2, head3] at 6 positions: head 1 right at 4, heads 1+2 at 2, heads 1-3 at 1
+    rows = [[0, 0, 0], [0, 0, 2], [0, 1, 0], [0, -1, -1], [1, 0, 0], [-1, 0, 0]]
+    stats = CalibrationStats(num_heads=3, topk=4, rollouts=[rows], new_tokens=[6])
+    assert stats.chain_conditionals() == [2 / 4, 1 / 2]
+    assert CalibrationStats(num_heads=2, topk=4, rollouts=[[[1, 0]]], new_tokens=[1]).chain_conditionals() == [0.0]

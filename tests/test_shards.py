@@ -41,7 +41,10 @@ def many_prompts(tmp_path_factory):
 def test_merged_shards_equal_one_run(tiny_folder, many_prompts, tmp_path):
     common = ["--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--prompts", many_prompts,
               "--max-new-tokens", 12, "--topk", 3]
-    assert invoke("calibrate", "--out", tmp_path / "one.json", *common).exit_code == 0
+    r = invoke("calibrate", "--out", tmp_path / "one.json", *common)
+    assert r.exit_code == 0, r.output
+    chain = " ".join(f"{c:.3f}" for c in load_stats(tmp_path / "one.json").chain_conditionals())
+    assert f"rank 0 along the path, k = 2..: {chain}\n" in r.output
     for i in range(3):
         r = invoke("calibrate", "--out", tmp_path / f"s{i}.json", "--shard", f"{i}/3", *common)
         assert r.exit_code == 0, r.output

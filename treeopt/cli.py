@@ -359,6 +359,9 @@ def calibrate(
     acc = stats.accuracy()
     typer.echo(f"{stats.positions} positions from {len(indices)} prompts; top-1 accuracy per head: "
                + " ".join(f"{a[0]:.3f}" for a in acc))
+    if stats.num_heads > 1:
+        typer.echo("P(head k right | heads before it right), rank 0 along the path, k = 2..: "
+                   + " ".join(f"{c:.3f}" for c in stats.chain_conditionals()))
     typer.echo(f"stats written to {out}" + (f" (shard {shard_index}/{shard_count}: merge with 'treeopt merge-stats')" if shard else ""))
 
 

@@ -70,6 +70,14 @@ class CalibrationStats:
                     counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def chain_conditionals(self) -> list[float]:
+        """P(head k's rank 0 right | heads 1..k-1's rank 0 right) for k = 2..K: count(0,..,0 [k]) / count(0,..,0 [k-1])
+        from the prefix counts (0 where no position has the shorter prefix). How much a path of top-1 guesses keeps
+        after its first hit: how well the heads follow their own path."""
+        counts = self.prefix_counts()
+        return [counts.get((0,) * k, 0) / counts[(0,) * (k - 1)] if counts.get((0,) * (k - 1)) else 0.0
+                for k in range(2, self.num_heads + 1)]
+
     def to_json(self) -> dict:
         counts = self.prefix_counts()
         return {
