@@ -1,4 +1,4 @@
-"""The A/B harness the offline head-design probes share (prefix_probe.py, layers_probe.py).
+"""The A/B harness the offline head-design probes share (prefix_probe.py, row_probe.py).
 
 An arm is a set of parameter groups, a way to cut the training data into batches for an epoch, and a function that
 gives, for one batch, the heads' logits over the draft vocabulary, their softmax columns (-100: no target) and the
