@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from medusa_runtime.heads import true_path
 from medusa_runtime.models import load_model
 from treeopt.distill import read_trajectories
-from treeopt.train_heads import Features, compute_features, split_answers
+from treeopt.train_heads import Features, compute_features, softmax_targets, split_answers
 
 from probe_arms import add_common_args, arm_heads, first_answers, print_arms, top1_and_joint, train_arm  # scripts/, beside this file
 
@@ -91,8 +91,7 @@ def run_arm(name, heads, prefix, features, mtbench, train_spans, held_spans, sub
             rows = mask.nonzero(as_tuple=True)
             t = targets[rows]  # [N, K]
             out = F.linear(heads.hidden(z[rows], root=roots[rows], path=true_path(t)), sub_weight)  # [N, K, V']
-        column = remap[t.clamp(min=0)]
-        return out, torch.where((t >= 0) & (column >= 0), column, -100), t
+        return out, softmax_targets(t, remap), t
 
     def epoch_batches(epoch: int) -> list:
         order = torch.randperm(len(train_spans), generator=torch.Generator().manual_seed(epoch)).tolist()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from medusa_runtime.heads import MedusaHeads
 from treeopt.distill import Trajectory, read_trajectories
-from treeopt.train_heads import TrainConfig, head_losses, new_heads
+from treeopt.train_heads import TrainConfig, head_losses, new_heads, softmax_restriction
 
 # (logits [N, K, V'], softmax columns [N, K] with -100 where none, raw targets [N, K] with -1 where none)
 Scored = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -91,8 +91,5 @@ def arm_heads(loaded, init_from: str, num_layers: int, answers: list[Trajectory]
     [V', H] and the map token id -> softmax column ([vocab], -1 outside the draft vocabulary)."""
     cfg = TrainConfig(num_heads=4, num_layers=num_layers, kind="sequential", init_from=init_from)
     heads, draft = new_heads(loaded, cfg, answers)
-    lm_weight = loaded.model.get_output_embeddings().weight.detach().float()
-    vocab = torch.tensor(draft[0])
-    remap = torch.full((lm_weight.shape[0],), -1, dtype=torch.long)
-    remap[vocab] = torch.arange(len(vocab))
-    return heads.train(), lm_weight[vocab], remap
+    remap, sub_weight = softmax_restriction(torch.tensor(draft[0]), loaded.model.get_output_embeddings().weight)
+    return heads.train(), sub_weight, remap

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from medusa_runtime.heads import MedusaHeads, true_path
 from medusa_runtime.models import load_model
 from treeopt.distill import Trajectory, read_trajectories
-from treeopt.train_heads import Features, compute_features, split_answers
+from treeopt.train_heads import Features, base_hidden_states, compute_features, softmax_targets, split_answers
 
 from probe_arms import add_common_args, arm_heads, first_answers, print_arms, top1_and_joint, train_arm  # scripts/, beside this file
 
@@ -43,7 +43,6 @@ def middle_states(loaded, trajectories: list[Trajectory], layers: list[int], cac
     """[M, L, H] float16: hidden_states[l] (the residual stream after layer l) of every row compute_features keeps
     (from the last prompt token on), in its order. Cached per chunk of ``chunk`` answers."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    base = loaded.model.base_model
     parts = []
     for c, start in enumerate(tqdm(range(0, len(trajectories), chunk), desc=f"layers {layers}")):
         batch = trajectories[start : start + chunk]
@@ -51,16 +50,8 @@ def middle_states(loaded, trajectories: list[Trajectory], layers: list[int], cac
         if path.exists():
             parts.append(torch.load(path, weights_only=True))
             continue
-        rows = []
-        for s in range(0, len(batch), 8):
-            group = batch[s : s + 8]
-            seqs = [t.prompt_ids + t.response_ids for t in group]
-            width = max(len(ids) for ids in seqs)
-            tokens = torch.tensor([ids + ids[-1:] * (width - len(ids)) for ids in seqs])  # [b, T]
-            states = base(input_ids=tokens, output_hidden_states=True).hidden_states  # (layers + 1) x [b, T, H]
-            picked = torch.stack([states[l] for l in layers], dim=2)  # [b, T, L, H]
-            for i, t in enumerate(group):
-                rows.append(picked[i, len(t.prompt_ids) - 1 : len(seqs[i])].half())
+        states = base_hidden_states(loaded.model.base_model, [t.prompt_ids + t.response_ids for t in batch], loaded.device, layers)
+        rows = [state[len(t.prompt_ids) - 1 :].half() for state, t in zip(states, batch)]  # [T_i - prompt + 1, L, H]
         part = torch.cat(rows)
         torch.save(part, path)
         parts.append(part)
@@ -117,10 +108,12 @@ def run_arm(name, heads, design, data, mtbench, train_idx, held_idx, sub_weight,
         t = feats.targets[idx]  # [N, K]
         with torch.set_grad_enabled(grad):
             h, root, path = feats.hidden[idx].float(), feats.roots[idx], true_path(t)
-            before = design(heads, h, None if mids is None else mids[idx], root, path) if design is not None else heads.hidden(h, root=root, path=path)
+            if design is None:
+                before = heads.hidden(h, root=root, path=path)  # [N, K, H]
+            else:
+                before = design(heads, h, None if mids is None else mids[idx], root, path)
             out = F.linear(before, sub_weight)  # [N, K, V']
-        column = remap[t.clamp(min=0)]
-        return out, torch.where((t >= 0) & (column >= 0), column, -100), t
+        return out, softmax_targets(t, remap), t
 
     def epoch_batches(epoch: int) -> list:
         order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]

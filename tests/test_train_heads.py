@@ -7,8 +7,9 @@ from conftest import VOCAB, loaded_tiny, tiny_model
 from medusa_runtime.bench import hf_greedy
 from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
 from treeopt.distill import Trajectory
-from treeopt.train_heads import (TrainConfig, TrainError, check_output_folder, compute_features, head_accuracy,
-                                 head_losses, read_training_rows, teacher_logits, train_heads)
+from treeopt.train_heads import (TrainConfig, TrainError, base_hidden_states, check_output_folder, compute_features,
+                                 head_accuracy, head_losses, read_training_rows, softmax_restriction, softmax_targets,
+                                 teacher_logits, train_heads)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,28 @@ def test_training_lowers_loss_and_writes_a_loadable_checkpoint(data, tmp_path):
     loaded = load_heads(tmp_path / "heads", model)
     h = features.hidden[:5]
     assert torch.allclose(loaded(h), heads(h), atol=1e-6)
+
+
+def test_base_hidden_states_of_chosen_layers(data):
+    model, features = data
+    sequences = [[4, 7, 9, 11, 3], [5, 7, 2], [6, 8, 10, 12, 14, 16, 18, 20, 22]]  # padded together, unequal lengths
+    with torch.no_grad():
+        last = base_hidden_states(model.base_model, sequences, "cpu")
+        layers = base_hidden_states(model.base_model, sequences, "cpu", layers=[0, model.config.num_hidden_layers])
+        alone = [model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0] for ids in sequences]
+    for ids, h, stacked, one in zip(sequences, last, layers, alone):
+        assert h.shape == (len(ids), model.config.hidden_size) and stacked.shape == (len(ids), 2, model.config.hidden_size)
+        assert torch.allclose(h, one, atol=1e-5)  # the padding after a sequence changes nothing in it
+        assert torch.allclose(stacked[:, 1], h, atol=1e-5)  # the last entry is the final (normed) hidden state
+        assert torch.equal(stacked[:, 0], model.get_input_embeddings()(torch.tensor(ids)))  # entry 0: the embeddings
+
+
+def test_softmax_restriction_and_its_targets():
+    lm_weight = torch.arange(12.0).view(6, 2)  # 6 tokens, hidden 2
+    remap, rows = softmax_restriction(torch.tensor([4, 1]), lm_weight)
+    assert remap.tolist() == [-1, 1, -1, -1, 0, -1] and torch.equal(rows, lm_weight[[4, 1]])
+    targets = torch.tensor([[4, 1], [2, -1], [-1, 4]])
+    assert softmax_targets(targets, remap).tolist() == [[0, 1], [-100, -100], [-100, 0]]
 
 
 def test_the_teacher_is_the_base_models_prediction_ahead(data):

@@ -152,15 +152,20 @@ TARGET_MODES = ("tokens", "argmax", "greedy_path")
 FEATURE_BATCH = 8  # sequences per forward while computing features (a CPU runs [8, T] GEMMs far better than [1, T])
 
 
-def _hidden_states(base, sequences: list[list[int]], device) -> list[torch.Tensor]:
-    """The base model's final hidden states of each sequence, [T_i, H] each, a few sequences per forward. They
+def base_hidden_states(base, sequences: list[list[int]], device, layers: list[int] | None = None) -> list[torch.Tensor]:
+    """The base model's final hidden states of each sequence, [T_i, H] each, a few sequences per forward; with
+    ``layers``, its ``hidden_states[l]`` (the residual stream after layer l) for each l instead, [T_i, L, H]. They
     are right-padded with their own last token: under a causal mask a token never sees the padding after it."""
     out = []
     for s in range(0, len(sequences), FEATURE_BATCH):
         group = sequences[s : s + FEATURE_BATCH]
         width = max(len(ids) for ids in group)
         tokens = torch.tensor([ids + ids[-1:] * (width - len(ids)) for ids in group], device=device)  # [b, T]
-        hidden = base(input_ids=tokens).last_hidden_state  # [b, T, H]
+        if layers is None:
+            hidden = base(input_ids=tokens).last_hidden_state  # [b, T, H]
+        else:
+            states = base(input_ids=tokens, output_hidden_states=True).hidden_states  # (layers + 1) x [b, T, H]
+            hidden = torch.stack([states[l] for l in layers], dim=2)  # [b, T, L, H]
         out += [hidden[i, : len(ids)] for i, ids in enumerate(group)]
     return out
 
@@ -194,7 +199,7 @@ def compute_features(loaded, trajectories: list[Trajectory], num_heads: int, cac
             parts.append(torch.load(path, weights_only=True))
             continue
         hid, tgt, seq, rts = [], [], [], []
-        states = _hidden_states(base, [t.prompt_ids + t.response_ids for t in batch], loaded.device)
+        states = base_hidden_states(base, [t.prompt_ids + t.response_ids for t in batch], loaded.device)
         for j, traj in enumerate(batch):
             mode = target_modes[start + j] if target_modes is not None else "tokens"
             ids = traj.prompt_ids + traj.response_ids
@@ -296,6 +301,21 @@ def held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch.
     return features.hidden[held_idx], features.targets[held_idx], features.roots[held_idx]
 
 
+def softmax_restriction(vocab: torch.Tensor, lm_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A softmax over the tokens ``vocab`` only: (remap [vocab size], token id -> its column, -1 outside; the
+    lm_head rows of those tokens [V', H], float32, detached)."""
+    remap = torch.full((lm_weight.shape[0],), -1, dtype=torch.long)
+    remap[vocab] = torch.arange(len(vocab))
+    return remap, lm_weight[vocab].detach().float()
+
+
+def softmax_targets(targets: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
+    """Token-id targets [..., K] (-1: none) -> their softmax columns, -100 where there is no target or it lies
+    outside the restricted softmax (never guessable)."""
+    column = remap[targets.clamp(min=0)]
+    return torch.where((targets >= 0) & (column >= 0), column, -100)
+
+
 def teacher_logits(features: Features, idx: torch.Tensor, num_heads: int, weight: torch.Tensor) -> torch.Tensor:
     """[B, K, V'] the base model's logits (over ``weight``'s rows) for what head k guesses at positions ``idx``:
     its prediction at position +k+1, read from the stored hidden states. Meaningful where the target is
@@ -330,11 +350,6 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     fixed = softmax_vocab is not None and heads.config.shared_lm_head
     vocab = softmax_vocab.unique() if fixed else features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
 
-    def restricted(vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        remap = torch.full((lm_weight.shape[0],), -1, dtype=torch.long)
-        remap[vocab] = torch.arange(len(vocab))
-        return remap, lm_weight[vocab].detach().float()  # [V', H]
-
     def mine(vocab: torch.Tensor, step: int) -> torch.Tensor:
         """Hard negatives: tokens outside the softmax that the heads now rank in their full-vocabulary top-k
         (a restricted softmax never pushes those down, yet at decoding time they compete)."""
@@ -367,7 +382,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         vocab = state.get("vocab", vocab)
-    remap, sub_weight = restricted(vocab)
+    remap, sub_weight = softmax_restriction(vocab, lm_weight)
     weights = torch.tensor([cfg.head_decay ** k for k in range(cfg.num_heads)])
     heads.train()
     bar = tqdm(total=total, initial=step, desc="train heads", disable=not progress)
@@ -375,7 +390,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     while step < total:
         if step % MINE_EVERY == 0:
             vocab = mine(vocab, step)
-            remap, sub_weight = restricted(vocab)
+            remap, sub_weight = softmax_restriction(vocab, lm_weight)
         epoch, offset = divmod(step, steps_per_epoch)
         perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed + epoch))]
         idx = perm[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
@@ -385,8 +400,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         path = true_path(t)  # [B, K-1]: the draft tokens a sequential head reads (teacher forcing)
         if heads.config.shared_lm_head:
             logits = F.linear(heads.hidden(h, root=root, path=path), sub_weight)  # [B, K, V']
-            column = remap[t.clamp(min=0)]  # -1: a token outside the softmax (only with a fixed vocabulary)
-            target = torch.where((t >= 0) & (column >= 0), column, -100)
+            target = softmax_targets(t, remap)
         else:
             logits = heads(h, root=root, path=path)
             target = torch.where(t >= 0, t, -100)
