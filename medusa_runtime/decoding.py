@@ -1,6 +1,7 @@
 """Medusa tree decoding of one or more sequences (batch size B) over a Hugging Face causal LM.
 
-Per step, for every row of the batch: candidates from the heads' top-k (or from an oracle), one forward over
+Per step, for every row of the batch: candidates from the heads' top-k (or from an oracle; heads with context
+lookup put a token copied from the row's own text first, ``lookup.py``), one forward over
 the B x N tree tokens with a per-row tree attention bias and explicit per-row positions into a preallocated
 KV cache (``kv_cache.TreeKVCache``: each row has its own length and write position, nothing is padded on the
 left), greedy or typical acceptance per row, then each row's accepted path moved into place. Rows stop
@@ -19,6 +20,7 @@ from typing import Callable
 import torch
 
 from .kv_cache import TreeKVCache
+from .lookup import ContextIndex, merge
 from .sampling import SamplingConfig  # noqa: F401  (re-exported: callers build it with the decoder)
 from .spec import TreeSpec
 from .tree import TreeBuffers, build_buffers
@@ -46,6 +48,7 @@ class DecodeState:
     root: torch.Tensor  # [B] each row's next token, already emitted, not yet in the cache
     rows: list[int]  # which prompts of the batch are still decoding
     emitted: list[int]  # tokens each row has emitted so far (its oracle's offset)
+    indexes: list[ContextIndex] | None = None  # heads with context lookup only: each row's text so far (root included)
 
     @property
     def batch_size(self) -> int:
@@ -61,6 +64,8 @@ class DecodeState:
         self.hidden, self.root = self.hidden.index_select(0, index), self.root.index_select(0, index)
         self.rows = [self.rows[i] for i in keep]
         self.emitted = [self.emitted[i] for i in keep]
+        if self.indexes is not None:
+            self.indexes = [self.indexes[i] for i in keep]
 
 
 class PromptTooLongError(ValueError):
@@ -93,6 +98,7 @@ class MedusaDecoder:
         self.base = model.base_model
         self.lm_head = model.get_output_embeddings()
         self.heads = heads
+        self.lookup = heads.config.context_lookup if heads is not None else None
         self.tree = tree or TreeSpec([])
         self.eos = set(eos_token_ids)
         self.sampling = sampling or SamplingConfig()
@@ -130,18 +136,31 @@ class MedusaDecoder:
         of the heads the tree reads (root-conditioned heads read the root too; plain Medusa heads ignore it)."""
         return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used, root=root)
 
-    def _sequential_tree_tokens(self, hidden: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
-        """Sequential heads: the tree's tokens depth by depth, each node's children guessed by the next head for that
-        node's own path; one head call per depth over every row and node of it. hidden [B, H], root [B] -> [B, N]."""
-        b = self.buffers
+    def _tree_tokens_by_depth(self, state: DecodeState) -> torch.Tensor:
+        """Heads whose guesses depend on the path (sequential heads, context lookup): the tree's tokens depth by depth,
+        each node's children guessed by the next head for that node's own path; one head call per depth over every
+        row and node of it, none at a depth that needs only rank 0 where the lookup proposes for every node. -> [B, N]"""
+        b, root = self.buffers, state.root
         tokens = root.new_zeros(len(root), b.num_nodes)  # [B, N]
         tokens[:, 0] = root
-        h, r = hidden[:, None, :], root[:, None]  # [B, 1, H], [B, 1]: shared by every node of a row
+        h, r = state.hidden[:, None, :], root[:, None]  # [B, 1, H], [B, 1]: shared by every node of a row
         for level in b.expansions:
             path = tokens[:, level.parent_paths]  # [B, P, d]: each parent's draft tokens
-            top = self.heads.path_candidates(level.depth, h, r, path, level.topk)  # [B, P, topk]
+            proposals = self._lookup_proposals(state, path) if self.lookup is not None else None  # [B, P]
+            if proposals is not None and level.topk == 1 and bool((proposals >= 0).all()):
+                top = proposals[..., None]  # rank 0 is the proposal wherever there is one: the head has nothing to add
+            else:
+                top = self.heads.path_candidates(level.depth, h, r, path, level.topk)  # [B, P, topk]
+                if proposals is not None:
+                    top = merge(top, proposals)
             tokens[:, level.children] = top[:, level.child_parent, level.child_rank]
         return tokens
+
+    def _lookup_proposals(self, state: DecodeState, path: torch.Tensor) -> torch.Tensor:
+        """path [B, P, d] draft tokens of P nodes per row -> [B, P]: each node's context-lookup proposal (-1: none)
+        for its row's text followed by its path."""
+        proposals = [[index.propose(p) for p in row] for index, row in zip(state.indexes, path.tolist())]
+        return torch.tensor(proposals, dtype=torch.long, device=path.device)
 
     def _oracle_candidates(self, references: list[list[int]], emitted: list[int]) -> torch.Tensor:
         """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose. -> [B, D, topk]"""
@@ -220,12 +239,15 @@ class MedusaDecoder:
         cache.commit([list(range(n)) for n in lengths])
         hidden = hidden[torch.arange(batch, device=self.device), length - 1]  # [B, H]: each row's last prompt token
         root = self._first_token(self._logits(hidden))  # [B]
+        indexes = None
+        if self.lookup is not None:
+            indexes = [ContextIndex(self.lookup, prompt + [first]) for prompt, first in zip(prompts, root.tolist())]
         # each row's verify bias keeps 0 over its accepted prefix and gets the tree pattern over its tree slots
         tree_bias = torch.full((batch, 1, b.num_nodes, max_len), neg, dtype=self.dtype, device=self.device)
         for row, n in enumerate(lengths):
             tree_bias[row, 0, :, :n] = 0
         return DecodeState(cache=cache, tree_bias=tree_bias, hidden=hidden, root=root, rows=list(range(batch)),
-                           emitted=[1] * batch)
+                           emitted=[1] * batch, indexes=indexes)
 
     @torch.inference_mode()
     def step(self, state: DecodeState, oracles: list[list[int]] | None = None) -> list[list[int]]:
@@ -233,8 +255,8 @@ class MedusaDecoder:
         row's new tokens (accepted path + bonus), not yet truncated at EOS or the token limit.
         ``oracles``: one reference continuation per prompt of the batch (indexed by ``state.rows``)."""
         b, cache = self.buffers, state.cache
-        if b.num_nodes > 1 and oracles is None and self.heads.config.sequential:
-            tree_tokens = self._sequential_tree_tokens(state.hidden, state.root)  # [B, N]
+        if b.num_nodes > 1 and oracles is None and self.heads.config.path_dependent:
+            tree_tokens = self._tree_tokens_by_depth(state)  # [B, N]
         elif b.num_nodes > 1:
             if oracles is not None:
                 guesses = self._oracle_candidates([oracles[r] for r in state.rows], state.emitted)
@@ -261,6 +283,8 @@ class MedusaDecoder:
         cache.commit(paths)
         state.hidden = hidden_all[torch.arange(len(paths), device=self.device), best]
         state.emitted = [e + len(t) for e, t in zip(state.emitted, new_tokens)]
+        for index, tokens in zip(state.indexes or (), new_tokens):
+            index.extend(tokens)
         return new_tokens
 
     @torch.inference_mode()

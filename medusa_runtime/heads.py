@@ -30,6 +30,11 @@ runtime asks for them depth by depth (``path_candidates``: one call per depth ov
 and calibration and training feed the true path (teacher forcing). P_ij starts at zero, so sequential heads
 initialised from root-conditioned ones guess exactly as those do. Hydra++'s prefix attention (an extra decoder
 layer feeding the heads) is not implemented: a config that asks for it is refused.
+
+Context lookup (ours; ``"medusa_context_lookup": {"min_match": m, "max_match": M}`` in config.json, any head
+kind, no keys): each node's ranking starts with the token its own text predicts by copying (``lookup.py``), so
+the runtime expands such trees depth by depth too. Upstream loaders ignore the field, and a tree built for
+these heads assumes it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from torch import nn
 
 from .files import is_int, json_type, one_line, read_json_object
 from .layout import PackedLinear, onednn_packing_available, pack_linears
+from .lookup import CONFIG_KEY as LOOKUP_KEY
+from .lookup import ContextLookup
 
 WEIGHT_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 DRAFT_VOCAB_FILE = "draft_vocab.json"
@@ -97,6 +104,12 @@ class HeadsConfig:
     base_model: str = ""
     root_conditioned: bool = False  # heads also read the root token's input embedding (see the module docstring)
     sequential: bool = False  # heads also read the draft tokens earlier on their path (implies root_conditioned)
+    context_lookup: ContextLookup | None = None  # each node's ranking starts with a token copied from its own text
+
+    @property
+    def path_dependent(self) -> bool:
+        """Whether a node's guesses depend on its own path, so the runtime expands the tree depth by depth."""
+        return self.sequential or self.context_lookup is not None
 
     def __post_init__(self):
         if self.sequential and not self.root_conditioned:
@@ -320,6 +333,7 @@ class MedusaHeads(nn.Module):
             "medusa_shared_lm_head": self.config.shared_lm_head,
             **({"medusa_root_conditioned": True} if self.config.root_conditioned else {}),
             **({"medusa_sequential": True} if self.config.sequential else {}),
+            **({LOOKUP_KEY: self.config.context_lookup.to_config()} if self.config.context_lookup else {}),
             **(extra_config or {}),
         }
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
@@ -347,7 +361,8 @@ def read_draft_vocab(path: Path) -> tuple[list[int], dict]:
 
 
 def read_heads_config(path: Path) -> dict:
-    """The declared ``config.json``: the upstream keys with their types (the counts are not trusted: see infer_config)."""
+    """The declared ``config.json``: the upstream keys with their types (the counts are not trusted: see infer_config);
+    ``medusa_context_lookup``, when present, comes back as a checked ``ContextLookup``."""
     fix = "restore the heads' config.json (keys medusa_num_heads, medusa_num_layers, base_model_name_or_path)"
     declared = read_json_object(path, "heads config", fix, HeadsFormatError)
     for key, least in (("medusa_num_heads", 1), ("medusa_num_layers", 0)):
@@ -361,10 +376,30 @@ def read_heads_config(path: Path) -> dict:
     for flag in ("medusa_root_conditioned", "medusa_sequential"):
         if not isinstance(declared.get(flag, False), bool):
             raise HeadsFormatError(f"{path}: field {flag!r} must be true or false, got {declared[flag]!r}; {fix}")
+    lookup = declared.get(LOOKUP_KEY)
+    if lookup is not None:
+        declared[LOOKUP_KEY] = read_lookup_field(lookup, path)
     if declared.get("medusa_prefix_attention", False):
         raise HeadsFormatError(f"{path}: field 'medusa_prefix_attention' asks for Hydra++ prefix attention, which this runtime "
                                f"does not implement; use heads without it (treeopt train-heads --kind sequential)")
     return declared
+
+
+def read_lookup_field(value, path: Path) -> ContextLookup:
+    """The ``medusa_context_lookup`` field: an object with integer ``min_match`` and ``max_match``."""
+    fix = f'write it as {{"min_match": 2, "max_match": 4}} or remove it to turn the lookup off'
+    if not isinstance(value, dict):
+        raise HeadsFormatError(f"{path}: field {LOOKUP_KEY!r} must be an object, got a {json_type(value)}; {fix}")
+    unknown = sorted(set(value) - {"min_match", "max_match"})
+    if unknown:
+        raise HeadsFormatError(f"{path}: field {LOOKUP_KEY!r} has unknown keys {unknown}; {fix}")
+    for key in ("min_match", "max_match"):
+        if key not in value or not is_int(value[key]):
+            raise HeadsFormatError(f"{path}: field {LOOKUP_KEY}.{key} must be an integer, got {value.get(key)!r}; {fix}")
+    try:
+        return ContextLookup(min_match=value["min_match"], max_match=value["max_match"])
+    except ValueError as err:
+        raise HeadsFormatError(f"{path}: field {LOOKUP_KEY!r}: {err}; {fix}") from None
 
 
 # What torch.load raises on truncated or corrupt files (found by fuzzing both the zip and the legacy format):
@@ -497,6 +532,7 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if config_file.exists():
         declared = read_heads_config(config_file)
         config.base_model = declared.get("base_model_name_or_path", "") or ""
+        config.context_lookup = declared.get(LOOKUP_KEY)
         for flag, has, keys in (("medusa_root_conditioned", config.root_conditioned, "root.{i}.weight"),
                                 ("medusa_sequential", config.sequential, "path.{i}.{j}.weight")):
             if bool(declared.get(flag, False)) != has:

@@ -12,6 +12,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
                           Qwen2Config, Qwen2ForCausalLM)
 
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
+from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.models import LoadedModel
 
 VOCAB = 64
@@ -51,13 +52,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, std: float = 0.5, root: bool = False,
-               sequential: bool = False) -> MedusaHeads:
+               sequential: bool = False, lookup: ContextLookup | None = None) -> MedusaHeads:
     """Random heads; ``root``: root-conditioned, with random (non-zero) root projections; ``sequential``: also
-    random path projections (implies ``root``)."""
+    random path projections (implies ``root``); ``lookup``: with that context lookup."""
     torch.manual_seed(seed)
     cfg = model.config
     heads = MedusaHeads(HeadsConfig(num_heads, 1, cfg.hidden_size, cfg.vocab_size, shared, base_model="tiny",
-                                    root_conditioned=root or sequential, sequential=sequential))
+                                    root_conditioned=root or sequential, sequential=sequential, context_lookup=lookup))
     heads.init_from_base(model.get_output_embeddings())
     heads.attach_base(model)
     with torch.no_grad():

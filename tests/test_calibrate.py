@@ -4,6 +4,7 @@ import pytest
 
 from conftest import loaded_tiny, tiny_heads, tiny_model
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.spec import TreeSpec
 from treeopt.build import build_tree
 from treeopt.calibrate import calibrate
@@ -12,10 +13,12 @@ from treeopt.stats import load_stats, replay_steps
 PROMPTS = [[4 + i, 9 + 2 * i, 20 + i] for i in range(6)]
 
 
-@pytest.fixture(scope="module", params=["plain", "root-conditioned", "sequential"])
+@pytest.fixture(scope="module", params=["plain", "root-conditioned", "sequential", "plain+lookup", "sequential+lookup"])
 def setup(request):
     model = tiny_model("llama", seed=3)
-    heads = tiny_heads(model, num_heads=3, std=0.3, root=request.param == "root-conditioned", sequential=request.param == "sequential")
+    kind, lookup = request.param.partition("+")[::2]
+    heads = tiny_heads(model, num_heads=3, std=0.3, root=kind == "root-conditioned", sequential=kind == "sequential",
+                       lookup=ContextLookup(1, 3) if lookup else None)
     loaded = loaded_tiny(model)
     return loaded, heads, calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False)
 

@@ -367,3 +367,31 @@ def test_pack_answers_then_train_heads_starts_from_them(tiny_folder, tmp_path):
     assert r.exit_code != 0 and "max_new_tokens 6 (this run: 7; --max-new-tokens)" in r.output
     r = invoke("pack-answers", tmp_path / "nowhere", "--out", pack, "--gen-dtype", "float32")
     assert r.exit_code != 0 and "no such file" in r.output
+
+
+def test_heads_with_context_lookup_through_the_cli(tiny_folder, tmp_path):
+    """calibrate records the lookup (and fingerprints it), bench runs it losslessly, export warns that engines
+    do not do it."""
+    import shutil
+
+    heads = tmp_path / "heads_lookup"
+    shutil.copytree(tiny_folder / "heads", heads)
+    config = json.loads((heads / "config.json").read_text())
+    config["medusa_context_lookup"] = {"min_match": 1, "max_match": 3}
+    (heads / "config.json").write_text(json.dumps(config))
+    stats, tree, report = tmp_path / "stats.json", tmp_path / "tree.json", tmp_path / "report.json"
+    r = invoke("calibrate", "--model", tiny_folder / "model", "--heads", heads, "--prompts", tiny_folder / "prompts.jsonl",
+               "--max-new-tokens", 24, "--topk", 4, "--out", stats)
+    assert r.exit_code == 0, r.output
+    provenance = json.loads(stats.read_text())["provenance"]
+    assert provenance["context_lookup"] == {"min_match": 1, "max_match": 3}
+    from treeopt.calibrate import heads_fingerprint
+
+    assert provenance["heads_sha256"] == heads_fingerprint(heads) != heads_fingerprint(tiny_folder / "heads")
+    assert invoke("build", stats, "--budget", 4, "--out", tree).exit_code == 0
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", heads, "--tree", tree, "--prompts",
+               tiny_folder / "prompts.jsonl", "--select", "0:3", "--max-new-tokens", 16, "--json", report)
+    assert r.exit_code == 0, r.output
+    assert json.loads(report.read_text())["identical"] == 1.0 and "warning" not in r.output
+    r = invoke("export", tree, "--format", "trtllm")
+    assert r.exit_code == 0 and "context lookup" in r.output

@@ -8,6 +8,7 @@ from conftest import tiny_heads, tiny_model
 from medusa_runtime.bench import hf_greedy
 from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
 from medusa_runtime.layout import pack_linears
+from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.spec import TreeSpec, chain_tree
 
 MODELS = {arch: tiny_model(arch, seed=i) for i, arch in enumerate(["llama", "qwen2", "mistral"])}
@@ -17,9 +18,13 @@ MODELS["llama-draft-vocab"] = MODELS["llama"]  # heads that guess from a third o
 MODELS["llama-root"] = MODELS["llama-packed"]  # root-conditioned heads (they also read the root token)
 MODELS["llama-sequential"] = MODELS["llama-packed"]  # sequential heads: guesses per path, depth by depth
 MODELS["qwen2-sequential-draft"] = MODELS["qwen2"]  # the same, unpacked, from a draft vocabulary
-HEADS = {arch: tiny_heads(model, num_heads=3, root=arch == "llama-root", sequential="sequential" in arch) for arch, model in MODELS.items()}
+MODELS["mistral-lookup"] = MODELS["mistral"]  # plain heads with context lookup: expanded depth by depth too
+MODELS["qwen2-sequential-lookup"] = MODELS["qwen2"]  # sequential heads with context lookup, from a draft vocabulary
+HEADS = {arch: tiny_heads(model, num_heads=3, root=arch == "llama-root", sequential="sequential" in arch,
+                          lookup=ContextLookup(1, 3) if "lookup" in arch else None) for arch, model in MODELS.items()}
 HEADS["llama-draft-vocab"].set_draft_vocab(list(range(0, 64, 3)))
 HEADS["qwen2-sequential-draft"].set_draft_vocab(list(range(1, 64, 2)))
+HEADS["qwen2-sequential-lookup"].set_draft_vocab(list(range(1, 64, 2)))  # lookup proposals may lie outside it
 
 
 @st.composite

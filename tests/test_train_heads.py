@@ -317,3 +317,14 @@ def test_features_of_sequences_batched_together_equal_one_at_a_time(tmp_path):
     alone = compute_features(loaded, trajs, 3, tmp_path / "alone", chunk=1)
     assert torch.allclose(together.hidden, alone.hidden, atol=1e-5)
     assert torch.equal(together.targets, alone.targets) and torch.equal(together.roots, alone.roots)
+
+
+@pytest.mark.parametrize("lookup", [True, False])
+def test_new_heads_carry_the_context_lookup_setting(tmp_path, lookup):
+    from medusa_runtime.lookup import ContextLookup
+    from treeopt.train_heads import new_heads
+
+    model = tiny_model("llama", seed=0)
+    heads, _ = new_heads(loaded_tiny(model), TrainConfig(num_heads=2, draft_vocab=0, context_lookup=lookup), [])
+    heads.save(tmp_path)
+    assert load_heads(tmp_path, model).config.context_lookup == (ContextLookup() if lookup else None)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from medusa_runtime.decoding import MedusaDecoder
-from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES, true_path
+from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES, read_heads_config, true_path
+from medusa_runtime.lookup import CONFIG_KEY as LOOKUP_KEY
+from medusa_runtime.lookup import merge, propose
 from medusa_runtime.models import dtype_name
 from medusa_runtime.spec import chain_tree
 
@@ -60,6 +63,10 @@ def heads_fingerprint(heads_path: str | Path | None) -> str | None:
             draft = Path(heads_path) / DRAFT_VOCAB_FILE
             if draft.exists():  # the guesses change with it, so do the stats
                 digest.update(draft.read_bytes())
+            config = Path(heads_path) / "config.json"
+            lookup = read_heads_config(config).get(LOOKUP_KEY) if config.exists() else None
+            if lookup is not None:  # and with the context lookup
+                digest.update(json.dumps(lookup.to_config(), sort_keys=True).encode())
             return digest.hexdigest()[:12]
     return None
 
@@ -80,6 +87,12 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     # one path that can be accepted, so ranks along it replay the runtime; past the answer's end nothing is counted
     path = true_path(future).to(loaded.device)  # [R, K-1]
     top = heads.candidates(hidden, topk, root=roots, path=path).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
+    lookup = heads.config.context_lookup
+    if lookup is not None:  # head k's node at t ends with new token t+k+1: the runtime's lookup over the same text
+        seqs = ids[0].cpu().expand(R, -1)  # [R, T]: propose reads each row only up to its length
+        for k in range(K):
+            ends = (torch.arange(R) + len(prompt_ids) + 1 + k).clamp(max=seqs.shape[1])  # [R]; past the answer nothing is counted
+            top[:, k] = merge(top[:, k], propose(seqs, ends, lookup))
     match = top == future[..., None]  # [R, K, topk]
     ranks = torch.where(match.any(-1), match.float().argmax(-1), torch.full((R, K), -1))
     return ranks.tolist()

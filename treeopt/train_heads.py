@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from medusa_runtime.files import parse_json, read_text
 from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
+from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.models import dtype_name, resolve_dtype
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
 
@@ -500,7 +501,8 @@ def new_heads(loaded, cfg: TrainConfig, trajectories: list[Trajectory]) -> tuple
     Medusa start (ResBlocks at zero: the base lm_head) and a draft vocabulary from the answers."""
     lm_head = loaded.model.get_output_embeddings()
     hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, loaded.model.config.hidden_size, loaded.model.config.vocab_size,
-                       cfg.shared_lm_head, base_model=loaded.name, **HeadsConfig.flags(cfg.kind))
+                       cfg.shared_lm_head, base_model=loaded.name, context_lookup=ContextLookup() if cfg.context_lookup else None,
+                       **HeadsConfig.flags(cfg.kind))
     heads = MedusaHeads(hcfg)
     heads.init_from_base(lm_head)
     chosen = None
