@@ -387,7 +387,7 @@ def read_heads_config(path: Path) -> dict:
 
 def read_lookup_field(value, path: Path) -> ContextLookup:
     """The ``medusa_context_lookup`` field: an object with integer ``min_match`` and ``max_match``."""
-    fix = f'write it as {{"min_match": 2, "max_match": 4}} or remove it to turn the lookup off'
+    fix = f"write it as {json.dumps(ContextLookup().to_config())} or remove it to turn the lookup off"
     if not isinstance(value, dict):
         raise HeadsFormatError(f"{path}: field {LOOKUP_KEY!r} must be an object, got a {json_type(value)}; {fix}")
     unknown = sorted(set(value) - {"min_match", "max_match"})

@@ -81,6 +81,14 @@ def merge(ranked: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
     return torch.where((proposal >= 0)[..., None], merged, ranked)
 
 
+def true_path_proposals(ids: torch.Tensor, prompt_len: int, rows: int, num_heads: int, lookup: ContextLookup) -> torch.Tensor:
+    """Teacher forcing over one answer: ids [T] (prompt + answer) -> [rows, K], head k's proposal at new-token position
+    t (0 = the last prompt token), whose node's text ends with new token t+k+1 (the root, then the true path); rows
+    past the answer's end read it only up to its end."""
+    seqs = ids.expand(rows, -1)  # [rows, T]: propose reads each row only up to its length
+    cols = [propose(seqs, (torch.arange(rows) + prompt_len + 1 + k).clamp(max=len(ids)), lookup) for k in range(num_heads)]
+    return torch.stack(cols, dim=1)
+
 
 class ContextIndex:
     """One sequence's n-gram positions for the runtime: ``propose(path)`` equals ``propose`` on the history followed

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from medusa_runtime.heads import load_heads, true_path
-from medusa_runtime.lookup import ContextLookup, merge, propose
+from medusa_runtime.lookup import ContextLookup, merge, true_path_proposals
 from medusa_runtime.models import load_model
 from treeopt.distill import read_trajectories
 from treeopt.train_heads import compute_features
@@ -25,17 +25,9 @@ from treeopt.train_heads import compute_features
 
 def proposals(answers, num_heads: int, lookup: ContextLookup) -> torch.Tensor:
     """[rows, K]: head k's proposal at each feature row (row order of compute_features: per answer, from the last
-    prompt token on); the node's text ends with new token t+k+1, as in calibration."""
-    out = []
-    for traj in answers:
-        ids = torch.tensor(traj.prompt_ids + traj.response_ids)
-        rows = len(traj.response_ids) + 1
-        cols = []
-        for k in range(num_heads):
-            ends = (torch.arange(rows) + len(traj.prompt_ids) + 1 + k).clamp(max=len(ids))
-            cols.append(propose(ids.expand(rows, -1), ends, lookup))
-        out.append(torch.stack(cols, dim=1))
-    return torch.cat(out)
+    prompt token on, one row past the answer), as calibration computes it."""
+    return torch.cat([true_path_proposals(torch.tensor(t.prompt_ids + t.response_ids), len(t.prompt_ids), len(t.response_ids) + 1,
+                                          num_heads, lookup) for t in answers])
 
 
 def scores(top: torch.Tensor, targets: torch.Tensor) -> dict:

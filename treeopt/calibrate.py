@@ -19,7 +19,7 @@ from tqdm import tqdm
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES, read_heads_config, true_path
 from medusa_runtime.lookup import CONFIG_KEY as LOOKUP_KEY
-from medusa_runtime.lookup import merge, propose
+from medusa_runtime.lookup import merge, true_path_proposals
 from medusa_runtime.models import dtype_name
 from medusa_runtime.spec import chain_tree
 
@@ -88,11 +88,8 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     path = true_path(future).to(loaded.device)  # [R, K-1]
     top = heads.candidates(hidden, topk, root=roots, path=path).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
     lookup = heads.config.context_lookup
-    if lookup is not None:  # head k's node at t ends with new token t+k+1: the runtime's lookup over the same text
-        seqs = ids[0].cpu().expand(R, -1)  # [R, T]: propose reads each row only up to its length
-        for k in range(K):
-            ends = (torch.arange(R) + len(prompt_ids) + 1 + k).clamp(max=seqs.shape[1])  # [R]; past the answer nothing is counted
-            top[:, k] = merge(top[:, k], propose(seqs, ends, lookup))
+    if lookup is not None:  # the runtime's proposal over the same text; past the answer nothing is counted anyway
+        top = merge(top, true_path_proposals(ids[0].cpu(), len(prompt_ids), R, K, lookup))
     match = top == future[..., None]  # [R, K, topk]
     ranks = torch.where(match.any(-1), match.float().argmax(-1), torch.full((R, K), -1))
     return ranks.tolist()
