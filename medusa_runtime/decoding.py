@@ -139,28 +139,28 @@ class MedusaDecoder:
     def _tree_tokens_by_depth(self, state: DecodeState) -> torch.Tensor:
         """Heads whose guesses depend on the path (sequential heads, context lookup): the tree's tokens depth by depth,
         each node's children guessed by the next head for that node's own path; one head call per depth over every
-        row and node of it, none at a depth that needs only rank 0 where the lookup proposes for every node. -> [B, N]"""
-        b, root = self.buffers, state.root
-        tokens = root.new_zeros(len(root), b.num_nodes)  # [B, N]
-        tokens[:, 0] = root
-        h, r = state.hidden[:, None, :], root[:, None]  # [B, 1, H], [B, 1]: shared by every node of a row
+        row and node of it, none at a depth that needs only rank 0 where the lookup proposes for every node. The
+        tokens live in Python lists until the end: a depth fills a few of them per row. -> [B, N]"""
+        b = self.buffers
+        tokens = [[root] + [0] * (b.num_nodes - 1) for root in state.root.tolist()]  # [B][N]
+        h, r = state.hidden[:, None, :], state.root[:, None]  # [B, 1, H], [B, 1]: shared by every node of a row
         for level in b.expansions:
-            path = tokens[:, level.parent_paths]  # [B, P, d]: each parent's draft tokens
-            proposals = self._lookup_proposals(state, path) if self.lookup is not None else None  # [B, P]
-            if proposals is not None and level.topk == 1 and bool((proposals >= 0).all()):
-                top = proposals[..., None]  # rank 0 is the proposal wherever there is one: the head has nothing to add
+            paths = [[[row[n] for n in nodes] for nodes in level.parent_paths] for row in tokens]  # [B][P][d]
+            proposals = None
+            if self.lookup is not None:  # [B][P]: each node's copy from its row's text followed by its path (-1: none)
+                proposals = [[index.propose(p) for p in row] for index, row in zip(state.indexes, paths)]
+            if proposals is not None and level.topk == 1 and min(min(row) for row in proposals) >= 0:
+                top = [[[p] for p in row] for row in proposals]  # rank 0 is the proposal everywhere: the head has nothing to add
             else:
-                top = self.heads.path_candidates(level.depth, h, r, path, level.topk)  # [B, P, topk]
+                path = torch.tensor(paths, dtype=torch.long, device=self.device).reshape(len(tokens), len(level.parent_paths), level.depth)
+                ranked = self.heads.path_candidates(level.depth, h, r, path, level.topk)  # [B, P, topk]
                 if proposals is not None:
-                    top = merge(top, proposals)
-            tokens[:, level.children] = top[:, level.child_parent, level.child_rank]
-        return tokens
-
-    def _lookup_proposals(self, state: DecodeState, path: torch.Tensor) -> torch.Tensor:
-        """path [B, P, d] draft tokens of P nodes per row -> [B, P]: each node's context-lookup proposal (-1: none)
-        for its row's text followed by its path."""
-        proposals = [[index.propose(p) for p in row] for index, row in zip(state.indexes, path.tolist())]
-        return torch.tensor(proposals, dtype=torch.long, device=path.device)
+                    ranked = merge(ranked, torch.tensor(proposals, dtype=torch.long, device=self.device))
+                top = ranked.tolist()
+            for row, row_top in zip(tokens, top):
+                for child, parent, rank in level.children:
+                    row[child] = row_top[parent][rank]
+        return torch.tensor(tokens, dtype=torch.long, device=self.device)
 
     def _oracle_candidates(self, references: list[list[int]], emitted: list[int]) -> torch.Tensor:
         """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose. -> [B, D, topk]"""

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import is_int, json_type, one_line, read_json_object
-from .layout import PackedLinear, onednn_packing_available, pack_linears
+from .layout import frozen_linear, pack_linears, weight_version
 from .lookup import CONFIG_KEY as LOOKUP_KEY
 from .lookup import ContextLookup
 
@@ -153,6 +153,7 @@ class MedusaHeads(nn.Module):
         self.register_buffer("draft_vocab", None, persistent=False)
         self.draft_vocab_meta: dict = {}
         self._draft_heads: dict[int, tuple[tuple, nn.Linear]] = {}  # id(weight) -> (key, linear over weight[draft_vocab])
+        self._fused_inputs: dict[int, tuple[tuple, nn.Linear]] = {}  # head i -> (key, [R_i | P_i0 | ..] as one linear)
 
     @property
     def num_heads(self) -> int:
@@ -190,13 +191,11 @@ class MedusaHeads(nn.Module):
     def _draft_head(self, weight: torch.Tensor) -> nn.Linear:
         """A bias-free linear over weight[draft_vocab] (one contiguous [V', H] matrix, oneDNN-packed on CPU fp32),
         built again only when the weight moves, changes dtype or is edited in place (its version counter)."""
-        key = (weight.data_ptr(), weight.dtype, weight.device, weight._version)
+        key = (weight.data_ptr(), weight.dtype, weight.device, weight_version(weight))
         cached = self._draft_heads.get(id(weight))
         if cached is None or cached[0] != key:
             rows = weight.detach()[self.draft_vocab.to(weight.device)].contiguous()  # [V', H]
-            linear = nn.Linear(rows.shape[1], rows.shape[0], bias=False, device="meta")
-            linear.weight = nn.Parameter(rows, requires_grad=False)
-            self._draft_heads[id(weight)] = cached = (key, PackedLinear.from_linear(linear) if onednn_packing_available() else linear)
+            self._draft_heads[id(weight)] = cached = (key, frozen_linear(rows))
         return cached[1]
 
     def init_from_base(self, lm_head: nn.Module) -> None:
@@ -217,20 +216,38 @@ class MedusaHeads(nn.Module):
     def head_input(self, i: int, h: torch.Tensor, root: torch.Tensor | None, path: torch.Tensor | None) -> torch.Tensor:
         """What head i reads: h [..., H] plus, for root-conditioned heads, R_i e(root) (root [...]) and, for sequential
         heads, sum_j P_ij e(path[..., j]) over the first i draft tokens of path [..., >=i]. Shapes broadcast, so
-        h [B, 1, H] with path [B, P, i] gives [B, P, H]."""
+        h [B, 1, H] with path [B, P, i] gives [B, P, H]. The projections run as one matmul over the tokens'
+        embeddings side by side (``_input_projection``)."""
         if self.root_proj is None:
             return h
         if root is None:
             raise ValueError(f"{self.config.kind} heads need the root token: pass root= (the base model's next token)")
-        x = h + self.root_proj[i](self._embed(root, h.dtype))
-        if self.path_proj is None or i == 0:
-            return x
-        if path is None or path.shape[-1] < i:
-            raise ValueError(f"sequential head {i} reads the {i} draft tokens before it on its path: pass path= [..., >={i}] token ids")
-        e = self._embed(path[..., :i], h.dtype)  # [..., i, H]
-        for j, proj in enumerate(self.path_proj[i]):
-            x = x + proj(e[..., j, :])
-        return x
+        tokens = root[..., None]  # [..., 1]
+        if self.path_proj is not None and i > 0:
+            if path is None or path.shape[-1] < i:
+                raise ValueError(f"sequential head {i} reads the {i} draft tokens before it on its path: pass path= [..., >={i}] token ids")
+            lead = torch.broadcast_shapes(root.shape, path.shape[:-1])
+            tokens = torch.cat([tokens.expand(*lead, 1), path[..., :i].expand(*lead, i)], dim=-1)  # [..., i+1]
+        e = self._embed(tokens, h.dtype).flatten(-2)  # [..., (i+1) H]: e(root), e(d_1), .., e(d_i)
+        return h + self._input_projection(i, e)
+
+    def _input_weights(self, i: int) -> list[torch.Tensor]:
+        """R_i, then P_i0..P_i,i-1 for sequential heads: each [H, H]."""
+        return [self.root_proj[i].weight, *(proj.weight for proj in (self.path_proj[i] if self.path_proj is not None else ()))]
+
+    def _input_projection(self, i: int, e: torch.Tensor) -> torch.Tensor:
+        """[R_i | P_i0 | .. | P_i,i-1] e for e [..., (i+1) H] -> [..., H]. With gradients (training) the weights are
+        put side by side on every call; without, once, in one cached linear (oneDNN-packed on CPU fp32) that is built
+        again when a weight moves, changes dtype or is edited in place: one matmul instead of i+1 small ones."""
+        weights = self._input_weights(i)
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            return F.linear(e, torch.cat(weights, dim=1))
+        key = tuple((w.data_ptr(), w.dtype, w.device, weight_version(w)) for w in weights)
+        cached = self._fused_inputs.get(i)
+        if cached is None or cached[0] != key:
+            joined = torch.cat([w.detach() for w in weights], dim=1)  # [H, (i+1) H]
+            self._fused_inputs[i] = cached = (key, frozen_linear(joined))
+        return cached[1](e)
 
     def _inputs(self, h: torch.Tensor, root: torch.Tensor | None, num_heads: int | None, path: torch.Tensor | None = None) -> list[torch.Tensor]:
         """What each of the first ``num_heads`` heads reads (see ``head_input``) -> tensors [..., H]."""
@@ -573,9 +590,6 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
         for head in heads.heads:  # the ResBlocks only: a v1 head's own lm_head would be a second 100 MB-scale copy
             for block in head[: config.num_layers]:
                 pack_linears(block)  # decoding feeds the heads one row: see layout.py
-        for proj in (heads.root_proj, heads.path_proj):
-            if proj is not None:
-                pack_linears(proj)
         heads.attach_base(base_model)
     heads.eval()
     heads.requires_grad_(False)

@@ -1,35 +1,85 @@
-"""Faster linears on CPU: oneDNN's pre-packed fp32 GEMM, for the few rows decoding and tree verify feed.
+"""Faster linears on CPU: oneDNN's pre-packed fp32 GEMM, for the few rows tree verify feeds.
 
-Stock ``nn.Linear`` on CPU calls a generic BLAS GEMM that is far from memory speed for 1-16 rows (on
-this project's 2-core AMD EPYC machine MKL also ran its packed kernel slowly). oneDNN packs a weight
-once (``torch.ops.mkldnn._reorder_linear_weight``) and ``_linear_pointwise`` multiplies against it.
-Measured side by side, all 30 layers of SmolLM2-135M plus its lm_head, fp32, random weights streamed
-from memory (``python scripts/bench_linears.py --rows 1,5 --repeats 3``): 1 row 45.5 -> 26.8 ms,
-5 rows 69.3 -> 21.0 ms.
+Stock ``nn.Linear`` on CPU calls a generic BLAS GEMM whose speed on a few rows depends on the machine.
+oneDNN packs a weight once (``torch.ops.mkldnn._reorder_linear_weight``) and ``_linear_pointwise``
+multiplies against it. ``python scripts/bench_linears.py`` (all 30 layers of SmolLM2-135M plus its lm_head,
+fp32, random weights streamed from memory) measured, in ms per pass, stock -> packed:
+
+- 2-core AMD EPYC VM: 1 row 46.6 -> 27.2, 2 rows 79.5 -> 32.2, 5 rows 71.9 -> 21.3 (packed always wins);
+- 2-core Intel Xeon VM (AVX512-BF16, AMX): 1 row 20.9 -> 26.7, 2 rows 22.2 -> 27.2, 3 rows 34.6 -> 29.1,
+  8 rows 43.2 -> 34.2 (stock wins on 1-2 rows: MKL's GEMV).
+
+So the kernel for 1-2 rows (plain decoding, the Hugging Face baseline, the heads' guesses) is chosen per
+machine: ``packed_min_rows()`` times both on 1 and 2 rows once per process (about 0.2 s), or reads
+``MEDUSA_PACKED_MIN_ROWS`` (1, 2 or 3) from the environment; 3 rows and more always take the packed kernel.
+The baseline is then as fast as stock ``generate`` can be on the machine, and speedups compare decoding
+strategies, not kernels.
 
 ``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight
-Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path
-without autograd and stock ``F.linear`` when gradients are on (training). The Hugging Face baseline
-runs the same modules, so speedups compare decoding strategies, not kernels. Results equal
-``F.linear`` up to float rounding. It costs one extra copy of every linear weight in memory, is CPU
-fp32 only, and does nothing where PyTorch was built without oneDNN. The model's own code is
-untouched: the modules are driven through their usual ``forward``.
+Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path without
+autograd from ``packed_min_rows()`` rows, and stock ``F.linear`` otherwise (fewer rows; training). Results
+equal ``F.linear`` up to float rounding. It costs one extra copy of every linear weight in memory, is CPU
+fp32 only, and does nothing where PyTorch was built without oneDNN. The model's own code is untouched: the
+modules are driven through their usual ``forward``.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import statistics
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MIN_ROWS_ENV = "MEDUSA_PACKED_MIN_ROWS"
+SMALL_ROWS = (1, 2)  # the row counts whose kernel is chosen per machine; from 3 rows on, packed
 
 
 def onednn_packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _version(weight: torch.Tensor) -> int:
+def weight_version(weight: torch.Tensor) -> int:
     """The in-place edit counter; tensors made under ``torch.inference_mode`` have none (-1)."""
     return -1 if weight.is_inference() else weight._version
+
+
+@functools.cache
+def packed_min_rows() -> int:
+    """From how many rows PackedLinear takes the packed kernel: 1, 2 or 3 (see the module docstring). The
+    environment variable wins; otherwise both kernels are timed on 1 and 2 rows against 84 MB of weights (24
+    matrices of SmolLM2's MLP shape, more than a cache holds), medians of five passes, once per process."""
+    declared = os.environ.get(MIN_ROWS_ENV)
+    if declared is not None:
+        if declared not in ("1", "2", "3"):
+            raise ValueError(f"environment variable {MIN_ROWS_ENV}={declared!r}: use 1, 2 or 3 (the row count from which "
+                             f"linears take oneDNN's packed kernel), or unset it to measure")
+        return int(declared)
+    if not onednn_packing_available():
+        return 1
+    weights = [torch.rand(1536, 576) for _ in range(24)]
+    packed = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
+    linear = torch.ops.mkldnn._linear_pointwise
+
+    def median_ms(fn, x) -> float:
+        times = []
+        for _ in range(6):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:]) * 1e3  # the first pass warms up
+
+    with torch.inference_mode():
+        for rows in SMALL_ROWS:
+            x = torch.rand(rows, 576)
+            stock = median_ms(lambda v: [F.linear(v, w) for w in weights], x)
+            onednn = median_ms(lambda v: [linear(v, p, None, "none", [], "") for p in packed], x)
+            if onednn < stock:
+                return rows
+    return SMALL_ROWS[-1] + 1
 
 
 class PackedLinear(nn.Linear):
@@ -59,7 +109,7 @@ class PackedLinear(nn.Linear):
         if weight.device.type == "cpu" and weight.dtype == torch.float32:
             with torch.no_grad():  # the batch-size hint does not restrict later calls
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 8)
-            self._packed_version = _version(weight)
+            self._packed_version = weight_version(weight)
         else:
             self._packed = None
 
@@ -73,11 +123,19 @@ class PackedLinear(nn.Linear):
         self.repack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is not None and not torch.is_grad_enabled():
-            if _version(self.weight) != self._packed_version:  # edited in place since packing (an optimizer step)
+        if self._packed is not None and not torch.is_grad_enabled() and x.numel() >= packed_min_rows() * x.shape[-1]:
+            if weight_version(self.weight) != self._packed_version:  # edited in place since packing (an optimizer step)
                 self.repack()
             return self._onednn_linear(x.contiguous(), self._packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+
+def frozen_linear(weight: torch.Tensor) -> nn.Linear:
+    """An inference-only, bias-free linear over ``weight`` [out, in] (a tensor it owns: pass a copy), oneDNN-packed
+    where packing is available."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    return PackedLinear.from_linear(linear) if onednn_packing_available() else linear
 
 
 def pack_linears(model: nn.Module) -> int:

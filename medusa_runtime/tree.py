@@ -18,14 +18,13 @@ from .spec import TreeSpec
 
 @dataclass
 class DepthExpansion:
-    """The children of one depth d, guessed by head d for each parent's own path (sequential heads)."""
+    """The children of one depth d, guessed by head d for each parent's own path (sequential heads, context lookup).
+    Plain lists: the decoder fills a few tokens per row from them, where tensor indexing would cost more than the work."""
 
     depth: int  # d: parents are at depth d, children at d+1, guessed by head d (0-based)
     topk: int  # 1 + the largest child rank at this depth
-    parent_paths: torch.Tensor  # [P, d] long: node indices of each parent's draft tokens (depths 1..d)
-    children: torch.Tensor  # [C] long: node index of each child
-    child_parent: torch.Tensor  # [C] long: which of the P parents it hangs under
-    child_rank: torch.Tensor  # [C] long: its rank in that parent's top-k
+    parent_paths: list[list[int]]  # [P][d]: node indices of each parent's draft tokens (depths 1..d)
+    children: list[tuple[int, int, int]]  # [C]: (node index of a child, which of the P parents it hangs under, its rank)
 
 
 @dataclass
@@ -73,11 +72,8 @@ def build_buffers(spec: TreeSpec, device: torch.device | str = "cpu", dtype: tor
         expansions.append(DepthExpansion(
             depth=d,
             topk=1 + max(q[-1] for q in kids),
-            parent_paths=torch.tensor([[index[p[:j]] for j in range(1, d + 1)] for p in parents_d], dtype=torch.long,
-                                      device=device).reshape(len(parents_d), d),
-            children=torch.tensor([index[q] for q in kids], dtype=torch.long, device=device),
-            child_parent=torch.tensor([slot[q[:d]] for q in kids], dtype=torch.long, device=device),
-            child_rank=torch.tensor([q[-1] for q in kids], dtype=torch.long, device=device),
+            parent_paths=[[index[p[:j]] for j in range(1, d + 1)] for p in parents_d],
+            children=[(index[q], slot[q[:d]], q[-1]) for q in kids],
         ))
     bias = torch.zeros(n, n, dtype=dtype)
     bias.masked_fill_(~ancestor, torch.finfo(dtype).min)

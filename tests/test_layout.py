@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_model
-from medusa_runtime.layout import PackedLinear, onednn_packing_available, pack_linears
+from medusa_runtime.layout import MIN_ROWS_ENV, PackedLinear, onednn_packing_available, pack_linears, packed_min_rows
 
 pytestmark = pytest.mark.skipif(not onednn_packing_available(), reason="PyTorch built without oneDNN")
 
@@ -28,18 +28,49 @@ def test_packed_linear_matches_linear(rows):
         torch.testing.assert_close(packed(xt), linear(xt), rtol=1e-5, atol=1e-5)
 
 
-def test_packed_path_is_taken_without_autograd_only(monkeypatch):
+@pytest.fixture
+def min_rows(monkeypatch):
+    """Set MEDUSA_PACKED_MIN_ROWS for one test; the cached choice is cleared before and after."""
+    def set_to(value: str | None):
+        if value is None:
+            monkeypatch.delenv(MIN_ROWS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(MIN_ROWS_ENV, value)
+        packed_min_rows.cache_clear()
+    yield set_to
+    monkeypatch.delenv(MIN_ROWS_ENV, raising=False)
+    packed_min_rows.cache_clear()
+
+
+@pytest.mark.parametrize("least", [1, 3])
+def test_packed_path_is_taken_from_the_chosen_rows_without_autograd_only(monkeypatch, min_rows, least):
+    min_rows(str(least))
     linear = packed_copy(nn.Linear(16, 16))
     calls = []
     original = PackedLinear._onednn_linear
-    monkeypatch.setattr(PackedLinear, "_onednn_linear", staticmethod(lambda x, *a: calls.append(x.shape[0]) or original(x, *a)))
+    monkeypatch.setattr(PackedLinear, "_onednn_linear", staticmethod(lambda x, *a: calls.append(x.numel() // x.shape[-1]) or original(x, *a)))
+    rows = (1, 2, 3, 4, 8, 32, 33)
     with torch.inference_mode():
-        for rows in (1, 2, 3, 4, 8, 32, 33):
-            linear(torch.randn(rows, 16))
-    assert calls == [1, 2, 3, 4, 8, 32, 33]
+        for n in rows:
+            torch.testing.assert_close(linear(torch.randn(n, 16)).shape, (n, 16))
+        linear(torch.randn(1, 2, 16))  # rows count across leading dimensions: 2
+    assert calls == [n for n in rows if n >= least] + ([2] if least <= 2 else [])
     with torch.enable_grad():  # training falls back to autograd-capable F.linear
         linear(torch.randn(4, 16, requires_grad=True)).sum().backward()
-    assert calls == [1, 2, 3, 4, 8, 32, 33]
+    assert len(calls) == len([n for n in rows if n >= least]) + (least <= 2)
+
+
+def test_packed_min_rows_is_measured_once_or_read_from_the_environment(min_rows):
+    min_rows(None)
+    measured = packed_min_rows()
+    assert measured in (1, 2, 3)
+    assert packed_min_rows() == measured  # cached: one measurement per process
+    min_rows("2")
+    assert packed_min_rows() == 2
+    for bad in ("0", "4", "two", ""):
+        min_rows(bad)
+        with pytest.raises(ValueError, match=f"{MIN_ROWS_ENV}=.*use 1, 2 or 3"):
+            packed_min_rows()
 
 
 def test_pack_linears_keeps_model_outputs_state_dict_and_tied_weights():

@@ -36,8 +36,9 @@ def test_depth_expansions_name_each_parents_path_and_each_childs_rank():
     nodes = [()] + sorted(spec.paths, key=len)  # the buffers' node order
     assert [e.depth for e in b.expansions] == [0, 1, 2] and [e.topk for e in b.expansions] == [2, 3, 2]
     for e in b.expansions:
-        for child, parent, rank in zip(e.children.tolist(), e.child_parent.tolist(), e.child_rank.tolist()):
+        assert sorted(child for child, _, _ in e.children) == [i for i, p in enumerate(nodes) if len(p) == e.depth + 1]
+        for child, parent, rank in e.children:
             path = nodes[child]
             assert len(path) == e.depth + 1 and path[-1] == rank
-            assert [nodes[i] for i in e.parent_paths[parent].tolist()] == [path[:j] for j in range(1, e.depth + 1)]
-    assert e.parent_paths.shape == (1, 2)  # only (0, 0) has children at depth 2; (0, 2) and (1, 0) do not
+            assert [nodes[i] for i in e.parent_paths[parent]] == [path[:j] for j in range(1, e.depth + 1)]
+    assert e.parent_paths == [[1, 3]]  # only (0, 0) has children at depth 2; (0, 2) and (1, 0) do not
