@@ -21,6 +21,7 @@ import torch
 
 from .kv_cache import TreeKVCache
 from .lookup import ContextIndex, merge
+from .prefix import PrefixKVCache
 from .sampling import SamplingConfig  # noqa: F401  (re-exported: callers build it with the decoder)
 from .spec import TreeSpec
 from .tree import TreeBuffers, build_buffers
@@ -44,11 +45,13 @@ class DecodeState:
 
     cache: TreeKVCache  # per-row lengths: the root of row i goes at position cache.lengths[i]
     tree_bias: torch.Tensor  # [B, 1, N, max_len] additive attention bias of the verify forward
-    hidden: torch.Tensor  # [B, H] last hidden state of each row's last accepted token (the heads read it)
+    hidden: torch.Tensor  # [B, H] what the heads read at each row's last accepted token: its last hidden state, or
+    # with prefix attention the prefix layer's output there
     root: torch.Tensor  # [B] each row's next token, already emitted, not yet in the cache
     rows: list[int]  # which prompts of the batch are still decoding
     emitted: list[int]  # tokens each row has emitted so far (its oracle's offset)
     indexes: list[ContextIndex] | None = None  # heads with context lookup only: each row's text so far (root included)
+    prefix: PrefixKVCache | None = None  # heads with prefix attention only: its keys and values of each row's answer so far
 
     @property
     def batch_size(self) -> int:
@@ -66,6 +69,8 @@ class DecodeState:
         self.emitted = [self.emitted[i] for i in keep]
         if self.indexes is not None:
             self.indexes = [self.indexes[i] for i in keep]
+        if self.prefix is not None:
+            self.prefix.keep_rows(keep)
 
 
 class PromptTooLongError(ValueError):
@@ -99,6 +104,7 @@ class MedusaDecoder:
         self.lm_head = model.get_output_embeddings()
         self.heads = heads
         self.lookup = heads.config.context_lookup if heads is not None else None
+        self.prefix = heads.prefix if heads is not None else None  # the heads' prefix-attention layer, if any
         self.tree = tree or TreeSpec([])
         self.eos = set(eos_token_ids)
         self.sampling = sampling or SamplingConfig()
@@ -171,6 +177,14 @@ class MedusaDecoder:
             rows.append([[(t + r) % self.vocab_size for r in range(topk)] for t in true])
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
+    def _extend_prefix(self, prefix: PrefixKVCache, hidden_all: torch.Tensor, paths: list[list[int]]) -> torch.Tensor:
+        """The accepted path's hidden states (root first) join each row's prefix-attention cache: hidden_all [B, N, H],
+        paths [B][len] node indices -> [B, H], the prefix layer's output at each row's last accepted token."""
+        width = max(len(path) for path in paths)
+        nodes = torch.tensor([path + path[-1:] * (width - len(path)) for path in paths], device=self.device)  # [B, T]
+        rows = hidden_all.gather(1, nodes[..., None].expand(-1, -1, hidden_all.shape[-1]))  # [B, T, H]
+        return self.prefix.extend(prefix, rows, [len(path) for path in paths])
+
     # ------------------------------------------------------------------ acceptance
     def _accept_greedy(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row the deepest node whose whole path equals the base argmax. tree_tokens [B, N], logits [B, N, V]
@@ -242,12 +256,16 @@ class MedusaDecoder:
         indexes = None
         if self.lookup is not None:
             indexes = [ContextIndex(self.lookup, prompt + [first]) for prompt, first in zip(prompts, root.tolist())]
+        prefix = None
+        if self.prefix is not None:  # its window starts at the last prompt token; each step adds at most N tokens
+            prefix = self.prefix.new_cache(batch, 1 + max_new_tokens + b.num_nodes)
+            hidden = self.prefix.extend(prefix, hidden[:, None], [1] * batch)  # [B, H]
         # each row's verify bias keeps 0 over its accepted prefix and gets the tree pattern over its tree slots
         tree_bias = torch.full((batch, 1, b.num_nodes, max_len), neg, dtype=self.dtype, device=self.device)
         for row, n in enumerate(lengths):
             tree_bias[row, 0, :, :n] = 0
         return DecodeState(cache=cache, tree_bias=tree_bias, hidden=hidden, root=root, rows=list(range(batch)),
-                           emitted=[1] * batch, indexes=indexes)
+                           emitted=[1] * batch, indexes=indexes, prefix=prefix)
 
     @torch.inference_mode()
     def step(self, state: DecodeState, oracles: list[list[int]] | None = None) -> list[list[int]]:
@@ -281,7 +299,10 @@ class MedusaDecoder:
             # the accepted path is now prefix; the next step's tree pattern overwrites the rest of this step's slots
             state.tree_bias[row, 0, :, n : n + len(path)] = 0
         cache.commit(paths)
-        state.hidden = hidden_all[torch.arange(len(paths), device=self.device), best]
+        if state.prefix is None:
+            state.hidden = hidden_all[torch.arange(len(paths), device=self.device), best]
+        else:
+            state.hidden = self._extend_prefix(state.prefix, hidden_all, paths)
         state.emitted = [e + len(t) for e, t in zip(state.emitted, new_tokens)]
         for index, tokens in zip(state.indexes or (), new_tokens):
             index.extend(tokens)

@@ -28,8 +28,12 @@ depth j, guessed by head j-1), as Hydra's sequentially dependent heads do:
 head i reads h + R_i e(root) + sum_j P_ij e(d_{j+1}). Each head's guesses therefore depend on the path, so the
 runtime asks for them depth by depth (``path_candidates``: one call per depth over all of that depth's nodes),
 and calibration and training feed the true path (teacher forcing). P_ij starts at zero, so sequential heads
-initialised from root-conditioned ones guess exactly as those do. Hydra++'s prefix attention (an extra decoder
-layer feeding the heads) is not implemented: a config that asks for it is refused.
+initialised from root-conditioned ones guess exactly as those do.
+
+Prefix attention (Hydra++; ``"medusa_prefix_attention": {...}`` in config.json, keys ``prefix.*``, any head kind):
+the heads read z_t, the output of one small causal attention layer over the base hidden states of the answer
+so far (``prefix.py``), instead of h_t. The runtime keeps that layer's own KV cache and grows it by the accepted
+tokens each step; ``read_context`` gives training and calibration the same z over whole answers.
 
 Context lookup (ours; ``"medusa_context_lookup": {"min_match": m, "max_match": M}`` in config.json, any head
 kind, no keys): each node's ranking starts with the token its own text predicts by copying (``lookup.py``), so
@@ -55,6 +59,8 @@ from .files import is_int, json_type, one_line, read_json_object
 from .layout import frozen_linear, pack_linears, weight_version
 from .lookup import CONFIG_KEY as LOOKUP_KEY
 from .lookup import ContextLookup
+from .prefix import CONFIG_KEY as PREFIX_KEY
+from .prefix import KEY_PREFIX, PrefixAttention, PrefixConfig
 
 WEIGHT_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 DRAFT_VOCAB_FILE = "draft_vocab.json"
@@ -105,6 +111,7 @@ class HeadsConfig:
     root_conditioned: bool = False  # heads also read the root token's input embedding (see the module docstring)
     sequential: bool = False  # heads also read the draft tokens earlier on their path (implies root_conditioned)
     context_lookup: ContextLookup | None = None  # each node's ranking starts with a token copied from its own text
+    prefix_attention: PrefixConfig | None = None  # heads read a causal attention layer's output over the answer so far
 
     @property
     def path_dependent(self) -> bool:
@@ -146,6 +153,8 @@ class MedusaHeads(nn.Module):
         # P_ij: head i's projection of the draft token at depth j+1 (j < i), zero at first; None unless sequential
         self.path_proj = (nn.ModuleList(nn.ModuleList(_zero_linear(config.hidden_size) for _ in range(i))
                                         for i in range(config.num_heads)) if config.sequential else None)
+        # Hydra++ prefix attention over the base hidden states (identity at first); None without it
+        self.prefix = PrefixAttention(config.hidden_size, config.prefix_attention) if config.prefix_attention else None
         # the base lm_head and input embedding are borrowed, not owned: never saved with the heads
         self._base_lm_head = [base_lm_head]
         self._base_embedding: list[nn.Module | None] = [None]
@@ -205,6 +214,12 @@ class MedusaHeads(nn.Module):
             with torch.no_grad():  # an in-place copy that bumps the version, so packed copies follow
                 for head in self.heads:
                     head[-1].weight.copy_(lm_head.weight)
+
+    def read_context(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the heads read at every position of whole answers: hidden [B, T, H], the base model's hidden states
+        from the last prompt token on (right-padded) -> [B, T, H]: the prefix layer's output, or hidden itself for
+        heads without prefix attention. The runtime gets the same one row at a time (``prefix.extend``)."""
+        return hidden if self.prefix is None else self.prefix(hidden)
 
     def _embed(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The base input embedding of token ids: [...] -> [..., H]."""
@@ -313,20 +328,24 @@ class MedusaHeads(nn.Module):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The checkpoint's tensors: upstream keys ``{i}.{j}...``, plus ``root.{i}.weight`` (root-conditioned and
-        sequential heads) and ``path.{i}.{j}.weight`` (sequential heads)."""
+        sequential heads), ``path.{i}.{j}.weight`` (sequential heads) and ``prefix.*`` (prefix attention)."""
         state = dict(self.heads.state_dict())
-        if self.root_proj is not None:
-            state.update({f"root.{k}": v for k, v in self.root_proj.state_dict().items()})
-        if self.path_proj is not None:
-            state.update({f"path.{k}": v for k, v in self.path_proj.state_dict().items()})
+        for name, module in self._extensions():
+            if module is not None:
+                state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
         return state
+
+    def _extensions(self) -> list[tuple[str, nn.Module | None]]:
+        """Our modules beside the upstream heads, by the key prefix they have in a checkpoint."""
+        return [("root", self.root_proj), ("path", self.path_proj), (KEY_PREFIX[:-1], self.prefix)]
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of ``checkpoint_state`` (strict)."""
-        root = {k[len("root."):]: v for k, v in state.items() if k.startswith("root.")}
-        path = {k[len("path."):]: v for k, v in state.items() if k.startswith("path.")}
-        self.heads.load_state_dict({k: v for k, v in state.items() if not k.startswith(("root.", "path."))}, strict=True)
-        for name, keys, module in (("root", root, self.root_proj), ("path", path, self.path_proj)):
+        extensions = self._extensions()
+        tags = tuple(f"{name}." for name, _ in extensions)
+        self.heads.load_state_dict({k: v for k, v in state.items() if not k.startswith(tags)}, strict=True)
+        for name, module in extensions:
+            keys = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")}
             if keys and module is None:
                 raise KeyError(f"unexpected {name} keys {sorted(keys)[:3]} for {self.config.kind} heads")
             if module is not None:
@@ -351,6 +370,7 @@ class MedusaHeads(nn.Module):
             **({"medusa_root_conditioned": True} if self.config.root_conditioned else {}),
             **({"medusa_sequential": True} if self.config.sequential else {}),
             **({LOOKUP_KEY: self.config.context_lookup.to_config()} if self.config.context_lookup else {}),
+            **({PREFIX_KEY: self.config.prefix_attention.to_config()} if self.config.prefix_attention else {}),
             **(extra_config or {}),
         }
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
@@ -379,7 +399,8 @@ def read_draft_vocab(path: Path) -> tuple[list[int], dict]:
 
 def read_heads_config(path: Path) -> dict:
     """The declared ``config.json``: the upstream keys with their types (the counts are not trusted: see infer_config);
-    ``medusa_context_lookup``, when present, comes back as a checked ``ContextLookup``."""
+    ``medusa_context_lookup`` and ``medusa_prefix_attention``, when present, come back as a checked ``ContextLookup``
+    and ``PrefixConfig``."""
     fix = "restore the heads' config.json (keys medusa_num_heads, medusa_num_layers, base_model_name_or_path)"
     declared = read_json_object(path, "heads config", fix, HeadsFormatError)
     for key, least in (("medusa_num_heads", 1), ("medusa_num_layers", 0)):
@@ -396,10 +417,29 @@ def read_heads_config(path: Path) -> dict:
     lookup = declared.get(LOOKUP_KEY)
     if lookup is not None:
         declared[LOOKUP_KEY] = read_lookup_field(lookup, path)
-    if declared.get("medusa_prefix_attention", False):
-        raise HeadsFormatError(f"{path}: field 'medusa_prefix_attention' asks for Hydra++ prefix attention, which this runtime "
-                               f"does not implement; use heads without it (treeopt train-heads --kind sequential)")
+    prefix = declared.get(PREFIX_KEY)
+    if prefix is not None:
+        declared[PREFIX_KEY] = read_prefix_field(prefix, path)
     return declared
+
+
+def read_prefix_field(value, path: Path) -> PrefixConfig:
+    """The ``medusa_prefix_attention`` field: an object with integer ``num_attention_heads`` and ``intermediate_size``."""
+    fix = (f"write it as {json.dumps(PrefixConfig().to_config())} (the sizes the weights were trained with), or train "
+           f"heads without --prefix-attention")
+    if not isinstance(value, dict):
+        raise HeadsFormatError(f"{path}: field {PREFIX_KEY!r} must be an object, got a {json_type(value)}; {fix}")
+    known = set(PrefixConfig().to_config())
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise HeadsFormatError(f"{path}: field {PREFIX_KEY!r} has unknown keys {unknown}; {fix}")
+    for key in sorted(known):
+        if key not in value or not is_int(value[key]):
+            raise HeadsFormatError(f"{path}: field {PREFIX_KEY}.{key} must be an integer, got {value.get(key)!r}; {fix}")
+    try:
+        return PrefixConfig(**value)
+    except ValueError as err:
+        raise HeadsFormatError(f"{path}: field {PREFIX_KEY!r}: {err}; {fix}") from None
 
 
 def read_lookup_field(value, path: Path) -> ContextLookup:
@@ -471,13 +511,21 @@ _ROOT_KEY = re.compile(r"^root\.(\d+)\.weight$")
 _PATH_KEY = re.compile(r"^path\.(\d+)\.(\d+)\.weight$")
 
 
-def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
-    """Read head count, ResBlock depth, hidden size and lm_head kind from the state dict's keys."""
+def infer_config(state: dict[str, torch.Tensor], path: Path, prefix: PrefixConfig | None = None) -> HeadsConfig:
+    """Read head count, ResBlock depth, hidden size and lm_head kind from the state dict's keys; ``prefix``: the
+    prefix attention config.json declares (its weights must then be there, and only then)."""
     layout: dict[int, dict[int, set[str]]] = {}
     roots = sorted(int(m[1]) for m in map(_ROOT_KEY.match, state) if m)
     sequential = any(_PATH_KEY.match(key) for key in state)
+    has_prefix = any(key.startswith(KEY_PREFIX) for key in state)
+    if has_prefix and prefix is None:
+        raise HeadsFormatError(f"{path}: holds prefix-attention weights ('{KEY_PREFIX}*' keys) but the heads' config.json has no "
+                               f"{PREFIX_KEY!r} field with their sizes; restore the config.json written with these weights")
+    if prefix is not None and not has_prefix:
+        raise HeadsFormatError(f"{path}: config.json asks for prefix attention ({PREFIX_KEY!r}) but the file has no "
+                               f"'{KEY_PREFIX}*' keys: the prefix-attention weights are missing; copy the heads again or remove the field")
     for key in state:
-        if _ROOT_KEY.match(key) or _PATH_KEY.match(key):
+        if _ROOT_KEY.match(key) or _PATH_KEY.match(key) or key.startswith(KEY_PREFIX):
             continue
         match = _KEY.match(key)
         if not match:
@@ -509,6 +557,11 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
     hidden = state[first_key].shape[0] if num_layers else state[first_key].shape[1]
     vocab = 0 if shared else state[f"0.{num_layers}.weight"].shape[0]
     expected = _expected_shapes(len(heads), num_layers, hidden, vocab, shared, bool(roots), sequential)
+    if prefix is not None:
+        if hidden % prefix.num_attention_heads:
+            raise HeadsFormatError(f"{path}: {PREFIX_KEY}.num_attention_heads {prefix.num_attention_heads} does not divide the "
+                                   f"hidden size {hidden}; restore the config.json written with these weights")
+        expected.update(prefix.shapes(hidden))
     for key, tensor in state.items():  # every key and shape before any allocation: a bad file must not size the heads
         if key not in expected:
             raise HeadsFormatError(f"{path}: unexpected key {key!r}")
@@ -519,7 +572,7 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> HeadsConfig:
         raise HeadsFormatError(f"{path}: missing keys {missing[:4]}" + (" (sequential heads need 'path.{i}.{j}.weight' for every 0 <= j < i)"
                                                                         if sequential else ""))
     return HeadsConfig(num_heads=len(heads), num_layers=num_layers, hidden_size=hidden, vocab_size=vocab, shared_lm_head=shared,
-                       root_conditioned=bool(roots), sequential=sequential)
+                       root_conditioned=bool(roots), sequential=sequential, prefix_attention=prefix)
 
 
 def _expected_shapes(num_heads: int, num_layers: int, hidden: int, vocab: int, shared: bool, root: bool,
@@ -544,10 +597,10 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
     if not folder.is_dir():
         raise HeadsFormatError(f"--heads {folder}: no such folder")
     state, path = _read_state(folder)
-    config = infer_config(state, path)
     config_file = folder / "config.json"
+    declared = read_heads_config(config_file) if config_file.exists() else {}
+    config = infer_config(state, path, declared.get(PREFIX_KEY))
     if config_file.exists():
-        declared = read_heads_config(config_file)
         config.base_model = declared.get("base_model_name_or_path", "") or ""
         config.context_lookup = declared.get(LOOKUP_KEY)
         for flag, has, keys in (("medusa_root_conditioned", config.root_conditioned, "root.{i}.weight"),
@@ -590,6 +643,8 @@ def load_heads(folder: str | Path, base_model: nn.Module | None = None) -> Medus
         for head in heads.heads:  # the ResBlocks only: a v1 head's own lm_head would be a second 100 MB-scale copy
             for block in head[: config.num_layers]:
                 pack_linears(block)  # decoding feeds the heads one row: see layout.py
+        if heads.prefix is not None:
+            pack_linears(heads.prefix)  # a few accepted rows per step
         heads.attach_base(base_model)
     heads.eval()
     heads.requires_grad_(False)

@@ -10,10 +10,12 @@ fp32, random weights streamed from memory) measured, in ms per pass, stock -> pa
   8 rows 43.2 -> 34.2 (stock wins on 1-2 rows: MKL's GEMV).
 
 So the kernel for 1-2 rows (plain decoding, the Hugging Face baseline, the heads' guesses) is chosen per
-machine: ``packed_min_rows()`` times both on 1 and 2 rows once per process (about 0.2 s), or reads
-``MEDUSA_PACKED_MIN_ROWS`` (1, 2 or 3) from the environment; 3 rows and more always take the packed kernel.
-The baseline is then as fast as stock ``generate`` can be on the machine, and speedups compare decoding
-strategies, not kernels.
+machine: ``packed_min_rows()`` times both kernels on 1 and 2 rows the first time it runs on a machine (about
+2 s, weights streamed from memory) and keeps the choice in ``~/.cache/medusa_runtime/linear_kernels.json``,
+so every later process runs the same kernels (a choice timed in each process flipped between runs under
+this VM's noise); ``MEDUSA_PACKED_MIN_ROWS`` (1, 2 or 3) overrides it. 3 rows and more always take the
+packed kernel. The baseline is then as fast as stock ``generate`` can be on the machine, and speedups
+compare decoding strategies, not kernels.
 
 ``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight
 Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path without
@@ -26,9 +28,12 @@ modules are driven through their usual ``forward``.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,34 +55,78 @@ def weight_version(weight: torch.Tensor) -> int:
 @functools.cache
 def packed_min_rows() -> int:
     """From how many rows PackedLinear takes the packed kernel: 1, 2 or 3 (see the module docstring). The
-    environment variable wins; otherwise both kernels are timed on 1 and 2 rows against 84 MB of weights (24
-    matrices of SmolLM2's MLP shape, more than a cache holds), medians of five passes, once per process."""
+    environment variable wins; otherwise the choice measured on this machine, read from the kernel cache file
+    (``kernel_cache_file``) or, the first time, measured (``measure_packed_min_rows``, about 2 s) and written there,
+    so that every process on a machine runs the same kernels."""
     declared = os.environ.get(MIN_ROWS_ENV)
     if declared is not None:
         if declared not in ("1", "2", "3"):
             raise ValueError(f"environment variable {MIN_ROWS_ENV}={declared!r}: use 1, 2 or 3 (the row count from which "
-                             f"linears take oneDNN's packed kernel), or unset it to measure")
+                             f"linears take oneDNN's packed kernel), or unset it to use the measured choice")
         return int(declared)
     if not onednn_packing_available():
         return 1
-    weights = [torch.rand(1536, 576) for _ in range(24)]
+    path, key = kernel_cache_file(), machine_key()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no file yet, or one that cannot be read: measure (again)
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if known.get(key) in (1, 2, 3):
+        return known[key]
+    known[key] = measure_packed_min_rows()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError:  # a read-only home: the choice still holds for this process
+        pass
+    return known[key]
+
+
+def kernel_cache_file() -> Path:
+    """Where the measured choice is kept: $XDG_CACHE_HOME (default ~/.cache)/medusa_runtime/linear_kernels.json.
+    Delete it to measure again."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "medusa_runtime" / "linear_kernels.json"
+
+
+def machine_key() -> str:
+    """What the choice depends on: the CPU model, the threads torch uses and the torch version."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def measure_packed_min_rows(matrices: int = 64, repeats: int = 7) -> int:
+    """Time stock F.linear and the packed kernel on 1 and 2 rows against ``matrices`` weights of SmolLM2's MLP shape
+    (1536 x 576; 64 of them are 226 MB, more than a cache holds, as a decoding step streams its weights), the two
+    kernels alternating, medians of ``repeats`` passes; -> the fewest rows at which the packed kernel wins (3: neither)."""
+    weights = [torch.rand(1536, 576) for _ in range(matrices)]
     packed = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
     linear = torch.ops.mkldnn._linear_pointwise
 
-    def median_ms(fn, x) -> float:
-        times = []
-        for _ in range(6):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times[1:]) * 1e3  # the first pass warms up
+    def seconds(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
     with torch.inference_mode():
         for rows in SMALL_ROWS:
             x = torch.rand(rows, 576)
-            stock = median_ms(lambda v: [F.linear(v, w) for w in weights], x)
-            onednn = median_ms(lambda v: [linear(v, p, None, "none", [], "") for p in packed], x)
-            if onednn < stock:
+            stock, onednn = [], []
+            for _ in range(repeats + 1):  # the first pass of each warms up
+                stock.append(seconds(lambda: [F.linear(x, w) for w in weights]))
+                onednn.append(seconds(lambda: [linear(x, p, None, "none", [], "") for p in packed]))
+            if statistics.median(onednn[1:]) < statistics.median(stock[1:]):
                 return rows
     return SMALL_ROWS[-1] + 1
 

@@ -1,15 +1,20 @@
-"""Head kinds (plain, root-conditioned, sequential) trained the same way on the same answers.
+"""Head kinds (plain, root-conditioned, sequential; each with or without prefix attention) trained the same way on
+the same answers.
 
 Reads the greedy answers and cached features of a ``treeopt train-heads`` output folder (``--work``, its
 ``.work``), takes the first ``--answers`` answers (whole feature chunks of 64, so the cache is reused),
 trains each of ``--kinds`` with identical settings (from scratch, or all from the same ``--init-from``
 heads) and prints each one's held-out top-1/top-5 per head and P(head 2 right | head 1 right) (guesses from
 the draft vocabulary, as the runtime makes them; sequential heads read the true path), then one JSON line.
-It trains nothing that is kept.
+``KIND+prefix`` adds prefix attention (trained on whole answers). With ``--save DIR`` each arm's heads are
+written to DIR/ARM (float32, with the context lookup, ready for ``treeopt calibrate`` and ``bench``);
+otherwise nothing trained is kept.
 
     python scripts/ab_heads.py --work runs/heads_v5/.work --answers 640 --epochs 2
     python scripts/ab_heads.py --work runs/heads_seq/.work --answers 3200 --epochs 1 --lr 0.0005 \
         --kinds root-conditioned,sequential --init-from data/heads/smollm2-135m
+    python scripts/ab_heads.py --work runs/heads_seq4/.work --answers 3072 --epochs 1 --lr 0.0005 \
+        --kinds sequential,sequential+prefix --init-from runs/heads_seq4 --save runs/prefix_ab
 """
 
 from __future__ import annotations
@@ -22,23 +27,9 @@ from pathlib import Path
 
 import torch
 
-from medusa_runtime.heads import true_path
 from medusa_runtime.models import load_model
 from treeopt.distill import read_trajectories
 from treeopt.train_heads import TrainConfig, compute_features, head_accuracy, held_out, new_heads, train_heads
-
-
-@torch.inference_mode()
-def joint_head2(heads, hidden, targets, roots) -> float:
-    """P(head 2 top-1 right | head 1 top-1 right) on these positions, the true path fed to sequential heads."""
-    both = hit1 = 0
-    for s in range(0, len(hidden), 512):
-        t = targets[s : s + 512]
-        top = heads.candidates(hidden[s : s + 512].float(), 1, 2, root=roots[s : s + 512], path=true_path(t))[..., 0]  # [B, 2]
-        ok = (top == t[:, :2]) & (t[:, :2] >= 0)
-        hit1 += int(ok[:, 0].sum())
-        both += int((ok[:, 0] & ok[:, 1]).sum())
-    return both / max(hit1, 1)
 
 
 def main() -> None:
@@ -49,8 +40,10 @@ def main() -> None:
     parser.add_argument("--num-layers", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--target-mode", default="greedy_path", help="tokens | greedy_path (answers written in another dtype)")
-    parser.add_argument("--kinds", default="plain,root-conditioned", help="comma-separated head kinds to compare")
+    parser.add_argument("--kinds", default="plain,root-conditioned", help="comma-separated head kinds to compare, each "
+                        "optionally with +prefix (prefix attention)")
     parser.add_argument("--init-from", default="", help="heads folder every kind starts from (its draft vocabulary too)")
+    parser.add_argument("--save", type=Path, default=None, help="write each arm's heads to SAVE/ARM")
     args = parser.parse_args()
 
     answers = read_trajectories(args.work / "trajectories.jsonl")
@@ -61,10 +54,15 @@ def main() -> None:
     loaded = load_model("smollm2-135m")
     features = compute_features(loaded, answers, 4, args.work / "features", [args.target_mode] * n)
     lm_head = loaded.model.get_output_embeddings()
+    mtbench_answers = args.work / "mtbench_trajectories.jsonl"  # what train-heads wrote for its MT-Bench report, if it did
+    mtbench = compute_features(loaded, read_trajectories(mtbench_answers), 4, args.work / "features_mtbench") if mtbench_answers.exists() else None
     rows = {}
-    for kind in args.kinds.split(","):
+    for arm in args.kinds.split(","):
+        kind, _, extra = arm.partition("+")
+        if extra not in ("", "prefix"):
+            raise SystemExit(f"--kinds: {arm!r}; write KIND or KIND+prefix")
         cfg = TrainConfig(num_heads=4, num_layers=args.num_layers, epochs=args.epochs, lr=args.lr, kind=kind,
-                          init_from=args.init_from, draft_vocab=4096)
+                          init_from=args.init_from, draft_vocab=4096, prefix_attention=extra == "prefix")
         heads, draft = new_heads(loaded, cfg, answers)
         started = time.time()
         with tempfile.TemporaryDirectory() as tmp:
@@ -72,14 +70,23 @@ def main() -> None:
                                  softmax_vocab=torch.tensor(draft[0]))
         heads.set_draft_vocab(*draft)
         acc = head_accuracy(heads, *held_out(features, cfg))
-        rows[kind] = {"top1": [round(a, 3) for a in acc["top1"]], "top5": [round(a, 3) for a in acc["top5"]],
-                      "p_head2_given_head1": round(joint_head2(heads, *held_out(features, cfg)), 3),
-                      "steps": result["steps"], "train_s": round(time.time() - started, 1)}
+        rows[arm] = {"top1": [round(a, 3) for a in acc["top1"]], "top5": [round(a, 3) for a in acc["top5"]],
+                     "p_head2_given_head1": round(acc["head2_given_head1"], 3),
+                     "steps": result["steps"], "train_s": round(time.time() - started, 1)}
+        if mtbench is not None:
+            on_mtbench = head_accuracy(heads, mtbench.hidden, mtbench.targets, mtbench.roots, mtbench.sequence)
+            rows[arm]["mtbench_top1"] = [round(a, 3) for a in on_mtbench["top1"]]
+            rows[arm]["mtbench_p_head2_given_head1"] = round(on_mtbench["head2_given_head1"], 3)
+        if args.save:
+            heads.save(args.save / arm, {"treeopt_ab_heads": {"answers": n, "config": vars(cfg)}})
     print(f"{n} answers, {len(features.hidden)} positions, {args.epochs} epochs; held-out accuracy per head")
     print(f"{'heads':<18} {'top-1':<28} {'top-5':<28} {'P(h2|h1)':<9} steps")
-    for kind, row in rows.items():
-        print(f"{kind:<18} {' / '.join(f'{a:.3f}' for a in row['top1']):<28} {' / '.join(f'{a:.3f}' for a in row['top5']):<28} "
+    for arm, row in rows.items():
+        print(f"{arm:<18} {' / '.join(f'{a:.3f}' for a in row['top1']):<28} {' / '.join(f'{a:.3f}' for a in row['top5']):<28} "
               f"{row['p_head2_given_head1']:<9.3f} {row['steps']}")
+        if "mtbench_top1" in row:
+            print(f"{'  on MT-Bench':<18} {' / '.join(f'{a:.3f}' for a in row['mtbench_top1']):<28} {'':<28} "
+                  f"{row['mtbench_p_head2_given_head1']:<9.3f}")
     print(json.dumps({"answers": n, "positions": len(features.hidden), "epochs": args.epochs, "lr": args.lr,
                       "init_from": args.init_from, **rows}))
 

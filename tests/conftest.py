@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
                           Qwen2Config, Qwen2ForCausalLM)
 
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
+from medusa_runtime.prefix import PrefixConfig
+
+# the measured linear-kernel choice (medusa_runtime/layout.py) goes to a cache of this test session, not the user's
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="treeopt-tests-cache-")
 from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.models import LoadedModel
 
@@ -52,13 +58,15 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, std: float = 0.5, root: bool = False,
-               sequential: bool = False, lookup: ContextLookup | None = None) -> MedusaHeads:
+               sequential: bool = False, lookup: ContextLookup | None = None, prefix: bool = False) -> MedusaHeads:
     """Random heads; ``root``: root-conditioned, with random (non-zero) root projections; ``sequential``: also
-    random path projections (implies ``root``); ``lookup``: with that context lookup."""
+    random path projections (implies ``root``); ``lookup``: with that context lookup; ``prefix``: with a random
+    (not identity) prefix-attention layer."""
     torch.manual_seed(seed)
     cfg = model.config
     heads = MedusaHeads(HeadsConfig(num_heads, 1, cfg.hidden_size, cfg.vocab_size, shared, base_model="tiny",
-                                    root_conditioned=root or sequential, sequential=sequential, context_lookup=lookup))
+                                    root_conditioned=root or sequential, sequential=sequential, context_lookup=lookup,
+                                    prefix_attention=PrefixConfig(4, 48) if prefix else None))
     heads.init_from_base(model.get_output_embeddings())
     heads.attach_base(model)
     with torch.no_grad():
@@ -69,6 +77,9 @@ def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, st
         for projs in heads.path_proj or ():
             for proj in projs:
                 torch.nn.init.normal_(proj.weight, std=std)
+        if heads.prefix is not None:
+            for linear in (heads.prefix.qkv, heads.prefix.out, heads.prefix.up, heads.prefix.down):
+                torch.nn.init.normal_(linear.weight, std=std / 5)  # a nudge: heads that read scrambled features guess nothing
     heads.eval().requires_grad_(False)
     return heads
 

@@ -13,12 +13,13 @@ from treeopt.stats import load_stats, replay_steps
 PROMPTS = [[4 + i, 9 + 2 * i, 20 + i] for i in range(6)]
 
 
-@pytest.fixture(scope="module", params=["plain", "root-conditioned", "sequential", "plain+lookup", "sequential+lookup"])
+@pytest.fixture(scope="module", params=["plain", "root-conditioned", "sequential", "plain+lookup", "sequential+lookup",
+                                        "sequential+prefix"])
 def setup(request):
     model = tiny_model("llama", seed=3)
-    kind, lookup = request.param.partition("+")[::2]
+    kind, extra = request.param.partition("+")[::2]
     heads = tiny_heads(model, num_heads=3, std=0.3, root=kind == "root-conditioned", sequential=kind == "sequential",
-                       lookup=ContextLookup(1, 3) if lookup else None)
+                       lookup=ContextLookup(1, 3) if extra == "lookup" else None, prefix=extra == "prefix")
     loaded = loaded_tiny(model)
     return loaded, heads, calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False)
 

@@ -229,14 +229,7 @@ def test_train_heads_sequential_from_root_conditioned_heads(tiny_folder, tmp_pat
 
     from medusa_runtime.heads import load_heads
 
-    from transformers import AutoModelForCausalLM
-
-    from medusa_runtime.bench import hf_greedy
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_folder / "model")
-    rows = tmp_path / "rows.jsonl"  # the model's own greedy text, so that every head has targets along its path
-    texts = [[4 + i, 9 + i % 7, 20] + hf_greedy(model, [4 + i, 9 + i % 7, 20], 30, []) for i in range(40)]
-    rows.write_text("".join(json.dumps({"text": " ".join(f"w{t - 4}" for t in ids)}) + "\n" for ids in texts))
+    rows = greedy_text_rows(tiny_folder, tmp_path)
     common = ("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 3, "--epochs", 2,
               "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--draft-vocab", 24)
     start, seq = tmp_path / "start", tmp_path / "seq"
@@ -261,6 +254,50 @@ def test_train_heads_sequential_from_root_conditioned_heads(tiny_folder, tmp_pat
     assert r.exit_code != 0 and "--kind 'hydra'" in r.output
     r = invoke(*common, "--kind", "sequential", "--num-heads", 2, "--init-from", start, "--out", tmp_path / "bad2")
     assert r.exit_code != 0 and "--init-from" in r.output and "(3, 1, True" in r.output
+
+
+def greedy_text_rows(tiny_folder, tmp_path):
+    """Training rows of the tiny model's own greedy text, so that every head has targets along its path."""
+    from transformers import AutoModelForCausalLM
+
+    from medusa_runtime.bench import hf_greedy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder / "model")
+    rows = tmp_path / "rows.jsonl"
+    texts = [[4 + i, 9 + i % 7, 20] + hf_greedy(model, [4 + i, 9 + i % 7, 20], 30, []) for i in range(40)]
+    rows.write_text("".join(json.dumps({"text": " ".join(f"w{t - 4}" for t in ids)}) + "\n" for ids in texts))
+    return rows
+
+
+def test_prefix_attention_heads_through_the_cli(tiny_folder, tmp_path):
+    """train-heads --prefix-attention writes heads whose layer learned; they load, calibrate (recorded in the provenance),
+    bench losslessly, and export warns that engines do not run them."""
+    from safetensors.torch import load_file
+
+    common = ("train-heads", "--model", tiny_folder / "model", "--data", greedy_text_rows(tiny_folder, tmp_path), "--num-heads", 3,
+              "--epochs", 2, "--batch-size", 64, "--lr", 0.01, "--mtbench-select", "", "--draft-vocab", 24, "--kind", "sequential")
+    heads = tmp_path / "prefix"
+    r = invoke(*common, "--prefix-attention", "--out", heads)
+    assert r.exit_code == 0, r.output
+    config = json.loads((heads / "config.json").read_text())
+    assert config["medusa_prefix_attention"] == {"num_attention_heads": 4, "intermediate_size": 64}  # the tiny base's own sizes
+    assert "prefix attention" in (heads / "README.md").read_text()
+    state = load_file(heads / "medusa_lm_head.safetensors")
+    assert state["prefix.out.weight"].abs().sum() > 0 and state["prefix.down.weight"].abs().sum() > 0
+    stats, tree = tmp_path / "stats.json", tmp_path / "tree.json"
+    r = invoke("calibrate", "--model", tiny_folder / "model", "--heads", heads, "--prompts", tiny_folder / "prompts.jsonl",
+               "--max-new-tokens", 24, "--topk", 4, "--out", stats)
+    assert r.exit_code == 0, r.output
+    assert json.loads(stats.read_text())["provenance"]["prefix_attention"] == config["medusa_prefix_attention"]
+    assert invoke("build", stats, "--budget", 5, "--for", "trtllm", "--out", tree).exit_code == 0
+    r = invoke("bench", "--model", tiny_folder / "model", "--heads", heads, "--tree", tree,
+               "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:3", "--max-new-tokens", 16)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["identical"] == 1.0
+    r = invoke("export", tree, "--format", "trtllm")
+    assert r.exit_code == 0 and "prefix attention" in r.output and "'medusa_prefix_attention'" in r.output, r.output
+    r = invoke(*common, "--init-from", heads, "--out", tmp_path / "back")
+    assert r.exit_code != 0 and "with prefix attention have tensors (prefix." in r.output
 
 
 def test_train_heads_says_why_answers_stop_short_of_tokens(tiny_folder, tmp_path):

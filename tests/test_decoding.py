@@ -20,8 +20,11 @@ MODELS["llama-sequential"] = MODELS["llama-packed"]  # sequential heads: guesses
 MODELS["qwen2-sequential-draft"] = MODELS["qwen2"]  # the same, unpacked, from a draft vocabulary
 MODELS["mistral-lookup"] = MODELS["mistral"]  # plain heads with context lookup: expanded depth by depth too
 MODELS["qwen2-sequential-lookup"] = MODELS["qwen2"]  # sequential heads with context lookup, from a draft vocabulary
+MODELS["llama-prefix"] = MODELS["llama-packed"]  # plain heads reading a prefix-attention layer (its own KV cache)
+MODELS["mistral-sequential-prefix"] = MODELS["mistral"]  # sequential heads with prefix attention
 HEADS = {arch: tiny_heads(model, num_heads=3, root=arch == "llama-root", sequential="sequential" in arch,
-                          lookup=ContextLookup(1, 3) if "lookup" in arch else None) for arch, model in MODELS.items()}
+                          lookup=ContextLookup(1, 3) if "lookup" in arch else None, prefix="prefix" in arch)
+         for arch, model in MODELS.items()}
 HEADS["llama-draft-vocab"].set_draft_vocab(list(range(0, 64, 3)))
 HEADS["qwen2-sequential-draft"].set_draft_vocab(list(range(1, 64, 2)))
 HEADS["qwen2-sequential-lookup"].set_draft_vocab(list(range(1, 64, 2)))  # lookup proposals may lie outside it

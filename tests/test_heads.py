@@ -236,7 +236,7 @@ def test_sequential_round_trip_and_errors(tmp_path, model, shared):
             loaded(h, root=root)
     with pytest.raises(HeadsFormatError, match="medusa_sequential"):
         load_heads(with_config(tmp_path, config, medusa_sequential=False), model)
-    with pytest.raises(HeadsFormatError, match="prefix attention"):
+    with pytest.raises(HeadsFormatError, match="'medusa_prefix_attention' must be an object"):
         load_heads(with_config(tmp_path, config, medusa_prefix_attention=True), model)
     with pytest.raises(HeadsFormatError, match=r"path\.2\.1\.weight"):
         load_heads(without_weights(with_config(tmp_path, config), "path.2.1.weight"), model)
@@ -272,3 +272,39 @@ def test_path_candidates_are_the_teacher_forced_candidates(model, draft):
             for p in range(3):
                 forced = heads.candidates(h, 4, root=root, path=paths[:, p])  # [2, 3 heads, 4]
                 assert torch.equal(per_depth[:, p], forced[:, i])
+
+
+def test_prefix_attention_round_trip_and_errors(tmp_path, model):
+    heads = tiny_heads(model, num_heads=2, sequential=True, prefix=True)
+    heads.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["medusa_prefix_attention"] == {"num_attention_heads": 4, "intermediate_size": 48}
+    assert {k for k in load_file(tmp_path / "medusa_lm_head.safetensors") if k.startswith("prefix.")} == {
+        "prefix.norm1.weight", "prefix.qkv.weight", "prefix.out.weight", "prefix.norm2.weight", "prefix.up.weight", "prefix.down.weight"}
+    loaded = load_heads(tmp_path, model)
+    assert loaded.prefix is not None and loaded.config.prefix_attention == heads.config.prefix_attention
+    x = torch.randn(2, 6, model.config.hidden_size)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.read_context(x), heads.read_context(x), atol=1e-5)
+        assert not torch.allclose(loaded.read_context(x), x)  # the heads read the layer's output, not h
+    bad = {
+        "must be an object": [1, 2],
+        "unknown keys": {"num_attention_heads": 4, "intermediate_size": 48, "rope": True},
+        "intermediate_size must be an integer": {"num_attention_heads": 4},
+        "num_attention_heads >= 1": {"num_attention_heads": 0, "intermediate_size": 48},
+        "does not divide the hidden size": {"num_attention_heads": 5, "intermediate_size": 48},
+        r"key 'prefix\.(up|down)\.weight' has shape \((48, 32|32, 48)\), expected \((64, 32|32, 64)\)":
+            {"num_attention_heads": 4, "intermediate_size": 64},
+    }
+    for message, field in bad.items():
+        with pytest.raises(HeadsFormatError, match=message):
+            load_heads(with_config(tmp_path, config, medusa_prefix_attention=field), model)
+    without_field = {k: v for k, v in config.items() if k != "medusa_prefix_attention"}
+    with pytest.raises(HeadsFormatError, match="prefix-attention weights .* no 'medusa_prefix_attention' field"):
+        load_heads(with_config(tmp_path, without_field), model)
+    with_config(tmp_path, config)
+    with pytest.raises(HeadsFormatError, match="prefix-attention weights are missing"):
+        load_heads(without_weights(tmp_path, *[k for k in load_file(tmp_path / "medusa_lm_head.safetensors") if k.startswith("prefix.")]), model)
+    heads.save(tmp_path)
+    with pytest.raises(HeadsFormatError, match=r"missing keys \['prefix.down.weight'\]"):
+        load_heads(without_weights(tmp_path, "prefix.down.weight"), model)

@@ -1,5 +1,7 @@
 """oneDNN-packed linears: same results as nn.Linear, the packed path really taken, weights kept in sync."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,17 +62,33 @@ def test_packed_path_is_taken_from_the_chosen_rows_without_autograd_only(monkeyp
     assert len(calls) == len([n for n in rows if n >= least]) + (least <= 2)
 
 
-def test_packed_min_rows_is_measured_once_or_read_from_the_environment(min_rows):
+def test_packed_min_rows_is_measured_once_per_machine_or_read_from_the_environment(min_rows, monkeypatch, tmp_path):
+    from medusa_runtime import layout
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(layout, "measure_packed_min_rows", lambda: measured.append(1) or 2)
     min_rows(None)
-    measured = packed_min_rows()
-    assert measured in (1, 2, 3)
-    assert packed_min_rows() == measured  # cached: one measurement per process
-    min_rows("2")
-    assert packed_min_rows() == 2
+    assert packed_min_rows() == 2 and measured == [1]
+    assert json.loads(layout.kernel_cache_file().read_text()) == {layout.machine_key(): 2}
+    packed_min_rows.cache_clear()  # a new process on the same machine reads the file
+    assert packed_min_rows() == 2 and measured == [1]
+    layout.kernel_cache_file().write_text("{not json")
+    packed_min_rows.cache_clear()
+    assert packed_min_rows() == 2 and measured == [1, 1]  # an unreadable file: measured again and rewritten
+    assert json.loads(layout.kernel_cache_file().read_text()) == {layout.machine_key(): 2}
+    min_rows("3")
+    assert packed_min_rows() == 3
     for bad in ("0", "4", "two", ""):
         min_rows(bad)
         with pytest.raises(ValueError, match=f"{MIN_ROWS_ENV}=.*use 1, 2 or 3"):
             packed_min_rows()
+
+
+def test_measurement_names_a_row_count():
+    from medusa_runtime.layout import measure_packed_min_rows
+
+    assert measure_packed_min_rows(matrices=4, repeats=2) in (1, 2, 3)
 
 
 def test_pack_linears_keeps_model_outputs_state_dict_and_tied_weights():

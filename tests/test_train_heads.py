@@ -6,6 +6,7 @@ import torch
 from conftest import VOCAB, loaded_tiny, tiny_model
 from medusa_runtime.bench import hf_greedy
 from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
+from medusa_runtime.prefix import PrefixConfig
 from treeopt.distill import Trajectory
 from treeopt.train_heads import (TrainConfig, TrainError, base_hidden_states, check_output_folder, compute_features,
                                  head_accuracy, head_losses, read_training_rows, softmax_restriction, softmax_targets,
@@ -328,3 +329,61 @@ def test_new_heads_carry_the_context_lookup_setting(tmp_path, lookup):
     heads, _ = new_heads(loaded_tiny(model), TrainConfig(num_heads=2, draft_vocab=0, context_lookup=lookup), [])
     heads.save(tmp_path)
     assert load_heads(tmp_path, model).config.context_lookup == (ContextLookup() if lookup else None)
+
+
+def test_epoch_batches_are_random_rows_or_whole_answers(data):
+    from treeopt.train_heads import answer_spans, epoch_batches, split_answers
+
+    _, features = data
+    train_idx, _ = split_answers(features, 0.1, 0)
+    rows = epoch_batches(features, train_idx, 64, 3, whole_answers=False)
+    expected = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(3))].split(64)
+    assert all(torch.equal(a, b) for a, b in zip(rows, expected)) and len(rows) == len(expected)
+    answers = epoch_batches(features, train_idx, 64, 3, whole_answers=True)
+    assert torch.equal(torch.cat(answers).sort().values, train_idx)  # every training row once per epoch
+    for batch in answers:
+        assert len(batch) <= 64
+        for s, e in answer_spans(features.sequence[batch]):  # each answer whole, from its first row, in order
+            answer = int(features.sequence[batch[s]])
+            assert torch.equal(batch[s:e], (features.sequence == answer).nonzero().squeeze(1))
+    assert epoch_batches(features, train_idx, 64, 4, whole_answers=True)[0].tolist() != answers[0].tolist()
+
+
+def test_prefix_attention_heads_train_on_whole_answers(data, tmp_path):
+    from treeopt.train_heads import read_context_rows
+
+    model, features = data
+    heads = MedusaHeads(HeadsConfig(2, 1, model.config.hidden_size, VOCAB, True, prefix_attention=PrefixConfig(4, 48),
+                                    **HeadsConfig.flags("sequential")))
+    heads.init_from_base(model.get_output_embeddings())
+    heads.attach_base(model)
+    with pytest.raises(ValueError, match="pass sequence="):
+        head_accuracy(heads, features.hidden, features.targets, features.roots)
+    before = head_accuracy(heads, features.hidden, features.targets, features.roots, features.sequence)
+    cfg = TrainConfig(num_heads=2, epochs=15, batch_size=64, lr=1e-2, kind="sequential", prefix_attention=True)
+    train_heads(heads, features, cfg, tmp_path / "state.pt", model.get_output_embeddings().weight, progress=False)
+    after = head_accuracy(heads, features.hidden, features.targets, features.roots, features.sequence)
+    assert after["top1"][0] > before["top1"][0] + 0.1
+    assert heads.prefix.out.weight.abs().sum() > 0 and heads.prefix.down.weight.abs().sum() > 0  # the layer learned
+    with torch.no_grad():  # each answer's rows read the layer over that answer alone
+        z = read_context_rows(heads, features.hidden, features.sequence)
+        first = features.sequence == features.sequence[0]
+        torch.testing.assert_close(z[first], heads.read_context(features.hidden[first][None])[0])
+    heads.save(tmp_path / "heads")
+    loaded = load_heads(tmp_path / "heads", model)
+    again = head_accuracy(loaded, features.hidden, features.targets, features.roots, features.sequence)
+    assert again["top1"] == pytest.approx(after["top1"], abs=1e-3)
+
+
+def test_new_heads_with_prefix_attention_take_the_base_sizes(tmp_path):
+    from treeopt.train_heads import new_heads
+
+    model = tiny_model("llama", seed=0)
+    heads, _ = new_heads(loaded_tiny(model), TrainConfig(num_heads=2, draft_vocab=0, kind="sequential", prefix_attention=True), [])
+    assert heads.config.prefix_attention == PrefixConfig(model.config.num_attention_heads, model.config.intermediate_size)
+    x = torch.randn(1, 5, model.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(heads.read_context(x), x)  # a fresh layer: the heads guess as without it
+    heads.save(tmp_path / "p")
+    with pytest.raises(TrainError, match="with prefix attention have tensors .* without prefix attention lack"):
+        new_heads(loaded_tiny(model), TrainConfig(num_heads=2, draft_vocab=0, kind="sequential", init_from=str(tmp_path / "p")), [])

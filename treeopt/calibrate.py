@@ -86,6 +86,7 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     # sequential heads read the true path before them (teacher forcing): exactly what the runtime feeds them on the
     # one path that can be accepted, so ranks along it replay the runtime; past the answer's end nothing is counted
     path = true_path(future).to(loaded.device)  # [R, K-1]
+    hidden = heads.read_context(hidden[None])[0]  # with prefix attention: its layer over the answer, as the runtime grows it
     top = heads.candidates(hidden, topk, root=roots, path=path).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
     lookup = heads.config.context_lookup
     if lookup is not None:  # the runtime's proposal over the same text; past the answer nothing is counted anyway

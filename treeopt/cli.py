@@ -287,6 +287,8 @@ def train_heads_cmd(
     save_dtype: str = typer.Option(TrainConfig.save_dtype, "--save-dtype", help="dtype the weights are stored in (and evaluated at)"),
     context_lookup: bool = typer.Option(TrainConfig.context_lookup, "--context-lookup/--no-context-lookup", help="write heads whose "
                                         "guesses start with a token copied from the text (runtime prompt lookup; engines do not do it)"),
+    prefix_attention: bool = typer.Option(TrainConfig.prefix_attention, "--prefix-attention/--no-prefix-attention", help="heads read one "
+                                          "causal attention layer over the answer's hidden states (Hydra++; trained on whole answers)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -298,7 +300,7 @@ def train_heads_cmd(
     cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, kind=kind, init_from=init_from, tokens=tokens,
                       answers=resolve_answers(answers, model, gen_dtype, max_new_tokens),
                       epochs=epochs, target=target, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
-                      draft_vocab=draft_vocab, save_dtype=save_dtype, context_lookup=context_lookup,
+                      draft_vocab=draft_vocab, save_dtype=save_dtype, context_lookup=context_lookup, prefix_attention=prefix_attention,
                       max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, prompts=num_prompts)
     try:
         cfg.validate()
@@ -346,6 +348,8 @@ def calibrate(
                   "select": select, "command": command_line(), "prompts_total": len(ids)}
     if medusa_heads.config.context_lookup is not None:  # engines that take the tree do not do the lookup: export warns
         provenance["context_lookup"] = medusa_heads.config.context_lookup.to_config()
+    if medusa_heads.config.prefix_attention is not None:  # nor prefix attention
+        provenance["prefix_attention"] = medusa_heads.config.prefix_attention.to_config()
     indices = list(range(len(ids)))
     if shard:
         indices = shard_prompts(len(ids), shard_index, shard_count)
@@ -598,11 +602,16 @@ def export(
     from .formats import export_tree
 
     spec = load_any_tree(tree)
-    lookup = (spec.meta.get("stats_provenance") or {}).get("context_lookup")
-    if lookup and fmt != "json":
-        typer.secho(f"warning: {tree} was built from stats of heads with context lookup ({lookup}); engines run Medusa "
-                    f"heads without it, so this tree's predicted tokens/step does not apply there: calibrate the heads "
-                    f"the engine runs (a heads folder without 'medusa_context_lookup') and build again", fg=typer.colors.YELLOW, err=True)
+    provenance = spec.meta.get("stats_provenance") or {}
+    extensions = {name: provenance[key] for name, key in (("context lookup", "context_lookup"), ("prefix attention", "prefix_attention"))
+                  if provenance.get(key)}
+    if extensions and fmt != "json":
+        said = ", ".join(f"{name} ({value})" for name, value in extensions.items())
+        fields = " or ".join(f"'medusa_{key.replace(' ', '_')}'" for key in extensions)
+        typer.secho(f"warning: {tree} was built from stats of heads with {said}; engines run Medusa heads without "
+                    f"{'them' if len(extensions) > 1 else 'it'}, so this tree's predicted tokens/step does not apply there: "
+                    f"calibrate the heads the engine runs (a heads folder without {fields}) and build again",
+                    fg=typer.colors.YELLOW, err=True)
     try:
         text = export_tree(spec, fmt, num_heads=num_heads, max_draft_len=max_draft_len, name=name, where=str(tree))
     except TreeSpecError as err:

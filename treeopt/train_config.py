@@ -41,6 +41,8 @@ class TrainConfig:
     seed: int = 0
     draft_vocab: int = 4096  # guesses come from the N most frequent answer tokens (0: whole vocabulary); with a
     # shared lm_head the training softmax then runs over exactly those tokens, the competition the runtime holds
+    prefix_attention: bool = False  # Hydra++: the heads read a causal attention layer over the answer's hidden states
+    # (medusa_runtime/prefix.py), trained with them on whole answers
     context_lookup: bool = True  # the heads' config asks the runtime to put a token copied from the text first in each
     # node's ranking (medusa_runtime/lookup.py, its default match lengths); training itself does not see it
     save_dtype: str = "float16"  # weights are rounded to this before evaluation and stored in it (float32: as trained)

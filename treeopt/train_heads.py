@@ -29,6 +29,7 @@ from medusa_runtime.files import parse_json, read_text
 from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
 from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.models import dtype_name, resolve_dtype
+from medusa_runtime.prefix import PrefixConfig
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
 
 from .answers import check_answers_fit, read_answers, seed_answers
@@ -266,23 +267,60 @@ def token_coverage(tokens: list[int], trajectories: list[Trajectory]) -> float:
     return hit / max(total, 1)
 
 
+# --------------------------------------------------------------------------- what the heads read
+def answer_spans(sequence: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of one answer id in ``sequence`` [M], in order (an answer's rows are contiguous)."""
+    if len(sequence) == 0:
+        return []
+    change = (torch.nonzero(sequence[1:] != sequence[:-1]).squeeze(1) + 1).tolist()
+    return list(zip([0, *change], [*change, len(sequence)]))
+
+
+def read_context_rows(heads: MedusaHeads, hidden: torch.Tensor, sequence: torch.Tensor, answers_per_pass: int = 64) -> torch.Tensor:
+    """What the heads read at rows of whole answers: hidden [M, H], each answer's rows contiguous and complete from
+    its last prompt token on (``sequence`` [M]: the answer of each row) -> [M, H]. Heads without prefix attention
+    read the hidden states themselves; with it, the prefix layer runs over each answer (``heads.read_context``)."""
+    if heads.prefix is None:
+        return hidden
+    spans, out = answer_spans(sequence), []
+    for first in range(0, len(spans), answers_per_pass):
+        group = spans[first : first + answers_per_pass]
+        padded = hidden.new_zeros(len(group), max(e - s for s, e in group), hidden.shape[1])  # [b, T, H]
+        for i, (s, e) in enumerate(group):
+            padded[i, : e - s] = hidden[s:e]
+        z = heads.read_context(padded)
+        out += [z[i, : e - s] for i, (s, e) in enumerate(group)]
+    return torch.cat(out)
+
+
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, roots: torch.Tensor, batch: int = 512) -> dict:
-    """Per-head top-1 / top-5 accuracy of the heads' guesses: {"top1": [...], "top5": [...], "positions": [...]}."""
+def head_accuracy(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, roots: torch.Tensor,
+                  sequence: torch.Tensor | None = None, batch: int = 512) -> dict:
+    """Per-head top-1 / top-5 accuracy of the heads' guesses and P(head 2 top-1 right | head 1 top-1 right), the true
+    path fed to sequential heads: {"top1": [...], "top5": [...], "positions": [...], "head2_given_head1": p}.
+    ``sequence`` (the answer of each row; rows of whole answers) is needed by heads with prefix attention only."""
     K = heads.num_heads
     hit1, hit5, count = torch.zeros(K), torch.zeros(K), torch.zeros(K)
+    both = 0
     param = next(heads.parameters())
+    if heads.prefix is not None:
+        if sequence is None:
+            raise ValueError("heads with prefix attention read whole answers: pass sequence= (each row's answer)")
+        hidden = read_context_rows(heads, hidden.to(param.device, param.dtype), sequence)
     for s in range(0, len(hidden), batch):
         h = hidden[s : s + batch].to(param.device, param.dtype)
         t = targets[s : s + batch].to(param.device)
         top5 = heads.candidates(h, 5, root=roots[s : s + batch].to(param.device), path=true_path(t))  # [B, K, 5] (draft vocabulary when one is set)
         valid = t >= 0
-        hit1 += ((top5[..., 0] == t) & valid).sum(0).cpu()
+        right = (top5[..., 0] == t) & valid  # [B, K]
+        hit1 += right.sum(0).cpu()
         hit5 += ((top5 == t[..., None]).any(-1) & valid).sum(0).cpu()
         count += valid.sum(0).cpu()
+        if K > 1:
+            both += int((right[:, 0] & right[:, 1]).sum())
     return {"top1": (hit1 / count.clamp(min=1)).tolist(), "top5": (hit5 / count.clamp(min=1)).tolist(),
-            "positions": count.long().tolist()}
+            "positions": count.long().tolist(), "head2_given_head1": both / max(float(hit1[0]), 1.0) if K > 1 else None}
 
 
 # --------------------------------------------------------------------------- training
@@ -296,10 +334,29 @@ def split_answers(features: Features, fraction: float, seed: int) -> tuple[torch
     return (~is_held).nonzero().squeeze(1), is_held.nonzero().squeeze(1)
 
 
-def held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(hidden, targets, roots) of the held-out answers: what ``head_accuracy`` takes."""
+def held_out(features: Features, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden, targets, roots, sequence) of the held-out answers: what ``head_accuracy`` takes."""
     _, held_idx = split_answers(features, cfg.eval_fraction, cfg.seed)
-    return features.hidden[held_idx], features.targets[held_idx], features.roots[held_idx]
+    return features.hidden[held_idx], features.targets[held_idx], features.roots[held_idx], features.sequence[held_idx]
+
+
+def epoch_batches(features: Features, rows: torch.Tensor, batch_size: int, seed: int, whole_answers: bool) -> list[torch.Tensor]:
+    """One epoch's batches of ``rows`` (sorted row indices of whole answers), shuffled by ``seed``: ``batch_size``
+    random rows each, or (``whole_answers``, for prefix attention, which reads an answer from its start) whole
+    answers in a random order, as many as fit in ``batch_size`` rows (at least one)."""
+    g = torch.Generator().manual_seed(seed)
+    if not whole_answers:
+        return list(rows[torch.randperm(len(rows), generator=g)].split(batch_size))
+    spans = answer_spans(features.sequence[rows])
+    batches, current, size = [], [], 0
+    for a in torch.randperm(len(spans), generator=g).tolist():
+        s, e = spans[a]
+        if current and size + e - s > batch_size:
+            batches.append(torch.cat(current))
+            current, size = [], 0
+        current.append(rows[s:e])
+        size += e - s
+    return batches + ([torch.cat(current)] if current else [])
 
 
 def softmax_restriction(vocab: torch.Tensor, lm_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,18 +413,25 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         (a restricted softmax never pushes those down, yet at decoding time they compete)."""
         if not heads.config.shared_lm_head or fixed:
             return vocab
-        g = torch.Generator().manual_seed(cfg.seed + 7919 * step)
-        sample = train_idx[torch.randperm(len(train_idx), generator=g)[:MINE_POSITIONS]]
-        found = [vocab]
+        found, seen = [vocab], 0
         with torch.no_grad():
-            for chunk in sample.split(256):  # [256, K, V] logits at a time
-                logits = F.linear(heads.hidden(features.hidden[chunk].float(), root=features.roots[chunk],
-                                               path=true_path(features.targets[chunk])), lm_weight.detach().float())
+            for chunk in epoch_batches(features, train_idx, 256, cfg.seed + 7919 * step, whole_answers):  # [256, K, V] logits at a time
+                h = read_context_rows(heads, features.hidden[chunk].float(), features.sequence[chunk])
+                logits = F.linear(heads.hidden(h, root=features.roots[chunk], path=true_path(features.targets[chunk])),
+                                  lm_weight.detach().float())
                 found.append(logits.topk(MINE_TOPK, dim=-1).indices.flatten())
+                seen += len(chunk)
+                if seen >= MINE_POSITIONS:
+                    break
         return torch.unique(torch.cat(found))
 
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    whole_answers = heads.prefix is not None
+
+    def batches(epoch: int) -> list[torch.Tensor]:
+        return epoch_batches(features, train_idx, cfg.batch_size, cfg.seed + epoch, whole_answers)
+
+    per_epoch = [len(batches(epoch)) for epoch in range(cfg.epochs)]
+    total = sum(per_epoch)
     params = [p for p in heads.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     warmup = min(100, total // 10)
@@ -387,15 +451,16 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     weights = torch.tensor([cfg.head_decay ** k for k in range(cfg.num_heads)])
     heads.train()
     bar = tqdm(total=total, initial=step, desc="train heads", disable=not progress)
-    running = None
+    running, epoch, epoch_list = None, -1, []
     while step < total:
         if step % MINE_EVERY == 0:
             vocab = mine(vocab, step)
             remap, sub_weight = softmax_restriction(vocab, lm_weight)
-        epoch, offset = divmod(step, steps_per_epoch)
-        perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed + epoch))]
-        idx = perm[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
-        h = features.hidden[idx].float()  # [B, H]
+        if step >= sum(per_epoch[: epoch + 1]):  # a new epoch (or the one a resumed run stopped in)
+            epoch = next(e for e in range(cfg.epochs) if step < sum(per_epoch[: e + 1]))
+            epoch_list = batches(epoch)
+        idx = epoch_list[step - sum(per_epoch[:epoch])]
+        h = read_context_rows(heads, features.hidden[idx].float(), features.sequence[idx])  # [B, H]
         t = features.targets[idx]  # [B, K]
         root = features.roots[idx]  # [B]
         path = true_path(t)  # [B, K-1]: the draft tokens a sequential head reads (teacher forcing)
@@ -449,6 +514,8 @@ def write_readme(out: Path, command: str, data_desc: str, cfg: TrainConfig, resu
         rows = ["| head | predicts | top-1 | top-5 | positions |", "|---|---|---|---|---|"]
         for k, (a1, a5, n) in enumerate(zip(acc["top1"], acc["top5"], acc["positions"])):
             rows.append(f"| {k + 1} | token t+{k + 2} | {a1:.3f} | {a5:.3f} | {n} |")
+        if acc.get("head2_given_head1") is not None:
+            rows.append(f"\nP(head 2 top-1 right | head 1 top-1 right) = {acc['head2_given_head1']:.3f} (the true path fed to every head)")
         return "\n".join(rows)
 
     kind = "shared base lm_head (v2)" if cfg.shared_lm_head else "own lm_head (v1)"
@@ -457,6 +524,9 @@ def write_readme(out: Path, command: str, data_desc: str, cfg: TrainConfig, resu
     if cfg.kind == "sequential":
         kind += (", sequential (treeopt extension: each head also reads the embeddings of the root and of the draft tokens "
                  "earlier on its path)")
+    if cfg.prefix_attention:
+        kind += (", prefix attention (treeopt extension, Hydra++: the heads read one causal attention layer's output over the "
+                 "base hidden states of the answer so far)")
     if cfg.init_from:
         kind += f"; started from the heads in {cfg.init_from}, whose draft vocabulary they keep"
     if result["softmax"] == "draft":
@@ -500,8 +570,10 @@ def new_heads(loaded, cfg: TrainConfig, trajectories: list[Trajectory]) -> tuple
     and hidden size) and their draft vocabulary is kept, so training starts from their guesses. Otherwise a fresh
     Medusa start (ResBlocks at zero: the base lm_head) and a draft vocabulary from the answers."""
     lm_head = loaded.model.get_output_embeddings()
-    hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, loaded.model.config.hidden_size, loaded.model.config.vocab_size,
-                       cfg.shared_lm_head, base_model=loaded.name, context_lookup=ContextLookup() if cfg.context_lookup else None,
+    base = loaded.model.config
+    prefix = PrefixConfig(base.num_attention_heads, base.intermediate_size) if cfg.prefix_attention else None  # the base's own sizes
+    hcfg = HeadsConfig(cfg.num_heads, cfg.num_layers, base.hidden_size, base.vocab_size, cfg.shared_lm_head, base_model=loaded.name,
+                       context_lookup=ContextLookup() if cfg.context_lookup else None, prefix_attention=prefix,
                        **HeadsConfig.flags(cfg.kind))
     heads = MedusaHeads(hcfg)
     heads.init_from_base(lm_head)
@@ -516,8 +588,10 @@ def new_heads(loaded, cfg: TrainConfig, trajectories: list[Trajectory]) -> tuple
         state, given = heads.checkpoint_state(), start.checkpoint_state()
         extra = sorted(set(given) - set(state))
         if extra:
-            raise TrainError(f"--init-from {cfg.init_from}: {start.config.kind} heads have tensors ({extra[0]}, ...) that "
-                             f"{cfg.kind} heads lack; start {cfg.kind} heads from plain or {cfg.kind} ones")
+            what = f"{cfg.kind} heads" + (" with prefix attention" if cfg.prefix_attention else " without prefix attention")
+            raise TrainError(f"--init-from {cfg.init_from}: {start.config.kind} heads"
+                             f"{' with prefix attention' if start.prefix is not None else ''} have tensors ({extra[0]}, ...) that "
+                             f"{what} lack; start from heads of the same or a simpler kind")
         heads.load_checkpoint_state({**state, **{k: v.float() for k, v in given.items()}})
         if start.draft_vocab is not None:
             chosen = (start.draft_vocab.tolist(), dict(start.draft_vocab_meta))
@@ -580,7 +654,7 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
         traj = generate_trajectories(loaded, ids, work / "mtbench_trajectories.jsonl", 128, batch_size=cfg.gen_batch_size)
         feats = compute_features(loaded, traj, cfg.num_heads, work / "features_mtbench")
         mtbench = {"description": f"MT-Bench --select {mtbench_select}, 128 new tokens, {len(feats.hidden)} positions",
-                   "accuracy": head_accuracy(heads, feats.hidden, feats.targets, feats.roots)}
+                   "accuracy": head_accuracy(heads, feats.hidden, feats.targets, feats.roots, feats.sequence)}
         if draft:
             draft["mtbench_coverage"] = token_coverage(chosen[0], traj)
     heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg)}}, weight_dtype=resolve_dtype(cfg.save_dtype))
