@@ -13,7 +13,7 @@ otherwise nothing trained is kept.
     python scripts/ab_heads.py --work runs/heads_v5/.work --answers 640 --epochs 2
     python scripts/ab_heads.py --work runs/heads_seq/.work --answers 3200 --epochs 1 --lr 0.0005 \
         --kinds root-conditioned,sequential --init-from data/heads/smollm2-135m
-    python scripts/ab_heads.py --work runs/heads_seq4/.work --answers 3072 --epochs 1 --lr 0.0005 \
+    python scripts/ab_heads.py --work runs/heads_seq4/.work --answers 3072 --epochs 1 --lr 0.0005 --batch-size 1024 \
         --kinds sequential,sequential+prefix --init-from runs/heads_seq4 --save runs/prefix_ab
 """
 
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--num-layers", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--batch-size", type=int, default=256, help="training rows per step (prefix arms: whole answers up to it)")
     parser.add_argument("--target-mode", default="greedy_path", help="tokens | greedy_path (answers written in another dtype)")
     parser.add_argument("--kinds", default="plain,root-conditioned", help="comma-separated head kinds to compare, each "
                         "optionally with +prefix (prefix attention)")
@@ -61,7 +62,7 @@ def main() -> None:
         kind, _, extra = arm.partition("+")
         if extra not in ("", "prefix"):
             raise SystemExit(f"--kinds: {arm!r}; write KIND or KIND+prefix")
-        cfg = TrainConfig(num_heads=4, num_layers=args.num_layers, epochs=args.epochs, lr=args.lr, kind=kind,
+        cfg = TrainConfig(num_heads=4, num_layers=args.num_layers, epochs=args.epochs, lr=args.lr, kind=kind, batch_size=args.batch_size,
                           init_from=args.init_from, draft_vocab=4096, prefix_attention=extra == "prefix")
         heads, draft = new_heads(loaded, cfg, answers)
         started = time.time()
