@@ -161,8 +161,9 @@ class MedusaHeads(nn.Module):
         # [V'] token ids the heads may guess (None: all); a buffer so .to(device) moves it, never saved in the state dict
         self.register_buffer("draft_vocab", None, persistent=False)
         self.draft_vocab_meta: dict = {}
-        self._draft_heads: dict[int, tuple[tuple, nn.Linear]] = {}  # id(weight) -> (key, linear over weight[draft_vocab])
-        self._fused_inputs: dict[int, tuple[tuple, nn.Linear]] = {}  # head i -> (key, [R_i | P_i0 | ..] as one linear)
+        # inference-only linears built from the weights (``_frozen``): ("draft", id(lm_head weight)) -> the draft
+        # vocabulary's rows of it; ("input", i) -> [R_i | P_i0 | ..] side by side; each with the weights' key
+        self._frozen_linears: dict[tuple, tuple[tuple, nn.Linear]] = {}
 
     @property
     def num_heads(self) -> int:
@@ -170,7 +171,7 @@ class MedusaHeads(nn.Module):
 
     def attach_base_lm_head(self, lm_head: nn.Module) -> None:
         self._base_lm_head = [lm_head]
-        self._draft_heads.clear()
+        self._frozen_linears.clear()
 
     def attach_base(self, model: nn.Module) -> None:
         """Borrow what the heads read from the base model: its lm_head and (root-conditioned heads) its input embedding."""
@@ -183,7 +184,7 @@ class MedusaHeads(nn.Module):
 
     def set_draft_vocab(self, tokens: torch.Tensor | list[int] | None, meta: dict | None = None) -> None:
         """Restrict guesses to ``tokens`` (unique ids below the vocabulary size); None lifts the restriction."""
-        self._draft_heads.clear()
+        self._frozen_linears.clear()
         if tokens is None:
             self.draft_vocab, self.draft_vocab_meta = None, {}
             return
@@ -200,11 +201,16 @@ class MedusaHeads(nn.Module):
     def _draft_head(self, weight: torch.Tensor) -> nn.Linear:
         """A bias-free linear over weight[draft_vocab] (one contiguous [V', H] matrix, oneDNN-packed on CPU fp32),
         built again only when the weight moves, changes dtype or is edited in place (its version counter)."""
-        key = (weight.data_ptr(), weight.dtype, weight.device, weight_version(weight))
-        cached = self._draft_heads.get(id(weight))
+        return self._frozen(("draft", id(weight)), [weight],
+                            lambda: weight.detach()[self.draft_vocab.to(weight.device)].contiguous())  # [V', H]
+
+    def _frozen(self, slot: tuple, weights: list[torch.Tensor], build) -> nn.Linear:
+        """The cached inference linear of ``slot``, over the matrix ``build()`` makes from ``weights``; built again
+        when one of them moves, changes dtype or is edited in place (its version counter)."""
+        key = tuple((w.data_ptr(), w.dtype, w.device, weight_version(w)) for w in weights)
+        cached = self._frozen_linears.get(slot)
         if cached is None or cached[0] != key:
-            rows = weight.detach()[self.draft_vocab.to(weight.device)].contiguous()  # [V', H]
-            self._draft_heads[id(weight)] = cached = (key, frozen_linear(rows))
+            self._frozen_linears[slot] = cached = (key, frozen_linear(build()))
         return cached[1]
 
     def init_from_base(self, lm_head: nn.Module) -> None:
@@ -257,12 +263,7 @@ class MedusaHeads(nn.Module):
         weights = self._input_weights(i)
         if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
             return F.linear(e, torch.cat(weights, dim=1))
-        key = tuple((w.data_ptr(), w.dtype, w.device, weight_version(w)) for w in weights)
-        cached = self._fused_inputs.get(i)
-        if cached is None or cached[0] != key:
-            joined = torch.cat([w.detach() for w in weights], dim=1)  # [H, (i+1) H]
-            self._fused_inputs[i] = cached = (key, frozen_linear(joined))
-        return cached[1](e)
+        return self._frozen(("input", i), weights, lambda: torch.cat([w.detach() for w in weights], dim=1))(e)  # [H, (i+1) H]
 
     def _inputs(self, h: torch.Tensor, root: torch.Tensor | None, num_heads: int | None, path: torch.Tensor | None = None) -> list[torch.Tensor]:
         """What each of the first ``num_heads`` heads reads (see ``head_input``) -> tensors [..., H]."""

@@ -603,15 +603,16 @@ def export(
 
     spec = load_any_tree(tree)
     provenance = spec.meta.get("stats_provenance") or {}
-    extensions = {name: provenance[key] for name, key in (("context lookup", "context_lookup"), ("prefix attention", "prefix_attention"))
-                  if provenance.get(key)}
-    if extensions and fmt != "json":
-        said = ", ".join(f"{name} ({value})" for name, value in extensions.items())
-        fields = " or ".join(f"'medusa_{key.replace(' ', '_')}'" for key in extensions)
-        typer.secho(f"warning: {tree} was built from stats of heads with {said}; engines run Medusa heads without "
-                    f"{'them' if len(extensions) > 1 else 'it'}, so this tree's predicted tokens/step does not apply there: "
-                    f"calibrate the heads the engine runs (a heads folder without {fields}) and build again",
-                    fg=typer.colors.YELLOW, err=True)
+    # (provenance key, what it is, the heads' config field: lookup.CONFIG_KEY, prefix.CONFIG_KEY, written out because
+    # export must not import torch); engines run Medusa heads with none of them
+    found = [(f"{name} ({provenance[key]})", field) for key, name, field in
+             (("context_lookup", "context lookup", "medusa_context_lookup"),
+              ("prefix_attention", "prefix attention", "medusa_prefix_attention")) if provenance.get(key)]
+    if found and fmt != "json":
+        typer.secho(f"warning: {tree} was built from stats of heads with {', '.join(said for said, _ in found)}; engines run "
+                    f"Medusa heads without {'them' if len(found) > 1 else 'it'}, so this tree's predicted tokens/step does not "
+                    f"apply there: calibrate the heads the engine runs (a heads folder without "
+                    f"{' or '.join(repr(field) for _, field in found)}) and build again", fg=typer.colors.YELLOW, err=True)
     try:
         text = export_tree(spec, fmt, num_heads=num_heads, max_draft_len=max_draft_len, name=name, where=str(tree))
     except TreeSpecError as err:

@@ -14,6 +14,8 @@ Writes the upstream checkpoint format (v2 shared lm_head by default) plus a READ
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import random
@@ -430,8 +432,8 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     def batches(epoch: int) -> list[torch.Tensor]:
         return epoch_batches(features, train_idx, cfg.batch_size, cfg.seed + epoch, whole_answers)
 
-    per_epoch = [len(batches(epoch)) for epoch in range(cfg.epochs)]
-    total = sum(per_epoch)
+    epoch_starts = [0, *itertools.accumulate(len(batches(epoch)) for epoch in range(cfg.epochs))]  # the step each epoch starts at
+    total = epoch_starts[-1]
     params = [p for p in heads.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     warmup = min(100, total // 10)
@@ -456,10 +458,10 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         if step % MINE_EVERY == 0:
             vocab = mine(vocab, step)
             remap, sub_weight = softmax_restriction(vocab, lm_weight)
-        if step >= sum(per_epoch[: epoch + 1]):  # a new epoch (or the one a resumed run stopped in)
-            epoch = next(e for e in range(cfg.epochs) if step < sum(per_epoch[: e + 1]))
+        if step >= epoch_starts[epoch + 1]:  # a new epoch (or the one a resumed run stopped in)
+            epoch = bisect.bisect_right(epoch_starts, step) - 1
             epoch_list = batches(epoch)
-        idx = epoch_list[step - sum(per_epoch[:epoch])]
+        idx = epoch_list[step - epoch_starts[epoch]]
         h = read_context_rows(heads, features.hidden[idx].float(), features.sequence[idx])  # [B, H]
         t = features.targets[idx]  # [B, K]
         root = features.roots[idx]  # [B]
