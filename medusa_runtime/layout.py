@@ -1,28 +1,44 @@
-"""Faster linears on CPU: oneDNN's pre-packed fp32 GEMM, for the few rows tree verify feeds.
+"""Faster linears on CPU for the few rows tree verify feeds: a kernel per row count, measured per machine.
 
-Stock ``nn.Linear`` on CPU calls a generic BLAS GEMM whose speed on a few rows depends on the machine.
-oneDNN packs a weight once (``torch.ops.mkldnn._reorder_linear_weight``) and ``_linear_pointwise``
-multiplies against it. ``python scripts/bench_linears.py`` (all 30 layers of SmolLM2-135M plus its lm_head,
-fp32, random weights streamed from memory) measured, in ms per pass, stock -> packed:
+A linear over a few rows (a decoding step: 1 row; a verify step: one per tree token) streams every weight from
+memory and does little arithmetic, and which GEMM streams best at 1-8 rows depends on the machine. Three kernels
+are on offer:
 
-- 2-core AMD EPYC VM: 1 row 46.6 -> 27.2, 2 rows 79.5 -> 32.2, 5 rows 71.9 -> 21.3 (packed always wins);
-- 2-core Intel Xeon VM (AVX512-BF16, AMX): 1 row 20.9 -> 26.7, 2 rows 22.2 -> 27.2, 3 rows 34.6 -> 29.1,
-  8 rows 43.2 -> 34.2 (stock wins on 1-2 rows: MKL's GEMV).
+- ``stock``: ``F.linear`` (a BLAS GEMM; MKL's GEMV for one row);
+- ``onednn``: oneDNN's GEMM against a weight packed once (``torch.ops.mkldnn._reorder_linear_weight``);
+- ``mkl``: MKL's packed GEMM (``torch.ops.mkl._mkl_reorder_linear_weight``), packed for one exact row count (a
+  tree's token count), kept per row count, made the first time that count is seen.
 
-So the kernel for 1-2 rows (plain decoding, the Hugging Face baseline, the heads' guesses) is chosen per
-machine: ``packed_min_rows()`` times both kernels on 1 and 2 rows the first time it runs on a machine (about
-2 s, weights streamed from memory) and keeps the choice in ``~/.cache/medusa_runtime/linear_kernels.json``,
-so every later process runs the same kernels (a choice timed in each process flipped between runs under
-this VM's noise); ``MEDUSA_PACKED_MIN_ROWS`` (1, 2 or 3) overrides it. 3 rows and more always take the
-packed kernel. The baseline is then as fast as stock ``generate`` can be on the machine, and speedups
-compare decoding strategies, not kernels.
+``python scripts/bench_linears.py`` (all 30 layers of SmolLM2-135M plus its lm_head, fp32, random weights
+streamed from memory) prints ms per pass for each. Measured so far:
 
-``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight
-Parameter, same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the packed path without
-autograd from ``packed_min_rows()`` rows, and stock ``F.linear`` otherwise (fewer rows; training). Results
-equal ``F.linear`` up to float rounding. It costs one extra copy of every linear weight in memory, is CPU
-fp32 only, and does nothing where PyTorch was built without oneDNN. The model's own code is untouched: the
-modules are driven through their usual ``forward``.
+- 2-core AMD EPYC VM: stock 1 row 46.6, 2 rows 79.5, 5 rows 71.9 -> oneDNN 27.2, 32.2, 21.3 (oneDNN always won;
+  MKL's packed GEMM was not on offer then);
+- 2-core Intel Xeon VM (AVX512-BF16, AMX), stock / oneDNN / MKL: 1 row 19.9 / 25.1 / 21.1, 2 rows 20.9 / 26.0 /
+  20.2, 3 rows 23.0 / 28.1 / 24.3, 4 rows 33.6 / 28.8 / 24.1, 8 rows 41.7 / 34.9 / 29.1, 64 rows 85.4 / 86.6 /
+  72.8. Verify steps of 3 / 4 / 6 / 8 tree tokens of the real model took 51.5 / 52.9 / 57.1 / 60.5 ms with stock
+  for 1-2 rows and oneDNN above, 38.6 / 43.5 / 48.0 / 51.3 ms with the table this module measures (docs/results.md).
+
+So ``kernel_table()`` holds one kernel per row count 1..8 (``TABLE_ROWS``): the first time it runs on a machine it
+times the three on a stack of SmolLM2-shaped weights larger than a cache (``measure_kernel_table``, a few seconds)
+and keeps the table in ``~/.cache/medusa_runtime/linear_kernels.json`` keyed by ``machine_key()``, so that every
+later process runs the same kernels (a choice timed in each process flipped between runs under a VM's noise).
+``MEDUSA_LINEAR_KERNELS`` overrides it: one kernel for every row count (``stock``) or ``ROWS:KERNEL`` items
+(``1-3:stock,4-8:mkl``; row counts left out take oneDNN). More than 8 rows (large trees, prefill) take oneDNN: an
+MKL pack serves one exact row count, and prompt lengths vary.
+The baseline (one row: plain decoding, Hugging Face ``generate``) is then as fast as the machine allows too, so
+speedups compare decoding strategies, not kernels.
+
+Memory: oneDNN's packed copy doubles every linear's weight; each row count that takes MKL's kernel adds one more
+copy, made on first use, while the packs of all linears together stay under a quarter of the machine's memory
+(``mkl_pack_budget_bytes``); past that a row count takes oneDNN instead (a ``treeopt profile`` over many sizes of
+a large model can hit it: its larger sizes then time oneDNN).
+
+``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight Parameter,
+same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the table's kernel without autograd and stock
+``F.linear`` otherwise (training). Results equal ``F.linear`` up to float rounding. CPU fp32 only; nothing changes
+where PyTorch was built without oneDNN. The model's own code is untouched: the modules are driven through their
+usual ``forward``.
 """
 
 from __future__ import annotations
@@ -33,18 +49,29 @@ import os
 import platform
 import statistics
 import time
+import weakref
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_ROWS_ENV = "MEDUSA_PACKED_MIN_ROWS"
-SMALL_ROWS = (1, 2)  # the row counts whose kernel is chosen per machine; from 3 rows on, packed
+KERNELS_ENV = "MEDUSA_LINEAR_KERNELS"
+KERNELS = ("stock", "onednn", "mkl")
+TABLE_ROWS = 8  # row counts 1..TABLE_ROWS take the table's kernel; more rows take oneDNN's
+WIDE_KERNEL = "onednn"
 
 
 def onednn_packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def mkl_packing_available() -> bool:
+    return onednn_packing_available() and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+def available_kernels() -> tuple[str, ...]:
+    return tuple(k for k, ok in zip(KERNELS, (True, onednn_packing_available(), mkl_packing_available())) if ok)
 
 
 def weight_version(weight: torch.Tensor) -> int:
@@ -52,20 +79,49 @@ def weight_version(weight: torch.Tensor) -> int:
     return -1 if weight.is_inference() else weight._version
 
 
+def parse_kernel_table(text: str, where: str) -> tuple[str, ...]:
+    """``stock`` (one kernel for every row count up to ``TABLE_ROWS``) or ``ROWS:KERNEL,...`` items, ROWS a count or
+    a range ``A-B`` (row counts left out take oneDNN) -> a tuple indexed by row count (entry 0 unused)."""
+    usage = (f"use one of {', '.join(available_kernels())} for every row count, or items such as "
+             f"'1-3:stock,4-{TABLE_ROWS}:mkl' (row counts 1..{TABLE_ROWS})")
+    text = text.strip()
+    items = [f"1-{TABLE_ROWS}:{text}"] if ":" not in text else [i.strip() for i in text.split(",")]
+    table = [WIDE_KERNEL] * (TABLE_ROWS + 1)
+    for item in items:
+        rows, _, kernel = item.partition(":")
+        first, _, last = rows.partition("-")
+        try:
+            lo, hi = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"{where}: {item!r} has no row count before ':'; {usage}") from None
+        if not 1 <= lo <= hi <= TABLE_ROWS:
+            raise ValueError(f"{where}: rows {rows!r} are outside 1..{TABLE_ROWS}; {usage}")
+        if kernel not in available_kernels():
+            raise ValueError(f"{where}: kernel {kernel!r} is unknown or not built into this PyTorch; {usage}")
+        table[lo:hi + 1] = [kernel] * (hi - lo + 1)
+    return tuple(table)
+
+
+def format_kernel_table(table: tuple[str, ...]) -> str:
+    """The inverse of ``parse_kernel_table``: runs of equal kernels as ``A-B:kernel`` items."""
+    items, start = [], 1
+    for rows in range(2, TABLE_ROWS + 2):
+        if rows > TABLE_ROWS or table[rows] != table[start]:
+            items.append(f"{start}:{table[start]}" if rows - 1 == start else f"{start}-{rows - 1}:{table[start]}")
+            start = rows
+    return ",".join(items)
+
+
 @functools.cache
-def packed_min_rows() -> int:
-    """From how many rows PackedLinear takes the packed kernel: 1, 2 or 3 (see the module docstring). The
-    environment variable wins; otherwise the choice measured on this machine, read from the kernel cache file
-    (``kernel_cache_file``) or, the first time, measured (``measure_packed_min_rows``, about 2 s) and written there,
-    so that every process on a machine runs the same kernels."""
-    declared = os.environ.get(MIN_ROWS_ENV)
+def kernel_table() -> tuple[str, ...]:
+    """The kernel of each row count 1..TABLE_ROWS (index = rows; see the module docstring). The environment variable
+    wins; otherwise the table measured on this machine, read from ``kernel_cache_file()`` or, the first time,
+    measured (``measure_kernel_table``, a few seconds) and written there."""
+    declared = os.environ.get(KERNELS_ENV)
     if declared is not None:
-        if declared not in ("1", "2", "3"):
-            raise ValueError(f"environment variable {MIN_ROWS_ENV}={declared!r}: use 1, 2 or 3 (the row count from which "
-                             f"linears take oneDNN's packed kernel), or unset it to use the measured choice")
-        return int(declared)
+        return parse_kernel_table(declared, f"environment variable {KERNELS_ENV}={declared!r}")
     if not onednn_packing_available():
-        return 1
+        return ("stock",) * (TABLE_ROWS + 1)
     path, key = kernel_cache_file(), machine_key()
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
@@ -73,28 +129,36 @@ def packed_min_rows() -> int:
         known = {}
     if not isinstance(known, dict):
         known = {}
-    if known.get(key) in (1, 2, 3):
-        return known[key]
-    known[key] = measure_packed_min_rows()
+    if isinstance(known.get(key), str):
+        try:
+            return parse_kernel_table(known[key], str(path))
+        except ValueError:  # written by another PyTorch build or an older layout: measure again
+            pass
+    table = measure_kernel_table()
+    known[key] = format_kernel_table(table)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known, indent=1) + "\n", encoding="utf-8")
         tmp.replace(path)
-    except OSError:  # a read-only home: the choice still holds for this process
+    except OSError:  # a read-only home: the table still holds for this process
         pass
-    return known[key]
+    return table
+
+
+def kernel_for(rows: int) -> str:
+    return kernel_table()[rows] if rows <= TABLE_ROWS else WIDE_KERNEL
 
 
 def kernel_cache_file() -> Path:
-    """Where the measured choice is kept: $XDG_CACHE_HOME (default ~/.cache)/medusa_runtime/linear_kernels.json.
+    """Where the measured table is kept: $XDG_CACHE_HOME (default ~/.cache)/medusa_runtime/linear_kernels.json.
     Delete it to measure again."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "medusa_runtime" / "linear_kernels.json"
 
 
 def machine_key() -> str:
-    """What the choice depends on: the CPU model, the threads torch uses and the torch version."""
+    """What the table depends on: the CPU model, the threads torch uses and the torch version."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
@@ -106,37 +170,68 @@ def machine_key() -> str:
     return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
-def measure_packed_min_rows(matrices: int = 64, repeats: int = 7) -> int:
-    """Time stock F.linear and the packed kernel on 1 and 2 rows against ``matrices`` weights of SmolLM2's MLP shape
-    (1536 x 576; 64 of them are 226 MB, more than a cache holds, as a decoding step streams its weights), the two
-    kernels alternating, medians of ``repeats`` passes; -> the fewest rows at which the packed kernel wins (3: neither)."""
-    weights = [torch.rand(1536, 576) for _ in range(matrices)]
-    packed = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
-    linear = torch.ops.mkldnn._linear_pointwise
+LAYER_SHAPES = ((576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536))  # [out, in]
 
-    def seconds(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
 
+def measure_kernel_table(layers: int = 24, repeats: int = 5, rows_range=range(1, TABLE_ROWS + 1)) -> tuple[str, ...]:
+    """Time every available kernel on each row count against ``layers`` x SmolLM2-135M's seven layer linears (24 of
+    them are 340 MB, more than a cache holds, as a decoding step streams its weights), kernels alternating within
+    each pass, medians of ``repeats`` passes after a warm-up -> the fastest kernel per row count."""
+    weights = [torch.rand(out_features, in_features) for _ in range(layers) for out_features, in_features in LAYER_SHAPES]
+    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights] if onednn_packing_available() else []
+    pointwise = torch.ops.mkldnn._linear_pointwise if onednn else None
+    table = [WIDE_KERNEL] * (TABLE_ROWS + 1)
     with torch.inference_mode():
-        for rows in SMALL_ROWS:
-            x = torch.rand(rows, 576)
-            stock, onednn = [], []
+        for rows in rows_range:
+            inputs = {576: torch.rand(rows, 576), 1536: torch.rand(rows, 1536)}
+            runs = {"stock": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights]}
+            if onednn:
+                runs["onednn"] = lambda: [pointwise(inputs[w.shape[1]], p, None, "none", [], "") for w, p in zip(weights, onednn)]
+            if mkl_packing_available():
+                mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
+                runs["mkl"] = lambda: [torch.ops.mkl._mkl_linear(inputs[w.shape[1]], p, w, None, rows) for w, p in zip(weights, mkl)]
+            seconds: dict[str, list[float]] = {name: [] for name in runs}
             for _ in range(repeats + 1):  # the first pass of each warms up
-                stock.append(seconds(lambda: [F.linear(x, w) for w in weights]))
-                onednn.append(seconds(lambda: [linear(x, p, None, "none", [], "") for p in packed]))
-            if statistics.median(onednn[1:]) < statistics.median(stock[1:]):
-                return rows
-    return SMALL_ROWS[-1] + 1
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    seconds[name].append(time.perf_counter() - start)
+            table[rows] = min(runs, key=lambda name: statistics.median(seconds[name][1:]))
+    return tuple(table)
+
+
+def mkl_pack_budget_bytes() -> int:
+    """How much memory the MKL packs of all linears together may take: a quarter of the machine's."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # no sysconf (not POSIX): 4 GiB
+        return 4 << 30
+
+
+class _MklPackBudget:
+    """Bytes held by MKL packs, given back when a pack is freed."""
+
+    held = 0
+
+    @classmethod
+    def take(cls, nbytes: int) -> bool:
+        if cls.held + nbytes > mkl_pack_budget_bytes():
+            return False
+        cls.held += nbytes
+        return True
+
+    @classmethod
+    def give_back(cls, nbytes: int) -> None:
+        cls.held -= nbytes
 
 
 class PackedLinear(nn.Linear):
-    """``nn.Linear`` with a oneDNN-packed copy of its weight (inference only).
+    """``nn.Linear`` that runs inference through the kernel ``kernel_for(rows)`` names, with a oneDNN-packed copy of
+    its weight and MKL packs per row count made on first use.
 
-    The packed copy follows the weight through ``.to()``/``load_state_dict`` and in-place edits that bump
-    its version counter (re-packed on CPU fp32, dropped elsewhere); an edit through ``weight.data``
-    bypasses the counter and needs an explicit ``repack()``."""
+    The packed copies follow the weight through ``.to()``/``load_state_dict`` and in-place edits that bump its
+    version counter (re-packed on CPU fp32, dropped elsewhere); an edit through ``weight.data`` bypasses the
+    counter and needs an explicit ``repack()``."""
 
     _packed: torch.Tensor | None = None
     _packed_version = -1
@@ -145,6 +240,7 @@ class PackedLinear(nn.Linear):
     def from_linear(cls, linear: nn.Linear) -> PackedLinear:
         if "_onednn_linear" not in cls.__dict__:  # resolved once: op lookup costs microseconds per call
             cls._onednn_linear = torch.ops.mkldnn._linear_pointwise
+            cls._mkl_linear = torch.ops.mkl._mkl_linear if mkl_packing_available() else None
         packed = cls.__new__(cls)
         nn.Module.__init__(packed)
         packed.in_features, packed.out_features = linear.in_features, linear.out_features
@@ -155,12 +251,25 @@ class PackedLinear(nn.Linear):
 
     def repack(self) -> None:
         weight = self.weight
+        self._mkl_packs: dict[int, torch.Tensor | None] = {}  # rows -> MKL pack (None: over budget, use oneDNN)
         if weight.device.type == "cpu" and weight.dtype == torch.float32:
             with torch.no_grad():  # the batch-size hint does not restrict later calls
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 8)
             self._packed_version = weight_version(weight)
         else:
             self._packed = None
+
+    def mkl_pack(self, rows: int) -> torch.Tensor | None:
+        """The weight packed by MKL for exactly ``rows`` rows, made on first use; None past the memory budget."""
+        if rows not in self._mkl_packs:
+            nbytes = self.weight.numel() * self.weight.element_size()
+            pack = None
+            if self._mkl_linear is not None and _MklPackBudget.take(nbytes):
+                with torch.no_grad():
+                    pack = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach().contiguous(), rows)
+                weakref.finalize(pack, _MklPackBudget.give_back, nbytes)
+            self._mkl_packs[rows] = pack
+        return self._mkl_packs[rows]
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
@@ -172,16 +281,24 @@ class PackedLinear(nn.Linear):
         self.repack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is not None and not torch.is_grad_enabled() and x.numel() >= packed_min_rows() * x.shape[-1]:
-            if weight_version(self.weight) != self._packed_version:  # edited in place since packing (an optimizer step)
-                self.repack()
-            return self._onednn_linear(x.contiguous(), self._packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        if self._packed is None or torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)
+        rows = x.numel() // x.shape[-1]
+        kernel = kernel_for(rows)
+        if kernel == "stock":
+            return F.linear(x, self.weight, self.bias)
+        if weight_version(self.weight) != self._packed_version:  # edited in place since packing (an optimizer step)
+            self.repack()
+        if kernel == "mkl":
+            pack = self.mkl_pack(rows)
+            if pack is not None:
+                return self._mkl_linear(x, pack, self.weight, self.bias, rows)
+        return self._onednn_linear(x.contiguous(), self._packed, self.bias, "none", [], "")
 
 
 def frozen_linear(weight: torch.Tensor) -> nn.Linear:
-    """An inference-only, bias-free linear over ``weight`` [out, in] (a tensor it owns: pass a copy), oneDNN-packed
-    where packing is available."""
+    """An inference-only, bias-free linear over ``weight`` [out, in] (a tensor it owns: pass a copy), packed where
+    packing is available."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     linear.weight = nn.Parameter(weight, requires_grad=False)
     return PackedLinear.from_linear(linear) if onednn_packing_available() else linear

@@ -1,10 +1,12 @@
-"""Micro-benchmark: stock nn.Linear vs oneDNN-packed PackedLinear on SmolLM2-135M's linear shapes.
+"""Micro-benchmark: the three CPU linear kernels (layout.py) on SmolLM2-135M's linear shapes, per row count.
 
-Random weights of the real shapes (30 layers x q/k/v/o/gate/up/down, plus the 49152 x 576 lm_head,
-about 540 MB in fp32, so every pass streams the weights from memory as a decoding step does). Prints a
-table of the median time of one pass per row count, then one JSON line. Needs no model download.
+Random weights of the real shapes (30 layers x q/k/v/o/gate/up/down, plus the 49152 x 576 lm_head, about 540 MB
+in fp32, so every pass streams the weights from memory as a decoding step does) run through stock ``F.linear``,
+oneDNN's packed GEMM and MKL's packed GEMM (packed for that exact row count), the kernels alternating within each
+repeat. Prints a table of the median ms of one pass per row count and kernel, then one JSON line. Needs no model
+download. ``layout.measure_kernel_table`` makes the runtime's choice the same way, on fewer weights.
 
-    python scripts/bench_linears.py [--rows 1,2,3,4,5,8,16,32,64] [--repeats 9]
+    python scripts/bench_linears.py [--rows 1,2,3,4,5,6,8,16,32,64] [--repeats 9]
 """
 
 from __future__ import annotations
@@ -15,50 +17,46 @@ import statistics
 import time
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from medusa_runtime.layout import PackedLinear, onednn_packing_available
+from medusa_runtime.layout import LAYER_SHAPES, available_kernels, mkl_packing_available, onednn_packing_available
 
-HIDDEN, INTERMEDIATE, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
-SHAPES = [(HIDDEN, HIDDEN), (HIDDEN, KV), (HIDDEN, KV), (HIDDEN, HIDDEN),
-          (HIDDEN, INTERMEDIATE), (HIDDEN, INTERMEDIATE), (INTERMEDIATE, HIDDEN)]  # (in, out)
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+LAYERS, VOCAB, HIDDEN = 30, 49152, 576
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="1,2,3,4,5,8,16,32,64")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,8,16,32,64")
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     if not onednn_packing_available():
-        raise SystemExit("this PyTorch build has no oneDNN: PackedLinear falls back to nn.Linear, nothing to compare")
+        raise SystemExit("this PyTorch build has no oneDNN: every linear runs stock F.linear, nothing to compare")
     torch.manual_seed(0)
-    stock = [nn.Linear(i, o, bias=False) for _ in range(LAYERS) for i, o in SHAPES] + [nn.Linear(HIDDEN, VOCAB, bias=False)]
-    packed = [PackedLinear.from_linear(m) for m in stock]
-    rows_list = [int(r) for r in args.rows.split(",")]
-    result = {"device": f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "rows": {}}
-    print(f"{'rows':>5} {'nn.Linear ms':>13} {'packed ms':>10} {'ratio':>6}")
+    weights = [torch.rand(out_f, in_f) for _ in range(LAYERS) for out_f, in_f in LAYER_SHAPES] + [torch.rand(VOCAB, HIDDEN)]
+    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
+    kernels = available_kernels()
+    result = {"device": f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "unit": "ms per pass",
+              "rows": {}}
+    print(f"{'rows':>5} " + " ".join(f"{k:>8}" for k in kernels) + "  fastest")
     with torch.inference_mode():
-        for rows in rows_list:
-            inputs = {HIDDEN: torch.randn(1, rows, HIDDEN), INTERMEDIATE: torch.randn(1, rows, INTERMEDIATE)}
-
-            def run(modules):
-                for m in modules:
-                    m(inputs[m.in_features])
-
-            a = median_ms(lambda: run(stock), args.repeats)
-            b = median_ms(lambda: run(packed), args.repeats)
-            result["rows"][rows] = {"linear_ms": round(a, 2), "packed_ms": round(b, 2)}
-            print(f"{rows:>5} {a:>13.1f} {b:>10.1f} {a / b:>6.2f}")
+        for rows in [int(r) for r in args.rows.split(",")]:
+            inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+            runs = {"stock": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights],
+                    "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(inputs[w.shape[1]], p, None, "none", [], "")
+                                       for w, p in zip(weights, onednn)]}
+            if mkl_packing_available():
+                mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
+                runs["mkl"] = lambda: [torch.ops.mkl._mkl_linear(inputs[w.shape[1]], p, w, None, rows) for w, p in zip(weights, mkl)]
+            seconds = {name: [] for name in runs}
+            for _ in range(args.repeats + 1):  # the first repeat warms up
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    seconds[name].append(time.perf_counter() - start)
+            ms = {name: round(statistics.median(t[1:]) * 1e3, 2) for name, t in seconds.items()}
+            result["rows"][rows] = ms
+            print(f"{rows:>5} " + " ".join(f"{ms[k]:>8.1f}" for k in kernels) + f"  {min(ms, key=ms.get)}")
+            del runs, seconds  # the MKL packs of this row count
     print(json.dumps(result))
 
 

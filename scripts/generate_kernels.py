@@ -3,10 +3,10 @@
 Loads the default model (its linears packed as the runtime does: ``layout.py``), then times greedy ``generate`` of
 64 new tokens on MT-Bench prompts twice: with each linear's own kernel choice, and with every packed copy dropped
 (stock ``F.linear`` on every row count). Prints the median ms per token of each, twice, alternating. With
-``MEDUSA_PACKED_MIN_ROWS=1`` the first row is "oneDNN's packed kernel on every row", what the runtime ran before
-the per-machine choice (41.4 against 32.7 ms/token on the Intel VM).
+``MEDUSA_LINEAR_KERNELS=onednn`` the first row is "oneDNN's packed kernel on every row", what the runtime ran
+before the per-machine choice (41.4 against 32.7 ms/token on the Intel VM).
 
-    MEDUSA_PACKED_MIN_ROWS=1 python scripts/generate_kernels.py [--select 1:80:16]
+    MEDUSA_LINEAR_KERNELS=onednn python scripts/generate_kernels.py [--select 1:80:16]
 """
 
 from __future__ import annotations

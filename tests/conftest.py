@@ -16,8 +16,12 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
 from medusa_runtime.heads import HeadsConfig, MedusaHeads
 from medusa_runtime.prefix import PrefixConfig
 
-# the measured linear-kernel choice (medusa_runtime/layout.py) goes to a cache of this test session, not the user's
+# a measured linear-kernel table (medusa_runtime/layout.py) would go to a cache of this test session, not the user's;
+# the tests run a fixed table that sends row counts to all three kernels (the lossless tests then cover each)
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="treeopt-tests-cache-")
+from medusa_runtime.layout import KERNELS_ENV, mkl_packing_available  # noqa: E402
+
+os.environ[KERNELS_ENV] = "1:stock,2-3:onednn,4-8:mkl" if mkl_packing_available() else "1:stock,2-8:onednn"
 from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.models import LoadedModel
 
