@@ -16,8 +16,9 @@ streamed from memory) prints ms per pass for each. Measured so far:
   MKL's packed GEMM was not on offer then);
 - 2-core Intel Xeon VM (AVX512-BF16, AMX), stock / oneDNN / MKL: 1 row 19.9 / 25.1 / 21.1, 2 rows 20.9 / 26.0 /
   20.2, 3 rows 23.0 / 28.1 / 24.3, 4 rows 33.6 / 28.8 / 24.1, 8 rows 41.7 / 34.9 / 29.1, 64 rows 85.4 / 86.6 /
-  72.8. Verify steps of 3 / 4 / 6 / 8 tree tokens of the real model took 51.5 / 52.9 / 57.1 / 60.5 ms with stock
-  for 1-2 rows and oneDNN above, 38.6 / 43.5 / 48.0 / 51.3 ms with the table this module measures (docs/results.md).
+  72.8. ``python scripts/verify_kernels.py``: verify steps of 3 / 4 / 6 / 8 tree tokens of the real model took
+  49.3 / 50.6 / 54.2 / 57.3 ms with stock for 1-2 rows and oneDNN above, 39.0 / 43.5 / 48.9 / 50.5 ms with the
+  table this module measures there (``1:stock,2:mkl,3:stock,4-8:mkl``).
 
 So ``kernel_table()`` holds one kernel per row count 1..8 (``TABLE_ROWS``): the first time it runs on a machine it
 times the three on a stack of SmolLM2-shaped weights larger than a cache (``measure_kernel_table``, a few seconds)

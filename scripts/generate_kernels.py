@@ -1,8 +1,8 @@
-"""HF ``generate`` with the linears' kernel choice against stock ``F.linear`` everywhere (the Intel VM finding).
+"""HF ``generate`` under the machine's linear-kernel table against stock ``F.linear`` everywhere (layout.py).
 
-Loads the default model (its linears packed as the runtime does: ``layout.py``), then times greedy ``generate`` of
-64 new tokens on MT-Bench prompts twice: with each linear's own kernel choice, and with every packed copy dropped
-(stock ``F.linear`` on every row count). Prints the median ms per token of each, twice, alternating. With
+Loads the default model (its linears packed as the runtime does), then times greedy ``generate`` of 64 new tokens
+on MT-Bench prompts under two kernel tables, alternating, twice: the machine's own (``MEDUSA_LINEAR_KERNELS`` if
+set, else the measured table) and ``stock``. Prints the median ms per token of each. With
 ``MEDUSA_LINEAR_KERNELS=onednn`` the first row is "oneDNN's packed kernel on every row", what the runtime ran
 before the per-machine choice (41.4 against 32.7 ms/token on the Intel VM).
 
@@ -12,14 +12,20 @@ before the per-machine choice (41.4 against 32.7 ms/token on the Intel VM).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
-from medusa_runtime.layout import PackedLinear
+from medusa_runtime.layout import KERNELS_ENV, format_kernel_table, kernel_table
 from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
+
+
+def use_kernels(table: str) -> None:
+    os.environ[KERNELS_ENV] = table
+    kernel_table.cache_clear()
 
 
 def main() -> None:
@@ -28,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_model("smollm2-135m", device="cpu")
     prompts = [render_chat(loaded.tokenizer, p) for p in select_prompts("mt-bench", args.select)]
+    tables = {"machine's table": format_kernel_table(kernel_table()), "stock F.linear": "stock"}
 
     def ms_per_token() -> float:
         times = []
@@ -37,17 +44,12 @@ def main() -> None:
             times.append((time.perf_counter() - start) / 64)
         return statistics.median(times) * 1e3
 
-    packed = [m for m in loaded.model.modules() if isinstance(m, PackedLinear)]
     with torch.inference_mode():
         ms_per_token()  # warm-up
         for _ in range(2):
-            print(f"linears' own choice  {ms_per_token():.2f} ms/token")
-            saved = [m._packed for m in packed]
-            for m in packed:
-                m._packed = None  # stock F.linear
-            print(f"stock F.linear       {ms_per_token():.2f} ms/token")
-            for m, p in zip(packed, saved):
-                m._packed = p
+            for name, table in tables.items():
+                use_kernels(table)
+                print(f"{name:16s} {table:40s} {ms_per_token():.2f} ms/token")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.spec import TreeSpec, load_tree
 
-PIECES = {"_forward": "model forward", "_logits": "lm_head", "_head_candidates": "heads' guesses", "commit": "K/V move (cache commit)"}
+PIECES = {"_forward": "model forward", "_logits": "lm_head", "_head_candidates": "heads' guesses (one call)",
+          "_tree_tokens_by_depth": "heads' guesses (depth by depth)", "commit": "K/V move (cache commit)"}
 
 
 def main() -> None:
