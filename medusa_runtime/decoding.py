@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from .kv_cache import TreeKVCache
+from .layout import prepare_kernels
 from .lookup import ContextIndex, merge
 from .prefix import PrefixKVCache
 from .sampling import SamplingConfig  # noqa: F401  (re-exported: callers build it with the decoder)
@@ -240,6 +241,7 @@ class MedusaDecoder:
                                      f"context of {limit}; shorten the prompt or lower --max-new-tokens")
         self._generator.manual_seed(self.sampling.seed)
         batch, longest = len(prompts), max(lengths)
+        prepare_kernels(self.model, [rows * b.num_nodes for rows in range(1, batch + 1)])  # rows leave as they finish
         max_len = longest + max_new_tokens + b.num_nodes
         cache = self._new_cache(max_len, batch)
         neg = torch.finfo(self.dtype).min

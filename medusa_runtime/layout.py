@@ -31,7 +31,7 @@ The baseline (one row: plain decoding, Hugging Face ``generate``) is then as fas
 speedups compare decoding strategies, not kernels.
 
 Memory: oneDNN's packed copy doubles every linear's weight; each row count that takes MKL's kernel adds one more
-copy, made on first use, while the packs of all linears together stay under a quarter of the machine's memory
+copy, made on first use or ahead of it by ``prepare_kernels`` (the decoder's prefill and the bench's warm-up call it), while the packs of all linears together stay under a quarter of the machine's memory
 (``mkl_pack_budget_bytes``); past that a row count takes oneDNN instead (a ``treeopt profile`` over many sizes of
 a large model can hit it: its larger sizes then time oneDNN).
 
@@ -295,6 +295,19 @@ class PackedLinear(nn.Linear):
             if pack is not None:
                 return self._mkl_linear(x, pack, self.weight, self.bias, rows)
         return self._onednn_linear(x.contiguous(), self._packed, self.bias, "none", [], "")
+
+
+def prepare_kernels(module: nn.Module, rows) -> None:
+    """Make now the MKL packs that ``rows`` (row counts) will take under ``module``, so that decoding does not stop
+    mid-stream to pack (0.2-1 s per row count for SmolLM2-135M): a batch's rows leave as they finish, and each
+    smaller row count takes its own pack."""
+    wanted = sorted({r for r in rows if 1 <= r <= TABLE_ROWS and kernel_for(r) == "mkl"})
+    if not wanted:
+        return
+    for linear in module.modules():
+        if isinstance(linear, PackedLinear) and linear._packed is not None:
+            for r in wanted:
+                linear.mkl_pack(r)
 
 
 def frozen_linear(weight: torch.Tensor) -> nn.Linear:

@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import tiny_model
 from medusa_runtime.layout import (KERNELS_ENV, TABLE_ROWS, PackedLinear, format_kernel_table, kernel_table, mkl_packing_available,
-                                   onednn_packing_available, pack_linears, parse_kernel_table)
+                                   onednn_packing_available, pack_linears, parse_kernel_table, prepare_kernels)
 
 pytestmark = pytest.mark.skipif(not onednn_packing_available(), reason="PyTorch built without oneDNN")
 
@@ -200,3 +200,27 @@ def test_a_packed_linear_over_an_inference_tensor_works():
         packed = packed_copy(linear)
         x = torch.randn(3, 16)
         torch.testing.assert_close(packed(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
+def test_prepare_kernels_makes_the_mkl_packs_of_the_row_counts_ahead(kernels):
+    kernels("1:stock,2-3:onednn,4-8:mkl")
+    model = tiny_model("llama")
+    pack_linears(model)
+    prepare_kernels(model, [2, 4, 6, 12])  # only 4 and 6 take MKL's kernel
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert packed and all(sorted(m._mkl_packs) == [4, 6] for m in packed)
+
+
+@pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
+def test_the_decoders_prefill_packs_every_row_count_its_batch_can_shrink_to(kernels):
+    from medusa_runtime.decoding import MedusaDecoder
+    from medusa_runtime.spec import TreeSpec
+
+    kernels("1:stock,2-3:onednn,4-8:mkl")
+    model = tiny_model("llama")
+    pack_linears(model)
+    decoder = MedusaDecoder(model, None, TreeSpec([]), eos_token_ids=())
+    decoder.prefill([[5, 6, 7], [8, 9], [10, 11, 12, 13], [5, 5], [6, 6, 6]], 4)  # 5 rows of 1 token: 1..5 rows
+    lm_head = model.get_output_embeddings()
+    assert sorted(lm_head._mkl_packs) == [4, 5]
