@@ -147,6 +147,12 @@ def kernel_table() -> tuple[str, ...]:
     return table
 
 
+def use_kernel_table(text: str) -> None:
+    """Switch this process to the table ``text`` (a ``MEDUSA_LINEAR_KERNELS`` value), as if set before it started."""
+    os.environ[KERNELS_ENV] = text
+    kernel_table.cache_clear()
+
+
 def kernel_for(rows: int) -> str:
     return kernel_table()[rows] if rows <= TABLE_ROWS else WIDE_KERNEL
 
@@ -174,30 +180,37 @@ def machine_key() -> str:
 LAYER_SHAPES = ((576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536))  # [out, in]
 
 
+def time_kernels(weights: list[torch.Tensor], rows: int, repeats: int) -> dict[str, float]:
+    """Median seconds of one pass of every available kernel over ``weights`` (each [out, in]) on ``rows`` rows, the
+    kernels alternating within each pass, after one warm-up pass. MKL's packs are made for ``rows`` and dropped after."""
+    inputs = {w.shape[1]: torch.rand(rows, w.shape[1]) for w in weights}
+    runs = {"stock": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights]}
+    if onednn_packing_available():
+        onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
+        runs["onednn"] = lambda: [torch.ops.mkldnn._linear_pointwise(inputs[w.shape[1]], p, None, "none", [], "")
+                                  for w, p in zip(weights, onednn)]
+    if mkl_packing_available():
+        mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
+        runs["mkl"] = lambda: [torch.ops.mkl._mkl_linear(inputs[w.shape[1]], p, w, None, rows) for w, p in zip(weights, mkl)]
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first pass of each warms up
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times[1:]) for name, times in seconds.items()}
+
+
 def measure_kernel_table(layers: int = 24, repeats: int = 5, rows_range=range(1, TABLE_ROWS + 1)) -> tuple[str, ...]:
     """Time every available kernel on each row count against ``layers`` x SmolLM2-135M's seven layer linears (24 of
-    them are 340 MB, more than a cache holds, as a decoding step streams its weights), kernels alternating within
-    each pass, medians of ``repeats`` passes after a warm-up -> the fastest kernel per row count."""
+    them are 340 MB, more than a cache holds, as a decoding step streams its weights; ``time_kernels``) -> the
+    fastest kernel per row count."""
     weights = [torch.rand(out_features, in_features) for _ in range(layers) for out_features, in_features in LAYER_SHAPES]
-    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights] if onednn_packing_available() else []
-    pointwise = torch.ops.mkldnn._linear_pointwise if onednn else None
     table = [WIDE_KERNEL] * (TABLE_ROWS + 1)
-    with torch.inference_mode():
-        for rows in rows_range:
-            inputs = {576: torch.rand(rows, 576), 1536: torch.rand(rows, 1536)}
-            runs = {"stock": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights]}
-            if onednn:
-                runs["onednn"] = lambda: [pointwise(inputs[w.shape[1]], p, None, "none", [], "") for w, p in zip(weights, onednn)]
-            if mkl_packing_available():
-                mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
-                runs["mkl"] = lambda: [torch.ops.mkl._mkl_linear(inputs[w.shape[1]], p, w, None, rows) for w, p in zip(weights, mkl)]
-            seconds: dict[str, list[float]] = {name: [] for name in runs}
-            for _ in range(repeats + 1):  # the first pass of each warms up
-                for name, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    seconds[name].append(time.perf_counter() - start)
-            table[rows] = min(runs, key=lambda name: statistics.median(seconds[name][1:]))
+    for rows in rows_range:
+        seconds = time_kernels(weights, rows, repeats)
+        table[rows] = min(seconds, key=seconds.get)
     return tuple(table)
 
 

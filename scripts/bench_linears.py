@@ -3,8 +3,8 @@
 Random weights of the real shapes (30 layers x q/k/v/o/gate/up/down, plus the 49152 x 576 lm_head, about 540 MB
 in fp32, so every pass streams the weights from memory as a decoding step does) run through stock ``F.linear``,
 oneDNN's packed GEMM and MKL's packed GEMM (packed for that exact row count), the kernels alternating within each
-repeat. Prints a table of the median ms of one pass per row count and kernel, then one JSON line. Needs no model
-download. ``layout.measure_kernel_table`` makes the runtime's choice the same way, on fewer weights.
+repeat (``layout.time_kernels``, which ``layout.measure_kernel_table`` uses on fewer weights to make the runtime's choice). Prints a table of the median ms of one pass per row count and kernel, then one JSON line. Needs no model
+download.
 
     python scripts/bench_linears.py [--rows 1,2,3,4,5,6,8,16,32,64] [--repeats 9]
 """
@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
-from medusa_runtime.layout import LAYER_SHAPES, available_kernels, mkl_packing_available, onednn_packing_available
+from medusa_runtime.layout import LAYER_SHAPES, available_kernels, onednn_packing_available, time_kernels
 
 LAYERS, VOCAB, HIDDEN = 30, 49152, 576
 
@@ -33,30 +30,14 @@ def main() -> None:
         raise SystemExit("this PyTorch build has no oneDNN: every linear runs stock F.linear, nothing to compare")
     torch.manual_seed(0)
     weights = [torch.rand(out_f, in_f) for _ in range(LAYERS) for out_f, in_f in LAYER_SHAPES] + [torch.rand(VOCAB, HIDDEN)]
-    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
     kernels = available_kernels()
     result = {"device": f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "unit": "ms per pass",
               "rows": {}}
     print(f"{'rows':>5} " + " ".join(f"{k:>8}" for k in kernels) + "  fastest")
-    with torch.inference_mode():
-        for rows in [int(r) for r in args.rows.split(",")]:
-            inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
-            runs = {"stock": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights],
-                    "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(inputs[w.shape[1]], p, None, "none", [], "")
-                                       for w, p in zip(weights, onednn)]}
-            if mkl_packing_available():
-                mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
-                runs["mkl"] = lambda: [torch.ops.mkl._mkl_linear(inputs[w.shape[1]], p, w, None, rows) for w, p in zip(weights, mkl)]
-            seconds = {name: [] for name in runs}
-            for _ in range(args.repeats + 1):  # the first repeat warms up
-                for name, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    seconds[name].append(time.perf_counter() - start)
-            ms = {name: round(statistics.median(t[1:]) * 1e3, 2) for name, t in seconds.items()}
-            result["rows"][rows] = ms
-            print(f"{rows:>5} " + " ".join(f"{ms[k]:>8.1f}" for k in kernels) + f"  {min(ms, key=ms.get)}")
-            del runs, seconds  # the MKL packs of this row count
+    for rows in [int(r) for r in args.rows.split(",")]:
+        ms = {name: round(seconds * 1e3, 2) for name, seconds in time_kernels(weights, rows, args.repeats).items()}
+        result["rows"][rows] = ms
+        print(f"{rows:>5} " + " ".join(f"{ms[k]:>8.1f}" for k in kernels) + f"  {min(ms, key=ms.get)}")
     print(json.dumps(result))
 
 

@@ -12,20 +12,14 @@ before the per-machine choice (41.4 against 32.7 ms/token on the Intel VM).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
 
-from medusa_runtime.layout import KERNELS_ENV, format_kernel_table, kernel_table
+from medusa_runtime.layout import format_kernel_table, kernel_table, use_kernel_table
 from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
-
-
-def use_kernels(table: str) -> None:
-    os.environ[KERNELS_ENV] = table
-    kernel_table.cache_clear()
 
 
 def main() -> None:
@@ -48,7 +42,7 @@ def main() -> None:
         ms_per_token()  # warm-up
         for _ in range(2):
             for name, table in tables.items():
-                use_kernels(table)
+                use_kernel_table(table)
                 print(f"{name:16s} {table:40s} {ms_per_token():.2f} ms/token")
 
 

@@ -23,14 +23,9 @@ import torch
 
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import load_heads
-from medusa_runtime.layout import KERNELS_ENV, format_kernel_table, kernel_table
+from medusa_runtime.layout import KERNELS_ENV, format_kernel_table, kernel_table, use_kernel_table
 from medusa_runtime.models import load_model
 from treeopt.profile import synthetic_tree
-
-
-def use_kernels(table: str) -> None:
-    os.environ[KERNELS_ENV] = table
-    kernel_table.cache_clear()
 
 
 def main() -> None:
@@ -57,7 +52,7 @@ def main() -> None:
     with torch.inference_mode():
         for round_ in range(args.rounds + 1):  # round 0 warms up (and makes each size's MKL packs)
             for table, nodes, decoder, state in runs:
-                use_kernels(table)
+                use_kernel_table(table)
                 start = time.perf_counter()
                 decoder.step(state)
                 if round_:
