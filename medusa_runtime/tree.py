@@ -89,3 +89,41 @@ def build_buffers(spec: TreeSpec, device: torch.device | str = "cpu", dtype: tor
         root_paths=root_paths.to(device),
         expansions=expansions,
     )
+
+
+def spine(spec: TreeSpec) -> list[int]:
+    """Node indices (in ``build_buffers``' order) of the tree's rank-0 spine, depth 1 first: the nodes (0,), (0, 0),
+    ... down to the deepest one the tree has (empty for a tree without (0,)). Lookup extension hangs below its end."""
+    index = {p: i for i, p in enumerate(_node_order(list(spec.paths)))}
+    out: list[int] = []
+    while (0,) * (len(out) + 1) in index:
+        out.append(index[(0,) * (len(out) + 1)])
+    return out
+
+
+def extend_buffers(buffers: TreeBuffers, leaf: int, count: int) -> TreeBuffers:
+    """The buffers of the tree plus a chain of ``count`` nodes below node ``leaf``, appended after the tree's nodes so
+    that theirs keep their indices (and a node at depth j of any root path still has index >= j). What a verify step
+    runs when the context lookup proposes ``count`` tokens below the tree's spine (``MedusaDecoder(extend=...)``).
+    The chain's nodes have no place among the heads' candidates (``candidate_index`` 0) and no ``expansions``: the
+    heads never guess them."""
+    n0, n = buffers.num_nodes, buffers.num_nodes + count
+    device, dtype = buffers.attn_bias.device, buffers.attn_bias.dtype
+    leaf_depth = int(buffers.depths[leaf])
+    leaf_chain = buffers.root_paths[leaf, : leaf_depth + 1].tolist()  # root, ..., leaf
+    depth = max(buffers.num_heads_used, leaf_depth + count)
+    ancestor = torch.zeros(n, n, dtype=torch.bool, device=device)
+    ancestor[:n0, :n0] = buffers.ancestor_mask
+    root_paths = torch.zeros(n, depth + 1, dtype=torch.long, device=device)
+    root_paths[:n0, : buffers.root_paths.shape[1]] = buffers.root_paths
+    parents = torch.cat([buffers.parents, torch.tensor([leaf] + list(range(n0, n - 1)), dtype=torch.long, device=device)])
+    for j in range(count):
+        chain = leaf_chain + list(range(n0, n0 + j + 1))
+        ancestor[n0 + j, chain] = True
+        root_paths[n0 + j, : len(chain)] = torch.tensor(chain, device=device)
+    bias = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(~ancestor, torch.finfo(dtype).min)
+    depths = torch.cat([buffers.depths, torch.arange(leaf_depth + 1, leaf_depth + 1 + count, device=device)])
+    return TreeBuffers(num_nodes=n, topk=buffers.topk, num_heads_used=buffers.num_heads_used, ancestor_mask=ancestor,
+                       attn_bias=bias, depths=depths, parents=parents,
+                       candidate_index=torch.cat([buffers.candidate_index, torch.zeros(count, dtype=torch.long, device=device)]),
+                       root_paths=root_paths, expansions=buffers.expansions)
