@@ -70,8 +70,6 @@ class BenchReport:
     batches: int = 0
     baseline_identical: float | None = None  # rows where left-padded batched ``generate`` equals the prompt's own greedy decode
     predicted_tokens_per_s: float | None = None  # the tree's plan for this batch size (build --budget auto --batch-size)
-    extend: int = 0  # lookup extension: at most this many proposal-only nodes below the tree's spine (0: off)
-    nodes_per_step: float = 0.0  # tokens the verify steps ran, on average (the tree's nodes, plus any extension)
     per_prompt: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -158,17 +156,10 @@ def run_bench(
     progress: bool = True,
     warmup: bool = True,
     batch_size: int = 1,
-    extend: int = 0,
-    extend_min_match: int | None = None,
-    extend_only_copies: bool = True,
 ) -> BenchReport:
-    """``extend``: lookup extension (``MedusaDecoder``); calibration does not model it, so the tree's predictions are
-    left out of the report when it is on."""
     model, eos = loaded.model, loaded.eos_token_ids
     sampling = sampling or SamplingConfig()
-    decoder = MedusaDecoder(model, heads, tree, eos, sampling, extend=extend, extend_min_match=extend_min_match,
-                            extend_only_copies=extend_only_copies)
-    verified: list[int] = []  # tokens each verify step of each row ran
+    decoder = MedusaDecoder(model, heads, tree, eos, sampling)
     batches = batches_of(len(prompt_ids), batch_size)
     if warmup:  # first calls pay for allocator and kernel warm-up; keep that out of both timings
         prepare_kernels(model, range(1, batch_size + 1))  # HF generate's row counts (the runtime's: its prefill)
@@ -197,7 +188,6 @@ def run_bench(
         results = decoder.generate_batch(rows, max_new_tokens, oracles=references if oracle else None)
         sync_device(loaded.device)
         t2 = time.perf_counter()
-        verified.extend(n for result in results for n in result.verified_per_step)
         for i, ids, result, reference, base in zip(indices, rows, results, references, baseline):
             same = result.tokens == reference
             divergence = None
@@ -214,8 +204,8 @@ def run_bench(
     baseline_tokens = sum(r.baseline_tokens for r in runs)
     baseline_s = sum(b for b, _ in batch_seconds)
     medusa_s = sum(m for _, m in batch_seconds)
-    predicted = tree.meta.get("expected_tokens_per_step") if not extend else None  # calibration does not model the extension
-    planned = tree.meta.get("predicted_tokens_per_s") if tree.meta.get("batch_size", 1) == batch_size and not extend else None
+    predicted = tree.meta.get("expected_tokens_per_step")
+    planned = tree.meta.get("predicted_tokens_per_s") if tree.meta.get("batch_size", 1) == batch_size else None
     tokens_per_s, baseline_tokens_per_s = new_tokens / medusa_s, baseline_tokens / baseline_s
     return BenchReport(
         tokens_per_step=new_tokens / sum(r.steps for r in runs),
@@ -238,8 +228,6 @@ def run_bench(
         batches=len(batches),
         baseline_identical=sum(r.baseline_identical for r in runs) / len(runs),
         predicted_tokens_per_s=float(planned) if planned is not None else None,
-        extend=extend,
-        nodes_per_step=sum(verified) / max(len(verified), 1),
         per_prompt=[asdict(r) for r in runs],
     )
 
@@ -266,9 +254,7 @@ def format_report(report: BenchReport) -> str:
     planned = f"   predicted: {report.predicted_tokens_per_s:.2f} tok/s" if report.predicted_tokens_per_s is not None else ""
     lines += [
         "",
-        f"tree: {report.nodes} nodes{' (oracle)' if report.oracle else ''}"
-        + (f" + lookup extension of up to {report.extend} (verify steps ran {report.nodes_per_step:.2f} tokens on average)" if report.extend else "")
-        + f"   device: {report.device}   dtype: {report.dtype}"
+        f"tree: {report.nodes} nodes{' (oracle)' if report.oracle else ''}   device: {report.device}   dtype: {report.dtype}"
         + (f"   heads guess from {report.draft_vocab} tokens" if report.draft_vocab else "") + batch,
         f"tokens/step (bonus token included): {report.tokens_per_step:.3f}   predicted: {predicted}",
         f"baseline (HF generate{', left-padded batches' if report.batch_size > 1 else ''}): {report.baseline_tokens_per_s:.2f} tok/s"

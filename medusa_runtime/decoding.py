@@ -25,7 +25,7 @@ from .lookup import ContextIndex, merge
 from .prefix import PrefixKVCache
 from .sampling import SamplingConfig  # noqa: F401  (re-exported: callers build it with the decoder)
 from .spec import TreeSpec
-from .tree import TreeBuffers, build_buffers, extend_buffers, spine
+from .tree import TreeBuffers, build_buffers
 
 
 @dataclass
@@ -34,7 +34,6 @@ class DecodeResult:
     steps: int  # forward passes that produced tokens, prefill included
     emitted_per_step: list[int] = field(default_factory=list)  # tokens each of those passes produced
     stop_reason: str = "length"  # "eos" or "length"
-    verified_per_step: list[int] = field(default_factory=list)  # tokens each verify step ran (the prefill left out)
 
     @property
     def tokens_per_step(self) -> float:
@@ -54,7 +53,6 @@ class DecodeState:
     emitted: list[int]  # tokens each row has emitted so far (its oracle's offset)
     indexes: list[ContextIndex] | None = None  # heads with context lookup only: each row's text so far (root included)
     prefix: PrefixKVCache | None = None  # heads with prefix attention only: its keys and values of each row's answer so far
-    last_verified: int = 0  # tokens per row the last verify step ran: the tree's nodes plus any lookup extension
 
     @property
     def batch_size(self) -> int:
@@ -100,11 +98,7 @@ def check_tree_fits_heads(tree: TreeSpec, heads, vocab_size: int) -> None:
 class MedusaDecoder:
     """Decodes with a fixed tree. Buffers are built once here; ``generate_batch`` runs prefill then steps."""
 
-    def __init__(self, model, heads=None, tree: TreeSpec | None = None, eos_token_ids=(), sampling: SamplingConfig | None = None,
-                 extend: int = 0, extend_min_match: int | None = None, extend_only_copies: bool = True):
-        """``extend``: lookup extension, at most this many more nodes per step below the tree's rank-0 spine, each the
-        context lookup's proposal for the path so far, verified only while the lookup keeps proposing (heads with
-        context lookup only; 0: off). Calibration does not model it yet: ``bench`` measures it, ``build`` ignores it."""
+    def __init__(self, model, heads=None, tree: TreeSpec | None = None, eos_token_ids=(), sampling: SamplingConfig | None = None):
         _check_supported(model)
         self.model = model
         self.base = model.base_model
@@ -120,16 +114,8 @@ class MedusaDecoder:
         if heads is not None:
             check_tree_fits_heads(self.tree, heads, model.config.vocab_size)
         self.buffers: TreeBuffers = build_buffers(self.tree, self.device, self.dtype)
-        if extend < 0 or (extend and self.lookup is None):
-            raise ValueError(f"lookup extension (extend={extend}) needs heads with context lookup (\"medusa_context_lookup\" in "
-                             f"their config.json) and extend >= 0; pass extend=0 for these heads")
-        self.extend, self.extend_min_match, self.extend_only_copies = extend, extend_min_match, extend_only_copies
-        self._spine = spine(self.tree)  # node indices of depths 1..D of the rank-0 spine: the extension hangs below
-        leaf = self._spine[-1] if self._spine else 0
-        # buffers per extension length e (index e): the tree's own, then the tree plus a chain of e nodes below the spine
-        self._extended = [self.buffers] + [extend_buffers(self.buffers, leaf, e) for e in range(1, extend + 1)]
-        # per extension length, node -> the nodes on its path, root first (what the cache keeps when that node is accepted)
-        self._path_of = [[path[: depth + 1] for path, depth in zip(b.root_paths.tolist(), b.depths.tolist())] for b in self._extended]
+        # node -> the nodes on its path, root first (what the cache keeps when that node is accepted)
+        self._path_of = [path[: depth + 1] for path, depth in zip(self.buffers.root_paths.tolist(), self.buffers.depths.tolist())]
         self.vocab_size = model.config.vocab_size
         self._generator = torch.Generator(device=self.device)
         self._accept = self._accept_typical if self.sampling.temperature > 0 else self._accept_greedy
@@ -183,34 +169,6 @@ class MedusaDecoder:
                     row[child] = row_top[parent][rank]
         return torch.tensor(tokens, dtype=torch.long, device=self.device)
 
-    def _extend_by_lookup(self, state: DecodeState, tree_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Lookup extension: below the end of the tree's rank-0 spine, each row takes up to ``extend`` more tokens, each
-        the context lookup's proposal for the path so far, and stops at the first depth without one. Rows that take
-        fewer than the batch's longest get pad nodes that acceptance never keeps. tree_tokens [B, N] -> (tokens
-        [B, N+e], pad [B, N+e] bool, or None when no row is short)."""
-        rows = tree_tokens.tolist()
-        taken = []
-        for index, row in zip(state.indexes, rows):
-            path = [row[n] for n in self._spine]  # the spine's draft tokens, depth 1 first (the root is in the index)
-            copied = not self.extend_only_copies or all(index.propose(path[:d], self.extend_min_match) == path[d] for d in range(len(path)))
-            for _ in range(self.extend if copied else 0):
-                token = index.propose(path, self.extend_min_match)
-                if token < 0:
-                    break
-                path.append(token)
-            taken.append(path[len(self._spine):])
-        e = max(len(t) for t in taken)
-        if e == 0:
-            return tree_tokens, None
-        n = tree_tokens.shape[1]
-        tokens = torch.tensor([row + t + [0] * (e - len(t)) for row, t in zip(rows, taken)], dtype=torch.long, device=self.device)
-        if min(len(t) for t in taken) == e:
-            return tokens, None
-        pad = torch.zeros(len(rows), n + e, dtype=torch.bool, device=self.device)
-        for r, t in enumerate(taken):
-            pad[r, n + len(t):] = True
-        return tokens, pad
-
     def _oracle_candidates(self, references: list[list[int]], emitted: list[int]) -> torch.Tensor:
         """Rank 0 of head k is the reference token k+1 steps past the root; other ranks are wrong on purpose. -> [B, D, topk]"""
         depth, topk = self.buffers.num_heads_used, self.buffers.topk
@@ -229,31 +187,26 @@ class MedusaDecoder:
         return self.prefix.extend(prefix, rows, [len(path) for path in paths])
 
     # ------------------------------------------------------------------ acceptance
-    def _accept_greedy(self, b: TreeBuffers, tree_tokens: torch.Tensor, logits: torch.Tensor,
-                       pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row the deepest node whose whole path equals the base argmax. tree_tokens [B, N], logits [B, N, V],
-        pad [B, N] (nodes never to accept) or None -> (node per row [B], bonus tokens [B])."""
+    def _accept_greedy(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row the deepest node whose whole path equals the base argmax. tree_tokens [B, N], logits [B, N, V]
+        -> (node per row [B], bonus tokens [B])."""
+        b = self.buffers
         pred = logits.argmax(dim=-1)  # [B, N]
         ok = tree_tokens == pred[:, b.parents]  # [B, N]: each node is its parent's argmax
-        if pad is not None:
-            ok &= ~pad
         ok[:, 0] = True
         accepted = ~(b.ancestor_mask[None] & ~ok[:, None, :]).any(dim=-1)  # [B, N]: every node on its path is right
         best = (b.depths * accepted).argmax(dim=-1)  # [B], first maximum: deterministic
         return best, pred.gather(1, best[:, None])[:, 0]
 
-    def _accept_typical(self, b: TreeBuffers, tree_tokens: torch.Tensor, logits: torch.Tensor,
-                        pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _accept_typical(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Typical acceptance per row: p(x) > min(epsilon, delta * exp(-H)); longest path, then most likely."""
-        s = self.sampling
+        b, s = self.buffers, self.sampling
         logp = torch.log_softmax(logits.float() / s.temperature, dim=-1)  # [B, N, V]
         probs = logp.exp()
         entropy = -(probs * logp).sum(-1)  # [B, N]
         node_logp = logp[:, b.parents].gather(2, tree_tokens[..., None])[..., 0]  # [B, N]: log p of each node under its parent
         threshold = torch.minimum(torch.full_like(entropy, s.posterior_threshold), s.posterior_alpha * torch.exp(-entropy))
         ok = node_logp.exp() > threshold[:, b.parents]
-        if pad is not None:
-            ok &= ~pad
         ok[:, 0] = True
         node_logp[:, 0] = 0.0
         accepted = ~(b.ancestor_mask[None] & ~ok[:, None, :]).any(dim=-1)  # [B, N]
@@ -288,9 +241,8 @@ class MedusaDecoder:
                                      f"context of {limit}; shorten the prompt or lower --max-new-tokens")
         self._generator.manual_seed(self.sampling.seed)
         batch, longest = len(prompts), max(lengths)
-        most = b.num_nodes + self.extend  # tokens of the largest verify step
-        prepare_kernels(self.model, [rows * n for rows in range(1, batch + 1) for n in range(b.num_nodes, most + 1)])  # rows leave as they finish
-        max_len = longest + max_new_tokens + most
+        prepare_kernels(self.model, [rows * b.num_nodes for rows in range(1, batch + 1)])  # rows leave as they finish
+        max_len = longest + max_new_tokens + b.num_nodes
         cache = self._new_cache(max_len, batch)
         neg = torch.finfo(self.dtype).min
         tokens = torch.tensor([p + [p[-1]] * (longest - len(p)) for p in prompts], dtype=torch.long, device=self.device)  # [B, L]
@@ -308,10 +260,10 @@ class MedusaDecoder:
             indexes = [ContextIndex(self.lookup, prompt + [first]) for prompt, first in zip(prompts, root.tolist())]
         prefix = None
         if self.prefix is not None:  # its window starts at the last prompt token; each step adds at most N tokens
-            prefix = self.prefix.new_cache(batch, 1 + max_new_tokens + most)
+            prefix = self.prefix.new_cache(batch, 1 + max_new_tokens + b.num_nodes)
             hidden = self.prefix.extend(prefix, hidden[:, None], [1] * batch)  # [B, H]
         # each row's verify bias keeps 0 over its accepted prefix and gets the tree pattern over its tree slots
-        tree_bias = torch.full((batch, 1, most, max_len), neg, dtype=self.dtype, device=self.device)
+        tree_bias = torch.full((batch, 1, b.num_nodes, max_len), neg, dtype=self.dtype, device=self.device)
         for row, n in enumerate(lengths):
             tree_bias[row, 0, :, :n] = 0
         return DecodeState(cache=cache, tree_bias=tree_bias, hidden=hidden, root=root, rows=list(range(batch)),
@@ -333,22 +285,16 @@ class MedusaDecoder:
             tree_tokens = torch.cat([state.root[:, None], guesses.flatten(1)], dim=1)[:, b.candidate_index]  # [B, N]
         else:
             tree_tokens = state.root[:, None]  # [B, 1]
-        pad = None
-        if self.extend and oracles is None:
-            tree_tokens, pad = self._extend_by_lookup(state, tree_tokens)  # [B, N+e], [B, N+e] or None
-        extension = tree_tokens.shape[1] - b.num_nodes
-        b, path_of = self._extended[extension], self._path_of[extension]
-        state.last_verified = b.num_nodes
         lengths = cache.lengths
         span = cache.prepare(b.num_nodes)
         for row, n in enumerate(lengths):
-            state.tree_bias[row, 0, : b.num_nodes, n : n + b.num_nodes] = b.attn_bias
+            state.tree_bias[row, 0, :, n : n + b.num_nodes] = b.attn_bias
         # one token per row at equal lengths attends to the whole prefix: no mask (plain decoding's fast path)
-        bias = None if b.num_nodes == 1 and min(lengths) == max(lengths) else state.tree_bias[:, :, : b.num_nodes, :span]
+        bias = None if b.num_nodes == 1 and min(lengths) == max(lengths) else state.tree_bias[..., :span]
         positions = cache.plan.starts[:, None] + b.depths  # [B, N]
         hidden_all = self._forward(tree_tokens, positions, bias, cache)  # [B, N, H]
-        best, state.root = self._accept(b, tree_tokens, self._logits(hidden_all), pad)  # [B], [B]
-        paths = [path_of[node] for node in best.tolist()]
+        best, state.root = self._accept(tree_tokens, self._logits(hidden_all))  # [B], [B]
+        paths = [self._path_of[node] for node in best.tolist()]
         accepted = tree_tokens.gather(1, b.root_paths[best]).tolist()  # [B, D+1]: each row's path tokens, padded
         new_tokens = [accepted[row][1 : len(path)] + [bonus] for row, (path, bonus) in enumerate(zip(paths, state.root.tolist()))]
         for row, (n, path) in enumerate(zip(lengths, paths)):
@@ -383,7 +329,6 @@ class MedusaDecoder:
         state = self.prefill(prompts, max_new_tokens)
         outs: list[list[int]] = [[t] for t in state.root.tolist()]
         per_step: list[list[int]] = [[1] for _ in prompts]  # tokens each row got from each forward that served it
-        verified: list[list[int]] = [[] for _ in prompts]  # tokens each of its verify steps ran
         if on_tokens:
             for row, out in enumerate(outs):
                 on_tokens(row, out[:])
@@ -397,13 +342,12 @@ class MedusaDecoder:
                         break
                 out.extend(kept)
                 per_step[row].append(len(kept))
-                verified[row].append(state.last_verified)
                 if on_tokens:
                     on_tokens(row, kept)
             state.keep([i for i, row in enumerate(state.rows) if not self._finished(outs[row], max_new_tokens)])
         return [DecodeResult(tokens=out, steps=len(counts), emitted_per_step=counts,
-                             stop_reason="eos" if out[-1] in self.eos else "length", verified_per_step=nodes)
-                for out, counts, nodes in zip(outs, per_step, verified)]
+                             stop_reason="eos" if out[-1] in self.eos else "length")
+                for out, counts in zip(outs, per_step)]
 
     def _finished(self, out: list[int], max_new_tokens: int) -> bool:
         return out[-1] in self.eos or len(out) >= max_new_tokens

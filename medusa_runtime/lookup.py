@@ -108,14 +108,13 @@ class ContextIndex:
             for s in range(max(before - n, 0), len(self.tokens) - n):  # windows that now have a token after them
                 self.latest[tuple(self.tokens[s : s + n])] = s
 
-    def propose(self, path: list[int], min_match: int | None = None) -> int:
-        """The proposal for the sequence history + path (-1: none); ``min_match`` (at least the lookup's own) asks
-        for a longer match than the lookup needs."""
+    def propose(self, path: list[int]) -> int:
+        """The proposal for the sequence history + path (-1: none)."""
         hist, d = self.tokens, len(path)
         offset = max(len(hist) - self.lookup.max_match, 0)
         tail = hist[offset:] + path  # every window that overlaps the path lies in here
         total = len(hist) + d
-        for n in range(self.lookup.max_match, max(min_match or 0, self.lookup.min_match) - 1, -1):
+        for n in range(self.lookup.max_match, self.lookup.min_match - 1, -1):
             if total <= n:
                 continue
             suffix = tail[len(tail) - n :]

@@ -53,41 +53,6 @@ def test_tree_decoding_equals_hf_greedy(arch, tree, prompt, oracle):
     assert sum(result.emitted_per_step) == 24 and result.steps == len(result.emitted_per_step)
 
 
-LOOKUP_ARCHS = [arch for arch in MODELS if "lookup" in arch]
-
-
-@pytest.mark.parametrize("arch", LOOKUP_ARCHS)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tree=random_trees(), prompts=st.lists(st.lists(st.integers(4, 20), min_size=1, max_size=14), min_size=1, max_size=3),
-       extend=st.integers(1, 4), max_new=st.integers(1, 24))
-def test_lookup_extension_equals_hf_greedy(arch, tree, prompts, extend, max_new):
-    """Lookup extension (proposal-only nodes below the spine, a different count per row and step) stays lossless,
-    batched or not; small token ids make the text repeat, so the lookup proposes often."""
-    model = MODELS[arch]
-    references = [hf_greedy(model, p, max_new, []) for p in prompts]
-    results = MedusaDecoder(model, HEADS[arch], tree, eos_token_ids=[], extend=extend).generate_batch(prompts, max_new)
-    assert [r.tokens for r in results] == references
-    assert all(len(r.verified_per_step) == r.steps - 1 for r in results)
-    assert all(tree.nodes <= n <= tree.nodes + extend for r in results for n in r.verified_per_step)
-
-
-def test_lookup_extension_verifies_and_accepts_proposals():
-    """On a prompt that repeats, the extension runs proposal-only nodes and some of them are accepted: more tokens per
-    step than the same tree without it, and the same tokens."""
-    model, heads = MODELS["mistral-lookup"], HEADS["mistral-lookup"]
-    prompt = [7, 8, 9, 10, 11] * 6
-    plain = MedusaDecoder(model, heads, chain_tree(1), eos_token_ids=[]).generate(prompt, 40)
-    extended = MedusaDecoder(model, heads, chain_tree(1), eos_token_ids=[], extend=4).generate(prompt, 40)
-    assert extended.tokens == plain.tokens == hf_greedy(model, prompt, 40, [])
-    assert max(extended.verified_per_step) > 2 and set(plain.verified_per_step) == {2}
-    assert extended.steps < plain.steps
-
-
-def test_lookup_extension_needs_a_lookup():
-    with pytest.raises(ValueError, match="needs heads with context lookup"):
-        MedusaDecoder(MODELS["llama"], HEADS["llama"], chain_tree(2), eos_token_ids=[], extend=2)
-
-
 def test_oracle_chain_accepts_everything():
     model = MODELS["llama"]
     reference = hf_greedy(model, [5, 6, 7], 40, [])

@@ -1,7 +1,7 @@
 import torch
 
 from medusa_runtime.spec import TreeSpec
-from medusa_runtime.tree import build_buffers, extend_buffers, spine
+from medusa_runtime.tree import build_buffers
 
 
 def test_buffers_of_a_small_tree():
@@ -42,30 +42,3 @@ def test_depth_expansions_name_each_parents_path_and_each_childs_rank():
             assert len(path) == e.depth + 1 and path[-1] == rank
             assert [nodes[i] for i in e.parent_paths[parent]] == [path[:j] for j in range(1, e.depth + 1)]
     assert e.parent_paths == [[1, 3]]  # only (0, 0) has children at depth 2; (0, 2) and (1, 0) do not
-
-
-def test_spine_is_the_rank0_chain_in_buffer_order():
-    spec = TreeSpec([(1,), (0,), (1, 0), (0, 0), (0, 0, 1)])
-    nodes = [()] + sorted(spec.paths, key=len)
-    assert spine(spec) == [nodes.index((0,)), nodes.index((0, 0))]  # (0, 0, 0) is not in the tree
-    assert spine(TreeSpec([(1,)])) == [] and spine(TreeSpec([])) == []
-
-
-def test_extension_appends_a_chain_below_the_leaf_and_keeps_the_trees_indices():
-    spec = TreeSpec([(0,), (1,), (0, 0), (1, 0), (0, 1)])
-    base = build_buffers(spec)
-    leaf = spine(spec)[-1]
-    ext = extend_buffers(base, leaf, 2)
-    n = base.num_nodes
-    assert ext.num_nodes == n + 2
-    assert torch.equal(ext.ancestor_mask[:n, :n], base.ancestor_mask) and not ext.ancestor_mask[:n, n:].any()
-    assert torch.equal(ext.depths, torch.cat([base.depths, torch.tensor([3, 4])]))
-    assert ext.parents[n:].tolist() == [leaf, n]
-    chain = base.root_paths[leaf, :3].tolist() + [n, n + 1]
-    assert ext.root_paths[n + 1].tolist() == chain
-    assert ext.ancestor_mask[n + 1].nonzero().flatten().tolist() == sorted(chain)
-    assert (ext.attn_bias == 0).equal(ext.ancestor_mask)
-    # the in-place K/V move needs every node at depth j of a root path to have index >= j
-    assert all(i >= d for path in ext.root_paths.tolist() for d, i in enumerate(path) if i or d == 0)
-    root_only = extend_buffers(build_buffers(TreeSpec([])), 0, 3)  # an empty tree extends below the root
-    assert root_only.parents.tolist() == [0, 0, 1, 2] and root_only.depths.tolist() == [0, 1, 2, 3]

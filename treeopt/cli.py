@@ -199,9 +199,6 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
     batch_size: int = typer.Option(1, "--batch-size", help="prompts decoded together, by both HF generate (left-padded) "
                                    "and the runtime; the last batch is filled up with the first prompts again"),
-    extend: int = typer.Option(0, "--extend", help="lookup extension: up to this many more tokens per step below the tree's "
-                               "rank-0 spine, each the heads' context lookup's proposal, verified only while the lookup "
-                               "proposes (heads with context lookup; not modelled by calibrate/build, so no prediction)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -211,11 +208,7 @@ def bench(
 
     if batch_size < 1:
         fail(f"--batch-size {batch_size}: use an integer >= 1")
-    if extend < 0 or (extend and oracle):
-        fail(f"--extend {extend}: use an integer >= 0, and not with --oracle")
     loaded, medusa_heads, heads_path, spec = load_runtime(model, heads, tree, oracle, dtype, device)
-    if extend and (medusa_heads is None or medusa_heads.config.context_lookup is None):
-        fail(f"--extend {extend}: the heads {heads_path} have no context lookup (\"medusa_context_lookup\" in their config.json)")
     warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree))
     planned_for = spec.meta.get("batch_size") if spec.meta.get("budget_auto") else None
     if planned_for is not None and planned_for != batch_size:
@@ -223,7 +216,7 @@ def bench(
     ids = load_prompt_ids(loaded, prompts, select)
     try:
         report = run_bench(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, oracle,
-                           SamplingConfig(temperature, posterior_threshold, posterior_alpha), batch_size=batch_size, extend=extend)
+                           SamplingConfig(temperature, posterior_threshold, posterior_alpha), batch_size=batch_size)
     except PromptTooLongError as err:
         fail(str(err))
     report.model, report.heads, report.tree = model, None if oracle else heads_path, str(tree) if tree else None
