@@ -18,13 +18,9 @@ from pathlib import Path
 
 import torch
 
-from lookup_probe import proposals, scores
-from medusa_runtime.heads import load_heads, true_path
+from lookup_probe import mtbench_guesses, proposals, scores
 from medusa_runtime.lookup import ContextLookup, merge
-from medusa_runtime.models import load_model
 from treeopt.answers import SHIPPED, read_answers
-from treeopt.distill import read_trajectories
-from treeopt.train_heads import compute_features
 
 
 def ngram_table(answers, min_n: int, max_n: int) -> dict[tuple[int, ...], tuple[int, int, int]]:
@@ -64,12 +60,7 @@ def main() -> None:
     parser.add_argument("--max-match", type=int, default=4)
     args = parser.parse_args()
     table = ngram_table(read_answers(SHIPPED["smollm2-135m"]).trajectories, 2, args.max_match)
-    loaded = load_model("smollm2-135m")
-    heads = load_heads(args.heads, loaded.model)
-    answers = read_trajectories(args.work / "mtbench_trajectories.jsonl")
-    features = compute_features(loaded, answers, heads.num_heads, args.work / "features_mtbench")
-    with torch.inference_mode():
-        top = heads.candidates(features.hidden.to(loaded.dtype), 4, root=features.roots, path=true_path(features.targets))
+    answers, features, heads, top = mtbench_guesses(args.work, args.heads)
     context = proposals(answers, heads.num_heads, ContextLookup(2, 4))
     arms = {"heads alone": top, "heads + context lookup (shipped)": merge(top, context)}
     for count, share in [(1, 0.0), (3, 0.3), (2, 0.6), (10, 0.7)]:

@@ -41,18 +41,25 @@ def scores(top: torch.Tensor, targets: torch.Tensor) -> dict:
             "p_head2_given_head1": round(float((hit1[:, 0] & hit1[:, 1]).sum() / hit1[:, 0].sum().clamp(min=1)), 4)}
 
 
+def mtbench_guesses(work: Path, heads_path: str, topk: int = 4):
+    """The heads' top-``topk`` along the true path at every position of the base model's MT-Bench answers (the
+    features ``train-heads`` wrote in ``work``) -> (answers, features, heads, top [rows, K, topk])."""
+    loaded = load_model("smollm2-135m")
+    heads = load_heads(heads_path, loaded.model)
+    answers = read_trajectories(work / "mtbench_trajectories.jsonl")
+    features = compute_features(loaded, answers, heads.num_heads, work / "features_mtbench")
+    with torch.inference_mode():
+        top = heads.candidates(features.hidden.to(loaded.dtype), topk, root=features.roots, path=true_path(features.targets))
+    return answers, features, heads, top
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="a train-heads output's .work folder (its MT-Bench answers)")
     parser.add_argument("--heads", required=True, help="heads folder (any lookup in its config is ignored: arms set their own)")
     parser.add_argument("--matches", default="1:4,2:4,3:4", help="MIN:MAX match lengths to try, comma-separated")
     args = parser.parse_args()
-    loaded = load_model("smollm2-135m")
-    heads = load_heads(args.heads, loaded.model)
-    answers = read_trajectories(args.work / "mtbench_trajectories.jsonl")
-    features = compute_features(loaded, answers, heads.num_heads, args.work / "features_mtbench")
-    with torch.inference_mode():
-        top = heads.candidates(features.hidden.to(loaded.dtype), 4, root=features.roots, path=true_path(features.targets))
+    answers, features, heads, top = mtbench_guesses(args.work, args.heads)
     rows = {"heads alone": scores(top, features.targets)}
     for spec in args.matches.split(","):
         lookup = ContextLookup(*map(int, spec.split(":")))
