@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 minutes on one H100): lossless tests on CUDA, profile, bench of the default
+# One prepared GPU check (< 8 minutes on one H100, then the demos at the end when PREV_HEADS is set): lossless tests on CUDA, profile, bench of the default
 # model. Writes every figure under ${OUT:-runs/gpu}. Run through `make gpu-check` on a machine with CUDA
 # (install a CUDA torch first: TORCH_SPEC="torch==2.13.0" with the CUDA wheel index).
 set -euo pipefail
@@ -15,3 +15,23 @@ TREEOPT_TEST_DEVICE=cuda "$BIN/python" -m pytest -q tests/test_gpu.py 2>&1 | tai
 "$BIN/treeopt" build "$OUT/stats.json" --budget auto --latency "$OUT/latency_bfloat16.json" --out "$OUT/tree.json" --png "$OUT/curve.png"
 "$BIN/treeopt" bench --device cuda --dtype bfloat16 --tree "$OUT/tree.json" --select 1:80:4 --json "$OUT/bench_bf16.json"
 "$BIN/treeopt" bench --device cuda --dtype bfloat16 --oracle --tree "$OUT/tree.json" --select 1:80:8 --json "$OUT/bench_oracle_bf16.json"
+# Issue 16's demo floor on this GPU, in fp32 as the issue states it: `treeopt demo` with the shipped heads and, when
+# PREV_HEADS names a folder with the previous heads (the files of commit 066cafc, see README), with those, runs
+# alternating (DEMO_RUNS each, default 1), then the ratio of the median speedups.
+if [ -n "${PREV_HEADS:-}" ]; then
+  for i in $(seq 1 "${DEMO_RUNS:-1}"); do
+    "$BIN/treeopt" demo --device cuda --dtype float32 --heads "$PREV_HEADS" --out "$OUT/demo_prev_$i" > "$OUT/demo_prev_$i.log" 2>&1
+    "$BIN/treeopt" demo --device cuda --dtype float32 --out "$OUT/demo_new_$i" > "$OUT/demo_new_$i.log" 2>&1
+  done
+  "$BIN/python" - "$OUT" <<'PY' | tee "$OUT/demo_ratio.json"
+import json, statistics, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+runs = {kind: [json.loads(p.read_text()) for p in sorted(out.glob(f"demo_{kind}_*/report.json"))] for kind in ("prev", "new")}
+median = {kind: statistics.median(r["speedup"] for r in reports) for kind, reports in runs.items()}
+print(json.dumps({"speedups": {k: [round(r["speedup"], 3) for r in v] for k, v in runs.items()},
+                  "nodes": {k: [r["nodes"] for r in v] for k, v in runs.items()},
+                  "identical": {k: [r["identical"] for r in v] for k, v in runs.items()},
+                  "ratio_of_medians": round(median["new"] / median["prev"], 3)}))
+PY
+fi
