@@ -17,7 +17,8 @@ TREEOPT_TEST_DEVICE=cuda "$BIN/python" -m pytest -q tests/test_gpu.py 2>&1 | tai
 "$BIN/treeopt" bench --device cuda --dtype bfloat16 --oracle --tree "$OUT/tree.json" --select 1:80:8 --json "$OUT/bench_oracle_bf16.json"
 # Issue 16's demo floor on this GPU, in fp32 as the issue states it: `treeopt demo` with the shipped heads and, when
 # PREV_HEADS names a folder with the previous heads (the files of commit 066cafc, see README), with those, runs
-# alternating (DEMO_RUNS each, default 1), then the ratio of the median speedups.
+# alternating (DEMO_RUNS each, default 1), then the ratio of the median speedups. Through the device tool: make the
+# folder with `git show` into runs/prev_heads (ignored), name it in `carry`, and run `PREV_HEADS=runs/prev_heads make gpu-check`.
 if [ -n "${PREV_HEADS:-}" ]; then
   for i in $(seq 1 "${DEMO_RUNS:-1}"); do
     "$BIN/treeopt" demo --device cuda --dtype float32 --heads "$PREV_HEADS" --out "$OUT/demo_prev_$i" > "$OUT/demo_prev_$i.log" 2>&1
