@@ -313,12 +313,20 @@ class MedusaHeads(nn.Module):
         Without a draft vocabulary this is ``forward(h).topk(topk)``; with one, only its tokens compete and
         the lm_head product covers only their rows."""
         self._check_topk(topk)
+        top = self.guess_logits(h, num_heads, root, path).topk(topk, dim=-1).indices
+        return top if self.draft_vocab is None else self.draft_vocab[top]
+
+    def guess_logits(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None,
+                     path: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits each head ranks its guesses by: h [..., H] (root, path as for ``candidates``) -> [..., K, V'],
+        column i for token ``draft_vocab[i]`` when a draft vocabulary is set (only its rows of the lm_head are
+        multiplied), else ``forward``'s [..., K, V] over the whole vocabulary."""
         if self.draft_vocab is None:
-            return self(h, num_heads, root, path).topk(topk, dim=-1).indices
+            return self(h, num_heads, root, path)
         if self.config.shared_lm_head:
-            logits = self._draft_head(self._shared_lm_head().weight)(self.hidden(h, num_heads, root, path))  # [..., K, V']
-            return self.draft_vocab[logits.topk(topk, dim=-1).indices]
-        return torch.stack([self._guess(head, x, topk) for head, x in zip(self.heads, self._inputs(h, root, num_heads, path))], dim=-2)
+            return self._draft_head(self._shared_lm_head().weight)(self.hidden(h, num_heads, root, path))
+        return torch.stack([self._draft_head(head[-1].weight)(head[:-1](x))
+                            for head, x in zip(self.heads, self._inputs(h, root, num_heads, path))], dim=-2)
 
     def path_candidates(self, i: int, h: torch.Tensor, root: torch.Tensor, path: torch.Tensor, topk: int) -> torch.Tensor:
         """Head i's top-k for several paths at once (sequential heads, one call per tree depth): h [B, 1, H], root

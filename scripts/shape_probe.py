@@ -45,8 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     answers, features, heads, top = mtbench_guesses(args.work, args.heads, topk=2)  # top [N, K, 2]
     with torch.inference_mode():
-        hidden = heads.hidden(features.hidden, None, features.roots, true_path(features.targets))  # [N, K, H]
-        confidence = heads._draft_head(heads._shared_lm_head().weight)(hidden).softmax(-1).amax(-1)[:, 0]  # [N]
+        logits = heads.guess_logits(features.hidden, None, features.roots, true_path(features.targets))  # [N, K, V']
+        confidence = logits.softmax(-1).amax(-1)[:, 0]  # [N]: head 1's top-1 probability
     targets = features.targets  # [N, K]
     by_length = {n: proposals(answers, heads.num_heads, ContextLookup(n, n)) for n in (2, 3, 4)}  # [N, K] each
     proposal, length = torch.full_like(targets, -1), torch.zeros_like(targets)

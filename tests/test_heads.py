@@ -164,6 +164,7 @@ def test_draft_vocab_guesses_only_its_tokens_in_full_vocab_order(model, shared):
     expected = (heads(h) + masked).topk(4, dim=-1).indices  # the full logits, outside tokens excluded
     assert torch.equal(got, expected)
     assert torch.isin(got, keep).all()
+    assert torch.allclose(heads.guess_logits(h), heads(h)[..., keep], atol=1e-5)  # column i is token keep[i]
     with pytest.raises(ValueError, match="draft vocabulary has 20 tokens"):
         heads.candidates(h, 21)
     with torch.no_grad():  # an in-place edit of the weights is seen, not hidden behind the gathered rows
