@@ -295,15 +295,19 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"top-{topk} candidates requested but the draft vocabulary has {len(self.draft_vocab)} tokens; "
                              f"use a tree with smaller ranks or heads written with a larger --draft-vocab")
 
-    def _guess(self, head: nn.Sequential, x: torch.Tensor, topk: int) -> torch.Tensor:
-        """One head's top-k token ids on inputs x [..., H] -> [..., topk] (draft vocabulary when one is set)."""
+    def _head_logits(self, head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """One head's logits on inputs x [..., H] -> [..., V'] over the draft vocabulary when one is set (only its rows
+        of the lm_head are multiplied), else [..., V]."""
         if self.config.shared_lm_head:
             features, weight = head(x), self._shared_lm_head().weight
         else:
             features, weight = head[:-1](x), head[-1].weight
-        if self.draft_vocab is None:
-            return F.linear(features, weight).topk(topk, dim=-1).indices
-        return self.draft_vocab[self._draft_head(weight)(features).topk(topk, dim=-1).indices]
+        return F.linear(features, weight) if self.draft_vocab is None else self._draft_head(weight)(features)
+
+    def _top_tokens(self, logits: torch.Tensor, topk: int) -> torch.Tensor:
+        """Logits as ``guess_logits`` gives them [..., V'] -> the token ids of their top-k [..., topk], best first."""
+        top = logits.topk(topk, dim=-1).indices
+        return top if self.draft_vocab is None else self.draft_vocab[top]
 
     def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None, root: torch.Tensor | None = None,
                    path: torch.Tensor | None = None) -> torch.Tensor:
@@ -313,8 +317,7 @@ class MedusaHeads(nn.Module):
         Without a draft vocabulary this is ``forward(h).topk(topk)``; with one, only its tokens compete and
         the lm_head product covers only their rows."""
         self._check_topk(topk)
-        top = self.guess_logits(h, num_heads, root, path).topk(topk, dim=-1).indices
-        return top if self.draft_vocab is None else self.draft_vocab[top]
+        return self._top_tokens(self.guess_logits(h, num_heads, root, path), topk)
 
     def guess_logits(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None,
                      path: torch.Tensor | None = None) -> torch.Tensor:
@@ -325,15 +328,15 @@ class MedusaHeads(nn.Module):
             return self(h, num_heads, root, path)
         if self.config.shared_lm_head:
             return self._draft_head(self._shared_lm_head().weight)(self.hidden(h, num_heads, root, path))
-        return torch.stack([self._draft_head(head[-1].weight)(head[:-1](x))
-                            for head, x in zip(self.heads, self._inputs(h, root, num_heads, path))], dim=-2)
+        return torch.stack([self._head_logits(head, x) for head, x in zip(self.heads, self._inputs(h, root, num_heads, path))], dim=-2)
 
     def path_candidates(self, i: int, h: torch.Tensor, root: torch.Tensor, path: torch.Tensor, topk: int) -> torch.Tensor:
         """Head i's top-k for several paths at once (sequential heads, one call per tree depth): h [B, 1, H], root
         [B, 1], path [B, P, i] (the draft tokens at depths 1..i of each of P nodes) -> [B, P, topk]."""
         self._check_topk(topk)
         x = self.head_input(i, h, root, path)
-        return self._guess(self.heads[i], x.expand(*path.shape[:-1], x.shape[-1]), topk)  # head 0 reads no path: [B, 1, H]
+        x = x.expand(*path.shape[:-1], x.shape[-1])  # head 0 reads no path: [B, 1, H] -> [B, P, H]
+        return self._top_tokens(self._head_logits(self.heads[i], x), topk)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The checkpoint's tensors: upstream keys ``{i}.{j}...``, plus ``root.{i}.weight`` (root-conditioned and

@@ -192,6 +192,12 @@ def time_kernels(weights: list[torch.Tensor], rows: int, repeats: int) -> dict[s
     if mkl_packing_available():
         mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
         runs["mkl"] = lambda: [torch.ops.mkl._mkl_linear(inputs[w.shape[1]], p, w, None, rows) for w, p in zip(weights, mkl)]
+    return time_alternating(runs, repeats)
+
+
+def time_alternating(runs: dict, repeats: int) -> dict[str, float]:
+    """``runs``: name -> a callable doing one pass. Median seconds per pass of each, the callables alternating within
+    every repeat (so a machine's drift hits them alike), after one warm-up pass each; under inference mode."""
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for _ in range(repeats + 1):  # the first pass of each warms up

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from medusa_runtime.layout import time_alternating
 from medusa_runtime.models import load_model
 
 BLOCK = 32  # Q4_1 block length along the input dimension
@@ -67,14 +66,7 @@ def main() -> None:
                                      for w, (p, sz) in zip(weights, int4)],
                     "int4_bf16": lambda: [torch._weight_int4pack_mm_for_cpu(inputs_bf16[w.shape[1]], p, BLOCK, sz)
                                           for w, (p, sz) in zip(weights, int4_bf16)]}
-            ms: dict[str, list[float]] = {name: [] for name in runs}
-            for repeat in range(args.repeats + 1):  # the first pass warms up
-                for name, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    if repeat:
-                        ms[name].append((time.perf_counter() - start) * 1e3)
-            medians = {name: round(statistics.median(v), 1) for name, v in ms.items()}
+            medians = {name: round(seconds * 1e3, 1) for name, seconds in time_alternating(runs, args.repeats).items()}
             result["rows"][rows] = medians
             print(f"{rows:>5} {medians['stock']:>8.1f} {medians['int4']:>8.1f} {medians['int4_bf16']:>10.1f}")
     print(json.dumps(result))

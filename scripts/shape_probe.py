@@ -32,10 +32,15 @@ from medusa_runtime.lookup import ContextLookup, merge
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)  # 1.01: always
 
 
-def chain_value(guess: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> float:
-    """guess, targets [N, K] (targets -1: none), rows [N] bool -> mean of 1 + [head 1 right] + [heads 1, 2 right]."""
+def chain_values(guess: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """guess, targets [N, K] (targets -1: none) -> [N]: 1 + [head 1 right] + [heads 1 and 2 right]."""
     hit = (guess == targets) & (targets >= 0)
-    return float((1 + hit[rows, 0].float() + (hit[rows, 0] & hit[rows, 1]).float()).mean())
+    return 1 + hit[:, 0].float() + (hit[:, 0] & hit[:, 1]).float()
+
+
+def chain_value(guess: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> float:
+    """The mean of ``chain_values`` over ``rows`` [N] bool."""
+    return float(chain_values(guess, targets)[rows].mean())
 
 
 def main() -> None:
@@ -57,14 +62,14 @@ def main() -> None:
     every, even, odd = torch.ones_like(answer, dtype=torch.bool), answer % 2 == 0, answer % 2 == 1
     head = top[..., 0]  # [N, K]
     shipped = merge(top, proposal)  # [N, K, 2]: the lookup first, as the runtime ranks
-    hit = (shipped == targets[..., None]) & (targets >= 0)[..., None]  # [N, K, 2]
-    chain = 1 + hit[:, 0, 0].float() + (hit[:, 0, 0] & hit[:, 1, 0]).float()  # [N]
-    fan = 1 + (hit[:, 0, 0] | hit[:, 0, 1]).float()
+    chain = chain_values(shipped[..., 0], targets)  # [N]
+    head1 = (shipped[:, 0] == targets[:, :1]) & (targets[:, :1] >= 0)  # [N, 2]: head 1's two guesses right
+    fan = 1 + head1.any(-1).float()  # [N]
     rows = {"heads alone, chain": chain_value(head, targets, every), "shipped chain (lookup 2-4)": float(chain.mean()),
             "fan [0], [1]": float(fan.mean()), "oracle: the better of chain and fan": float(torch.maximum(chain, fan).mean())}
     best = None
     for taus in itertools.product(THRESHOLDS, repeat=3):
-        tau = torch.zeros_like(confidence[:, None].expand_as(length))
+        tau = torch.zeros(length.shape)
         for n, t in zip((2, 3, 4), taus):
             tau = torch.where(length == n, t, tau)
         gated = torch.where((proposal >= 0) & (confidence[:, None] < tau), proposal, head)
