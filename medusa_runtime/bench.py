@@ -1,12 +1,16 @@
-"""Benchmark: Hugging Face ``generate`` greedy vs the Medusa runtime on the same prompts, at a batch size.
+"""Benchmark: Hugging Face ``generate`` vs the Medusa runtime on the same prompts, at a batch size.
 
 Prompts run in batches of ``batch_size`` (the last batch is filled up with the first prompts again, so
 every batch has that many rows, as on a loaded server). For each batch the baseline and the runtime run
 back to back (so machine noise hits both alike). The baseline is what a user would run: ``generate`` on
-the batch with left padding (at batch size 1, on the prompt alone). Every row of the runtime is checked
-token for token against that prompt's own greedy decode (``generate`` on the prompt alone; at batch size
-1 that is the baseline itself); a divergence records the first differing position and the base model's
-top-2 logit margin there (near-ties are the known, benign cause, and batched matmuls round differently).
+the batch with left padding (at batch size 1, on the prompt alone), greedy at temperature 0 and
+``do_sample=True`` with the same temperature, top-k and top-p above it. Every row of the runtime is checked
+token for token against that prompt's own reference decode: ``generate`` on the prompt alone, greedy, or at
+temperature > 0 with the runtime's keyed draws (``draws.KeyedSampler``: same warpers, same noise per prompt and
+position, so a lossless runtime must emit exactly that text). At batch size 1 and temperature 0 the reference is
+the baseline itself; otherwise it is decoded untimed. A divergence records the first differing position and the
+top-2 margin of the scores the token was chosen by there (the base model's logits, or warped logits plus noise):
+near-ties are the known, benign cause (batched matmuls round differently); typical acceptance diverges by design.
 ``tokens_per_step`` counts every forward pass that produced a row's tokens, prefill included, and
 includes the bonus token. This module measures; it does not build trees or load models.
 """
@@ -22,7 +26,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
+from transformers import LogitsProcessorList
+
 from .decoding import MedusaDecoder, SamplingConfig
+from .draws import KeyedSampler, keyed_gumbel, prompt_key, warp
 from .layout import prepare_kernels
 from .models import dtype_name
 from .spec import TreeSpec
@@ -37,10 +44,10 @@ class PromptRun:
     baseline_s: float  # the whole batch's time (this prompt's own at batch size 1)
     medusa_s: float
     steps: int
-    identical: bool  # the runtime's row equals the prompt's own greedy decode
+    identical: bool  # the runtime's row equals the prompt's own reference decode (greedy, or keyed sampling)
     divergence: dict | None = None
     batch: int = 0  # which batch of the run the row was decoded in
-    baseline_identical: bool = True  # the baseline's row (left-padded at batch size > 1) equals it too
+    baseline_identical: bool | None = True  # the baseline's row (left-padded at batch size > 1) equals it too (None: sampled)
 
 
 @dataclass
@@ -49,7 +56,7 @@ class BenchReport:
     tokens_per_s: float
     baseline_tokens_per_s: float
     speedup: float
-    identical: float | None
+    identical: float | None  # fraction of rows equal to their reference decode
     divergences: list[dict]
     predicted_tokens_per_step: float | None
     prompts: int
@@ -69,6 +76,11 @@ class BenchReport:
     batch_size: int = 1
     batches: int = 0
     baseline_identical: float | None = None  # rows where left-padded batched ``generate`` equals the prompt's own greedy decode
+    acceptance: str = "greedy"  # the runtime's acceptance rule: greedy | sample | typical
+    lossless: bool = True  # whether that rule keeps the output distribution (typical does not)
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
     predicted_tokens_per_s: float | None = None  # the tree's plan for this batch size (build --budget auto --batch-size)
     per_prompt: list[dict] = field(default_factory=list)
 
@@ -88,25 +100,28 @@ def sync_device(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def hf_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_token_ids: list[int]) -> list[list[int]]:
-    """What a user would otherwise run: ``generate`` greedy with the model's own cache, the prompts left-padded
-    to one batch. Each row is cut after its first EOS (``generate`` pads finished rows until all are done)."""
+def hf_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_token_ids: list[int],
+                sampling: SamplingConfig | None = None, keyed: bool = False) -> list[list[int]]:
+    """What a user would otherwise run: ``generate`` with the model's own cache, the prompts left-padded to one
+    batch: greedy, or at temperature > 0 ``do_sample=True`` with the same warpers (seeded from ``sampling.seed``
+    without touching the global generator). ``keyed``: plain sampling with the runtime's keyed draws instead (the
+    reference a lossless runtime must equal). Each row is cut after its first EOS (``generate`` pads finished rows)."""
+    sampling = sampling or SamplingConfig()
     device = next(model.parameters()).device
     pad = eos_token_ids[0] if eos_token_ids else 0
     longest = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=device)  # [B, L]
     attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=eos_token_ids or None,
-        pad_token_id=pad,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-    )
+    common = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                  eos_token_id=eos_token_ids or None, pad_token_id=pad)
+    if not sampling.sampled or keyed:
+        processors = LogitsProcessorList([KeyedSampler(sampling, prompts, longest)] if sampling.sampled else [])
+        out = model.generate(**common, do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=processors)
+    else:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(sampling.seed)
+            out = model.generate(**common, do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k,
+                                 top_p=sampling.top_p)
     rows = []
     eos = set(eos_token_ids)
     for row in out[:, longest:].tolist():
@@ -120,6 +135,11 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_token_ids: 
     return hf_generate(model, [prompt_ids], max_new_tokens, eos_token_ids)[0]
 
 
+def hf_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_token_ids: list[int], sampling: SamplingConfig) -> list[int]:
+    """One prompt's own reference decode (no padding): greedy, or keyed sampling at temperature > 0."""
+    return hf_generate(model, [prompt_ids], max_new_tokens, eos_token_ids, sampling, keyed=True)[0]
+
+
 def batches_of(count: int, batch_size: int) -> list[list[int]]:
     """Prompt indices per batch: consecutive prompts, the last batch filled up with the first prompts again."""
     if count < 1 or batch_size < 1:
@@ -129,12 +149,17 @@ def batches_of(count: int, batch_size: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def top2_margin(model, prompt_ids: list[int], tokens: list[int], position: int) -> float:
-    """The base model's top-1 minus top-2 logit before new token ``position`` (sequential forward)."""
+def top2_margin(model, prompt_ids: list[int], tokens: list[int], position: int, sampling: SamplingConfig | None = None) -> float:
+    """Top-1 minus top-2 of the scores new token ``position`` is chosen by (sequential forward): the base model's
+    logits, or at temperature > 0 its warped logits plus that position's keyed noise."""
+    sampling = sampling or SamplingConfig()
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids + tokens[:position]], device=device)
-    logits = model(input_ids=ids).logits[0, -1].float()
-    top = logits.topk(2).values
+    scores = model(input_ids=ids).logits[0, -1].float()
+    if sampling.sampled:
+        noise = keyed_gumbel(sampling.seed, prompt_key(prompt_ids), len(prompt_ids) + position, scores.shape[-1])
+        scores = warp(scores, sampling) + noise.to(device)
+    top = scores.topk(2).values
     return float(top[0] - top[1])
 
 
@@ -166,23 +191,25 @@ def run_bench(
         first = [prompt_ids[i] for i in batches[0]]
         refs = hf_generate(model, first, 8, eos)
         decoder.generate_batch(first, 8, oracles=refs if oracle else None)
-    own: dict[int, list[int]] = {}  # each prompt's own greedy decode (at batch size 1: the baseline itself)
+    own: dict[int, list[int]] = {}  # each prompt's own reference decode (at batch size 1, greedy: the baseline itself)
+    baseline_is_reference = batch_size == 1 and not sampling.sampled
     runs: list[PromptRun] = []
     batch_seconds: list[tuple[float, float]] = []  # (baseline, runtime) per batch
     batch_speedups = []
-    bar = tqdm(batches, desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''}, batch {batch_size})", disable=not progress)
+    bar = tqdm(batches, desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''}, batch {batch_size}, {sampling.rule})",
+               disable=not progress)
     for k, indices in enumerate(bar):
         rows = [prompt_ids[i] for i in indices]
-        if batch_size > 1:
+        if not baseline_is_reference:
             for i in indices:
                 if i not in own:  # untimed
-                    own[i] = hf_greedy(model, prompt_ids[i], max_new_tokens, eos)
+                    own[i] = hf_reference(model, prompt_ids[i], max_new_tokens, eos, sampling)
         sync_device(loaded.device)
         t0 = time.perf_counter()
-        baseline = hf_generate(model, rows, max_new_tokens, eos)
+        baseline = hf_generate(model, rows, max_new_tokens, eos, sampling)
         sync_device(loaded.device)
         t1 = time.perf_counter()
-        if batch_size == 1:
+        if baseline_is_reference:
             own[indices[0]] = baseline[0]
         references = [own[i] for i in indices]
         results = decoder.generate_batch(rows, max_new_tokens, oracles=references if oracle else None)
@@ -191,11 +218,11 @@ def run_bench(
         for i, ids, result, reference, base in zip(indices, rows, results, references, baseline):
             same = result.tokens == reference
             divergence = None
-            if not same and sampling.temperature == 0:
+            if not same:
                 pos = first_difference(result.tokens, reference)
-                divergence = {"prompt": i, "batch": k, "position": pos, "top2_margin": top2_margin(model, ids, reference, pos)}
+                divergence = {"prompt": i, "batch": k, "position": pos, "top2_margin": top2_margin(model, ids, reference, pos, sampling)}
             runs.append(PromptRun(i, len(ids), len(result.tokens), len(base), t1 - t0, t2 - t1, result.steps, same, divergence,
-                                  k, base == reference))
+                                  k, None if sampling.sampled else base == reference))
         batch_seconds.append((t1 - t0, t2 - t1))
         batch_speedups.append((sum(len(r.tokens) for r in results) / (t2 - t1)) / (sum(map(len, baseline)) / (t1 - t0)))
         bar.set_postfix(tok_per_step=f"{sum(r.new_tokens for r in runs) / sum(r.steps for r in runs):.2f}",
@@ -212,7 +239,7 @@ def run_bench(
         tokens_per_s=tokens_per_s,
         baseline_tokens_per_s=baseline_tokens_per_s,
         speedup=tokens_per_s / baseline_tokens_per_s,
-        identical=None if sampling.temperature > 0 else sum(r.identical for r in runs) / len(runs),
+        identical=sum(r.identical for r in runs) / len(runs),
         divergences=[r.divergence for r in runs if r.divergence],
         predicted_tokens_per_step=float(predicted) if predicted is not None else None,
         prompts=len(prompt_ids),
@@ -226,7 +253,12 @@ def run_bench(
         draft_vocab=None if oracle or heads is None or heads.draft_vocab is None else len(heads.draft_vocab),
         batch_size=batch_size,
         batches=len(batches),
-        baseline_identical=sum(r.baseline_identical for r in runs) / len(runs),
+        baseline_identical=None if sampling.sampled else sum(r.baseline_identical for r in runs) / len(runs),
+        acceptance=sampling.rule,
+        lossless=sampling.lossless,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
         predicted_tokens_per_s=float(planned) if planned is not None else None,
         per_prompt=[asdict(r) for r in runs],
     )
@@ -249,23 +281,32 @@ def format_report(report: BenchReport) -> str:
                          f"{new / rows[0]['medusa_s']:>12.1f} {new / sum(r['steps'] for r in rows):>8.2f} "
                          f"{sum(r['identical'] for r in rows):>3}/{len(rows)}")
     predicted = f"{report.predicted_tokens_per_step:.3f}" if report.predicted_tokens_per_step is not None else "n/a"
-    identical = f"{report.identical:.2f}" if report.identical is not None else "n/a (sampling)"
+    identical = f"{report.identical:.2f}" if report.identical is not None else "n/a"
+    sampled = report.temperature > 0
+    decoding = "greedy decoding (temperature 0)"
+    if sampled:
+        settings = SamplingConfig(report.temperature, report.top_k, report.top_p, report.seed)
+        decoding = (f"sampling at {settings.describe()}, seed {report.seed}; acceptance: {report.acceptance} "
+                    f"({'lossless' if report.lossless else 'LOSSY: changes the output distribution'})")
     batch = f"   batch size {report.batch_size} ({report.batches} batches of {report.prompts} prompts)" if report.batch_size > 1 else ""
     planned = f"   predicted: {report.predicted_tokens_per_s:.2f} tok/s" if report.predicted_tokens_per_s is not None else ""
     lines += [
         "",
         f"tree: {report.nodes} nodes{' (oracle)' if report.oracle else ''}   device: {report.device}   dtype: {report.dtype}"
         + (f"   heads guess from {report.draft_vocab} tokens" if report.draft_vocab else "") + batch,
+        decoding,
         f"tokens/step (bonus token included): {report.tokens_per_step:.3f}   predicted: {predicted}",
-        f"baseline (HF generate{', left-padded batches' if report.batch_size > 1 else ''}): {report.baseline_tokens_per_s:.2f} tok/s"
+        f"baseline (HF generate{', do_sample' if sampled else ''}{', left-padded batches' if report.batch_size > 1 else ''}): "
+        f"{report.baseline_tokens_per_s:.2f} tok/s"
         f"   medusa: {report.tokens_per_s:.2f} tok/s{planned}",
         f"speedup: {report.speedup:.2f}x (total time)   median per {'batch' if report.batch_size > 1 else 'prompt'}: "
         f"{report.median_speedup_per_prompt:.2f}x   identical: {identical}"
-        + (f" (baseline's rows: {report.baseline_identical:.2f})" if report.batch_size > 1 else ""),
+        + (" (to keyed plain sampling with the same seed)" if sampled else "")
+        + (f" (baseline's rows: {report.baseline_identical:.2f})" if report.batch_size > 1 and report.baseline_identical is not None else ""),
     ]
     for d in report.divergences:
         lines.append(f"  divergence: prompt {d['prompt']} (batch {d['batch']}) at new token {d['position']}, "
-                     f"base model's top-2 logit margin {d['top2_margin']:.4f}")
+                     f"top-2 margin of the {'sampling scores' if sampled else 'base logits'} there {d['top2_margin']:.4f}")
     return "\n".join(lines)
 
 

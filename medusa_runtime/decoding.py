@@ -4,7 +4,8 @@ Per step, for every row of the batch: candidates from the heads' top-k (or from 
 lookup put a token copied from the row's own text first, ``lookup.py``), one forward over
 the B x N tree tokens with a per-row tree attention bias and explicit per-row positions into a preallocated
 KV cache (``kv_cache.TreeKVCache``: each row has its own length and write position, nothing is padded on the
-left), greedy or typical acceptance per row, then each row's accepted path moved into place. Rows stop
+left), the acceptance rule per row (``acceptance.py``: greedy, sample-and-match or typical; draws keyed by the
+row's prompt and position, ``draws.py``), then each row's accepted path moved into place. Rows stop
 independently at EOS or the token limit and leave the batch at once (their cache rows are dropped), so a
 finished row costs nothing more. The model is driven through its public forward (``attention_mask`` as a
 4-D additive bias, ``position_ids``, the cache); logits are ``lm_head(last_hidden_state)``, so models with
@@ -19,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from .acceptance import make_rule
+from .draws import prompt_key
 from .kv_cache import TreeKVCache
 from .layout import prepare_kernels
 from .lookup import ContextIndex, merge
@@ -50,6 +53,7 @@ class DecodeState:
     # with prefix attention the prefix layer's output there
     root: torch.Tensor  # [B] each row's next token, already emitted, not yet in the cache
     rows: list[int]  # which prompts of the batch are still decoding
+    keys: list[int]  # each row's prompt key: keys its sampled draws (draws.py)
     emitted: list[int]  # tokens each row has emitted so far (its oracle's offset)
     indexes: list[ContextIndex] | None = None  # heads with context lookup only: each row's text so far (root included)
     prefix: PrefixKVCache | None = None  # heads with prefix attention only: its keys and values of each row's answer so far
@@ -67,6 +71,7 @@ class DecodeState:
         self.tree_bias = self.tree_bias.index_select(0, index)
         self.hidden, self.root = self.hidden.index_select(0, index), self.root.index_select(0, index)
         self.rows = [self.rows[i] for i in keep]
+        self.keys = [self.keys[i] for i in keep]
         self.emitted = [self.emitted[i] for i in keep]
         if self.indexes is not None:
             self.indexes = [self.indexes[i] for i in keep]
@@ -117,8 +122,7 @@ class MedusaDecoder:
         # node -> the nodes on its path, root first (what the cache keeps when that node is accepted)
         self._path_of = [path[: depth + 1] for path, depth in zip(self.buffers.root_paths.tolist(), self.buffers.depths.tolist())]
         self.vocab_size = model.config.vocab_size
-        self._generator = torch.Generator(device=self.device)
-        self._accept = self._accept_typical if self.sampling.temperature > 0 else self._accept_greedy
+        self.rule = make_rule(self.buffers, self.sampling, self.vocab_size, self.device)  # restarted by every prefill
 
     # ------------------------------------------------------------------ cache and mask
     def _new_cache(self, max_len: int, batch_size: int) -> TreeKVCache:
@@ -186,44 +190,6 @@ class MedusaDecoder:
         rows = hidden_all.gather(1, nodes[..., None].expand(-1, -1, hidden_all.shape[-1]))  # [B, T, H]
         return self.prefix.extend(prefix, rows, [len(path) for path in paths])
 
-    # ------------------------------------------------------------------ acceptance
-    def _accept_greedy(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row the deepest node whose whole path equals the base argmax. tree_tokens [B, N], logits [B, N, V]
-        -> (node per row [B], bonus tokens [B])."""
-        b = self.buffers
-        pred = logits.argmax(dim=-1)  # [B, N]
-        ok = tree_tokens == pred[:, b.parents]  # [B, N]: each node is its parent's argmax
-        ok[:, 0] = True
-        accepted = ~(b.ancestor_mask[None] & ~ok[:, None, :]).any(dim=-1)  # [B, N]: every node on its path is right
-        best = (b.depths * accepted).argmax(dim=-1)  # [B], first maximum: deterministic
-        return best, pred.gather(1, best[:, None])[:, 0]
-
-    def _accept_typical(self, tree_tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Typical acceptance per row: p(x) > min(epsilon, delta * exp(-H)); longest path, then most likely."""
-        b, s = self.buffers, self.sampling
-        logp = torch.log_softmax(logits.float() / s.temperature, dim=-1)  # [B, N, V]
-        probs = logp.exp()
-        entropy = -(probs * logp).sum(-1)  # [B, N]
-        node_logp = logp[:, b.parents].gather(2, tree_tokens[..., None])[..., 0]  # [B, N]: log p of each node under its parent
-        threshold = torch.minimum(torch.full_like(entropy, s.posterior_threshold), s.posterior_alpha * torch.exp(-entropy))
-        ok = node_logp.exp() > threshold[:, b.parents]
-        ok[:, 0] = True
-        node_logp[:, 0] = 0.0
-        accepted = ~(b.ancestor_mask[None] & ~ok[:, None, :]).any(dim=-1)  # [B, N]
-        path_logp = node_logp @ b.ancestor_mask.float().T  # [B, N]
-        depth = torch.where(accepted, b.depths, -1)
-        longest = accepted & (depth == depth.max(dim=-1, keepdim=True).values)
-        best = torch.where(longest, path_logp, float("-inf")).argmax(dim=-1)  # [B]
-        bonus = torch.multinomial(probs[torch.arange(len(best), device=best.device), best], 1, generator=self._generator)
-        return best, bonus[:, 0]
-
-    def _first_token(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [B, V] -> [B]."""
-        if self.sampling.temperature > 0:
-            probs = torch.softmax(logits.float() / self.sampling.temperature, dim=-1)
-            return torch.multinomial(probs, 1, generator=self._generator)[:, 0]
-        return logits.argmax(dim=-1)
-
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
@@ -239,7 +205,7 @@ class MedusaDecoder:
         if limit is not None and max(lengths) + max_new_tokens > limit:
             raise PromptTooLongError(f"prompt of {max(lengths)} tokens + {max_new_tokens} new tokens exceeds the model's "
                                      f"context of {limit}; shorten the prompt or lower --max-new-tokens")
-        self._generator.manual_seed(self.sampling.seed)
+        self.rule.restart()  # unkeyed noise starts again at its seed: a seed fixes every call's output
         batch, longest = len(prompts), max(lengths)
         prepare_kernels(self.model, [rows * b.num_nodes for rows in range(1, batch + 1)])  # rows leave as they finish
         max_len = longest + max_new_tokens + b.num_nodes
@@ -254,7 +220,8 @@ class MedusaDecoder:
         hidden = self._forward(tokens, keys.expand(batch, longest), bias, cache)  # [B, L, H]
         cache.commit([list(range(n)) for n in lengths])
         hidden = hidden[torch.arange(batch, device=self.device), length - 1]  # [B, H]: each row's last prompt token
-        root = self._first_token(self._logits(hidden))  # [B]
+        keys = [prompt_key(p) for p in prompts]
+        root = self.rule.first(self._logits(hidden), keys, lengths)  # [B]: the token at position len(prompt)
         indexes = None
         if self.lookup is not None:
             indexes = [ContextIndex(self.lookup, prompt + [first]) for prompt, first in zip(prompts, root.tolist())]
@@ -266,7 +233,7 @@ class MedusaDecoder:
         tree_bias = torch.full((batch, 1, b.num_nodes, max_len), neg, dtype=self.dtype, device=self.device)
         for row, n in enumerate(lengths):
             tree_bias[row, 0, :, :n] = 0
-        return DecodeState(cache=cache, tree_bias=tree_bias, hidden=hidden, root=root, rows=list(range(batch)),
+        return DecodeState(cache=cache, tree_bias=tree_bias, hidden=hidden, root=root, rows=list(range(batch)), keys=keys,
                            emitted=[1] * batch, indexes=indexes, prefix=prefix)
 
     @torch.inference_mode()
@@ -293,8 +260,10 @@ class MedusaDecoder:
         bias = None if b.num_nodes == 1 and min(lengths) == max(lengths) else state.tree_bias[..., :span]
         positions = cache.plan.starts[:, None] + b.depths  # [B, N]
         hidden_all = self._forward(tree_tokens, positions, bias, cache)  # [B, N, H]
-        best, state.root = self._accept(tree_tokens, self._logits(hidden_all))  # [B], [B]
-        paths = [self._path_of[node] for node in best.tolist()]
+        nodes, bonus = self.rule.accept(tree_tokens, self._logits(hidden_all), state.keys, lengths)  # the root is at position lengths[b]
+        best = torch.tensor(nodes, device=self.device)  # [B]
+        state.root = torch.tensor(bonus, device=self.device)  # [B]
+        paths = [self._path_of[node] for node in nodes]
         accepted = tree_tokens.gather(1, b.root_paths[best]).tolist()  # [B, D+1]: each row's path tokens, padded
         new_tokens = [accepted[row][1 : len(path)] + [bonus] for row, (path, bonus) in enumerate(zip(paths, state.root.tolist()))]
         for row, (n, path) in enumerate(zip(lengths, paths)):

@@ -39,6 +39,7 @@ class TreeBuffers:
     candidate_index: torch.Tensor  # [N] long: index of each node's token in the flat candidate vector
     root_paths: torch.Tensor  # [N, D+1] long: node indices from the root down to each node, padded with 0
     expansions: list[DepthExpansion]  # one per depth 0..D-1 (used with sequential heads)
+    children: list[list[int]]  # [N][*]: each node's children (node indices), for the acceptance walk
 
 
 def _node_order(paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -88,4 +89,5 @@ def build_buffers(spec: TreeSpec, device: torch.device | str = "cpu", dtype: tor
         candidate_index=cand.to(device),
         root_paths=root_paths.to(device),
         expansions=expansions,
+        children=[[i for i, q in enumerate(nodes) if q and index[q[:-1]] == j] for j in range(n)],
     )

@@ -15,6 +15,8 @@ TREEOPT_TEST_DEVICE=cuda "$BIN/python" -m pytest -q tests/test_gpu.py 2>&1 | tai
 "$BIN/treeopt" build "$OUT/stats.json" --budget auto --latency "$OUT/latency_bfloat16.json" --out "$OUT/tree.json" --png "$OUT/curve.png"
 "$BIN/treeopt" bench --device cuda --dtype bfloat16 --tree "$OUT/tree.json" --select 1:80:4 --json "$OUT/bench_bf16.json"
 "$BIN/treeopt" bench --device cuda --dtype bfloat16 --oracle --tree "$OUT/tree.json" --select 1:80:8 --json "$OUT/bench_oracle_bf16.json"
+# sampling: sample-and-match against keyed plain sampling, token for token (the greedy tree: bench warns, the identity holds)
+"$BIN/treeopt" bench --device cuda --dtype bfloat16 --tree "$OUT/tree.json" --select 1:80:4 --temperature 0.7 --json "$OUT/bench_bf16_t0.7.json"
 # Issue 16's demo floor on this GPU, in fp32 as the issue states it: `treeopt demo` with the shipped heads and, when
 # PREV_HEADS names a folder with the previous heads (the files of commit 066cafc, see README), with those, runs
 # alternating (DEMO_RUNS each, default 1), then the ratio of the median speedups. Through the device tool: make the

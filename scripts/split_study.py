@@ -42,6 +42,8 @@ def pooled(paths: list[str]) -> tuple[CalibrationStats, list[int]]:
     sources = {s.provenance.get("prompt_source") for s in parts}
     if len(sources) != 1 or any((s.num_heads, s.topk) != (first.num_heads, first.topk) for s in parts):
         sys.exit("split_study: the stats files must come from the same heads, --topk and prompt source")
+    if any(s.sampling() != first.sampling() for s in parts):
+        sys.exit("split_study: the stats files must be calibrated at the same sampling settings (calibrate --temperature ...)")
     rollouts, new_tokens, labels = [], [], []
     for path, stats in zip(paths, parts):
         select = stats.provenance.get("select")
@@ -51,7 +53,7 @@ def pooled(paths: list[str]) -> tuple[CalibrationStats, list[int]]:
         new_tokens += stats.new_tokens
     if len(set(labels)) != len(labels):
         sys.exit("split_study: the stats files share prompts; give calibrations of disjoint --select ranges")
-    provenance = {"pooled_from": paths}
+    provenance = {"pooled_from": paths, "sampling": first.sampling()}
     return CalibrationStats(first.num_heads, first.topk, rollouts, new_tokens, provenance, labels), labels
 
 

@@ -25,6 +25,13 @@ os.environ[KERNELS_ENV] = "1:stock,2-3:onednn,4-8:mkl" if mkl_packing_available(
 from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.models import LoadedModel
 
+def pytest_sessionstart(session):
+    """TREEOPT_TEST_DEVICE=cuda (scripts/gpu_check.sh) means the GPU tests must run: no CUDA is a failure, not a skip."""
+    if os.environ.get("TREEOPT_TEST_DEVICE") == "cuda" and not torch.cuda.is_available():
+        pytest.exit(f"TREEOPT_TEST_DEVICE=cuda but CUDA is not available (torch {torch.__version__}); install a CUDA build "
+                    f"of torch (TORCH_SPEC) or unset TREEOPT_TEST_DEVICE", returncode=3)
+
+
 VOCAB = 64
 WORDS = ["<pad>", "<eos>", "<user>", "<bot>"] + [f"w{i}" for i in range(VOCAB - 4)]
 CHAT_TEMPLATE = "{% for m in messages %}<user> {{ m['content'] }} {% endfor %}<bot>"

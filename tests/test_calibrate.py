@@ -5,6 +5,7 @@ import pytest
 from conftest import loaded_tiny, tiny_heads, tiny_model
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.lookup import ContextLookup
+from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 from treeopt.build import build_tree
 from treeopt.calibrate import calibrate
@@ -56,6 +57,46 @@ def test_replay_of_a_built_tree_equals_runtime(setup):
     results = [decoder.generate(p, 30) for p in PROMPTS]
     assert replay_steps(stats, built.paths) == (sum(len(r.tokens) for r in results), sum(r.steps for r in results))
     assert sum(r.steps for r in results) < sum(len(r.tokens) for r in results)  # the heads do help here
+
+
+SAMPLED = SamplingConfig(temperature=1.0, top_p=0.9, seed=5)
+
+
+@pytest.fixture(scope="module", params=["plain/runtime", "sequential+lookup/batched"])
+def sampled(request):
+    """Stats calibrated for sampling at temperature 1.0, top-p 0.9 (rollouts with the runtime's keyed draws)."""
+    model = tiny_model("llama", seed=3)
+    kinds, rollout = request.param.split("/")
+    kind, extra = kinds.partition("+")[::2]
+    heads = tiny_heads(model, num_heads=3, std=0.3, sequential=kind == "sequential", lookup=ContextLookup(1, 3) if extra else None)
+    loaded = loaded_tiny(model)
+    stats = calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False, rollout=rollout, sampling=SAMPLED)
+    return loaded, heads, stats
+
+
+@pytest.mark.parametrize("tree", [TreeSpec([(0,), (0, 0), (0, 0, 0)]), TreeSpec([(0,), (1,), (2,), (0, 0), (1, 0), (0, 1), (0, 0, 0)])])
+def test_replay_of_sampled_stats_equals_the_sampled_runtime(sampled, tree):
+    """Under sample-and-match with keyed draws the runtime decodes the calibration's own rollouts, so the replay of
+    any tree on sampled stats is exactly what the runtime measures at that temperature and seed."""
+    loaded, heads, stats = sampled
+    assert stats.sampling() == SAMPLED.settings() == stats.provenance["sampling"]
+    decoder = MedusaDecoder(loaded.model, heads, tree, loaded.eos_token_ids, SAMPLED)
+    results = [decoder.generate(p, 30) for p in PROMPTS]
+    assert replay_steps(stats, tree.paths) == (sum(len(r.tokens) for r in results), sum(r.steps for r in results))
+    greedy = MedusaDecoder(loaded.model, heads, tree, loaded.eos_token_ids)
+    assert [r.tokens for r in results] != [greedy.generate(p, 30).tokens for p in PROMPTS]  # sampled, not greedy text
+
+
+def test_sampled_stats_differ_from_greedy_stats(sampled):
+    loaded, heads, stats = sampled
+    greedy = calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False)
+    assert greedy.sampling() == {"temperature": 0.0} and greedy.rollouts != stats.rollouts
+
+
+def test_provenance_that_contradicts_the_sampling_is_refused(sampled):
+    loaded, heads, _ = sampled
+    with pytest.raises(ValueError, match="provenance says"):
+        calibrate(loaded, heads, PROMPTS[:1], 5, 4, {"sampling": {"temperature": 0.0}}, progress=False, sampling=SAMPLED)
 
 
 def test_chain_conditionals_count_top1_paths():

@@ -155,17 +155,24 @@ def test_sweep_measures_each_budget(tiny_folder, stats_file, tmp_path):
     assert summary["rows"][0]["tokens_per_step"] == 1.0
 
 
-def test_demo_writes_every_file_and_resumes(tiny_folder, tmp_path):
+@pytest.mark.parametrize("sampling", [(), ("--temperature", 0.8, "--top-k", 20)], ids=["greedy", "t0.8-topk20"])
+def test_demo_writes_every_file_and_resumes(tiny_folder, tmp_path, sampling):
     args = ["demo", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--calibrate-select", "0:3",
-            "--bench-select", "3:5", "--max-new-tokens", 12, "--out", tmp_path / "demo"]
+            "--bench-select", "3:5", "--max-new-tokens", 12, "--out", tmp_path / "demo", *sampling]
     r = invoke(*args)
     assert r.exit_code == 0, r.output
     for name in ("stats.json", "latency.json", "tree.json", "tree.png", "curve.png", "report.json"):
         assert (tmp_path / "demo" / name).exists(), name
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["identical"] == 1.0 and report["prompts"] == 2
+    assert report["temperature"] == (0.8 if sampling else 0.0) and report["acceptance"] == ("sample" if sampling else "greedy")
+    stats = json.loads((tmp_path / "demo" / "stats.json").read_text())
+    assert stats["provenance"]["sampling"]["temperature"] == report["temperature"] and "command" in stats["provenance"]
     again = invoke(*args)
     assert again.exit_code == 0 and "reusing" in again.output
+    if sampling:  # other settings: the stats are calibrated again, not reused
+        other = invoke(*args[:-4], "--temperature", 0.5)
+        assert other.exit_code == 0 and "calibrate: reusing" not in other.output and "temperature 0.5" in other.output
 
 
 def test_commands_that_need_no_model_do_not_import_torch(stats_file, tmp_path):
@@ -432,3 +439,52 @@ def test_heads_with_context_lookup_through_the_cli(tiny_folder, tmp_path):
     assert json.loads(report.read_text())["identical"] == 1.0 and "warning" not in r.output
     r = invoke("export", tree, "--format", "trtllm")
     assert r.exit_code == 0 and "context lookup" in r.output
+
+
+def test_sampled_calibrate_build_bench_and_their_warnings(tiny_folder, stats_file, tmp_path):
+    """calibrate --temperature records the settings, build carries them, bench at those settings is lossless and
+    silent, and bench at other settings (or a greedy tree at T > 0) warns; bad settings are one-line errors."""
+    model, heads, prompts = tiny_folder / "model", tiny_folder / "heads", tiny_folder / "prompts.jsonl"
+    stats, tree, report = tmp_path / "s07.json", tmp_path / "t07.json", tmp_path / "r.json"
+    r = invoke("calibrate", "--model", model, "--heads", heads, "--prompts", prompts, "--max-new-tokens", 24, "--topk", 4,
+               "--temperature", 0.7, "--top-p", 0.9, "--seed", 3, "--out", stats)
+    assert r.exit_code == 0, r.output
+    assert "temperature 0.7, top-p 0.9" in r.output
+    settings = {"temperature": 0.7, "top_k": 0, "top_p": 0.9, "seed": 3}
+    assert json.loads(stats.read_text())["provenance"]["sampling"] == settings
+    assert invoke("build", stats, "--budget", 4, "--out", tree).exit_code == 0
+    assert json.loads(tree.read_text())["meta"]["sampling"] == settings
+    common = ("--model", model, "--heads", heads, "--prompts", prompts, "--select", "0:3", "--max-new-tokens", 24)
+    r = invoke("bench", *common, "--tree", tree, "--temperature", 0.7, "--top-p", 0.9, "--seed", 3, "--json", report)
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output and "acceptance: sample (lossless)" in r.output
+    out = json.loads(report.read_text())
+    assert out["identical"] == 1.0 and out["acceptance"] == "sample" and out["lossless"] and out["top_p"] == 0.9
+    # same seed: the replay of the calibration is what the runtime did, prompt for prompt
+    from treeopt.stats import load_stats, replay_per_prompt, subset
+
+    replayed = replay_per_prompt(subset(load_stats(stats), [0, 1, 2]), [tuple(p) for p in json.loads(tree.read_text())["paths"]])
+    assert [(r["new_tokens"], r["steps"]) for r in out["per_prompt"]] == replayed
+    r = invoke("bench", *common, "--tree", tree, "--temperature", 1.0)
+    assert r.exit_code == 0 and "calibrated at temperature 0.7, top-p 0.9 but runs at temperature 1" in r.output
+    assert "--temperature 1" in r.output
+    greedy_tree = tmp_path / "greedy.json"
+    assert invoke("build", stats_file, "--budget", 4, "--out", greedy_tree).exit_code == 0
+    r = invoke("bench", *common, "--tree", greedy_tree, "--temperature", 0.7, "--acceptance", "typical", "--json", report)
+    assert r.exit_code == 0 and "calibrated at greedy" in r.output and "LOSSY" in r.output
+    assert json.loads(report.read_text())["lossless"] is False
+    for bad, option in ((("--temperature", -1), "--temperature"), (("--temperature", 1, "--top-p", 0), "--top-p"),
+                        (("--temperature", 1, "--top-k", -2), "--top-k"), (("--acceptance", "typical"), "--acceptance typical")):
+        r = invoke("bench", *common, *bad)
+        assert r.exit_code == 2 and option in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = invoke("calibrate", "--model", model, "--heads", heads, "--out", tmp_path / "x.json", "--temperature", 1, "--top-p", 2)
+    assert r.exit_code == 2 and "--top-p" in r.output and not (tmp_path / "x.json").exists()
+
+
+def test_generate_samples_with_a_seed(tiny_folder):
+    common = ("generate", "w1 w2 w3", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--max-new-tokens", 8)
+    runs = [invoke(*common, "--temperature", 1.0, "--seed", seed) for seed in (1, 1, 2)]
+    texts = [r.output.rsplit("[", 1)[0].rsplit("]", 1)[-1] for r in runs]  # the streamed text, between progress bar and summary
+    assert all(r.exit_code == 0 for r in runs) and texts[0] == texts[1] != texts[2]
+    a = runs[0]
+    assert "sample acceptance" in a.output

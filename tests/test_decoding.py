@@ -4,41 +4,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_heads, tiny_model
-from medusa_runtime.bench import hf_greedy
+from cases import HEADS, MODELS, random_trees
+from medusa_runtime.bench import hf_greedy, hf_reference
 from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
-from medusa_runtime.layout import pack_linears
-from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.spec import TreeSpec, chain_tree
-
-MODELS = {arch: tiny_model(arch, seed=i) for i, arch in enumerate(["llama", "qwen2", "mistral"])}
-MODELS["llama-packed"] = tiny_model("llama", seed=0)  # CPU loading swaps in oneDNN-packed linears (layout.py)
-pack_linears(MODELS["llama-packed"])
-MODELS["llama-draft-vocab"] = MODELS["llama"]  # heads that guess from a third of the 64 tokens only
-MODELS["llama-root"] = MODELS["llama-packed"]  # root-conditioned heads (they also read the root token)
-MODELS["llama-sequential"] = MODELS["llama-packed"]  # sequential heads: guesses per path, depth by depth
-MODELS["qwen2-sequential-draft"] = MODELS["qwen2"]  # the same, unpacked, from a draft vocabulary
-MODELS["mistral-lookup"] = MODELS["mistral"]  # plain heads with context lookup: expanded depth by depth too
-MODELS["qwen2-sequential-lookup"] = MODELS["qwen2"]  # sequential heads with context lookup, from a draft vocabulary
-MODELS["llama-prefix"] = MODELS["llama-packed"]  # plain heads reading a prefix-attention layer (its own KV cache)
-MODELS["mistral-sequential-prefix"] = MODELS["mistral"]  # sequential heads with prefix attention
-HEADS = {arch: tiny_heads(model, num_heads=3, root=arch == "llama-root", sequential="sequential" in arch,
-                          lookup=ContextLookup(1, 3) if "lookup" in arch else None, prefix="prefix" in arch)
-         for arch, model in MODELS.items()}
-HEADS["llama-draft-vocab"].set_draft_vocab(list(range(0, 64, 3)))
-HEADS["qwen2-sequential-draft"].set_draft_vocab(list(range(1, 64, 2)))
-HEADS["qwen2-sequential-lookup"].set_draft_vocab(list(range(1, 64, 2)))  # lookup proposals may lie outside it
-
-
-@st.composite
-def random_trees(draw, max_depth=3, max_rank=4, max_nodes=20):
-    paths: list[tuple[int, ...]] = []
-    for _ in range(draw(st.integers(0, max_nodes))):
-        parent = draw(st.sampled_from([()] + [p for p in paths if len(p) < max_depth]))
-        rank = draw(st.integers(0, max_rank - 1))
-        if parent + (rank,) not in paths:
-            paths.append(parent + (rank,))
-    return TreeSpec(paths)
 
 
 @pytest.mark.parametrize("arch", list(MODELS))
@@ -97,7 +66,7 @@ def test_non_empty_tree_without_heads_or_oracle_is_refused():
 def test_typical_acceptance_is_seeded_and_respects_limits():
     model = MODELS["llama"]
     tree = TreeSpec([(0,), (1,), (0, 0), (0, 0, 0)])
-    sampling = SamplingConfig(temperature=0.7, seed=3)
+    sampling = SamplingConfig(temperature=0.7, seed=3, acceptance="typical")
     a = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate([4, 5, 6], 30)
     b = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate([4, 5, 6], 30)
     assert a.tokens == b.tokens and len(a.tokens) == 30
@@ -108,7 +77,7 @@ def test_typical_acceptance_at_low_temperature_is_greedy():
     # with a near-zero temperature the distribution is one-hot: typical acceptance == greedy acceptance
     model = MODELS["qwen2"]
     reference = hf_greedy(model, [4, 9, 12], 20, [])
-    sampling = SamplingConfig(temperature=1e-4)
+    sampling = SamplingConfig(temperature=1e-4, acceptance="typical")
     result = MedusaDecoder(model, HEADS["qwen2"], TreeSpec([(0,), (0, 0), (1,)]), [], sampling).generate([4, 9, 12], 20)
     assert result.tokens == reference
 
@@ -164,12 +133,12 @@ def test_finished_rows_leave_the_batch():
 def test_batched_typical_acceptance_is_seeded_and_per_row():
     model = MODELS["llama"]
     tree = TreeSpec([(0,), (1,), (0, 0), (0, 0, 0)])
-    sampling = SamplingConfig(temperature=0.7, seed=3)
+    sampling = SamplingConfig(temperature=0.7, seed=3, acceptance="typical")
     prompts = [[4, 5, 6], [7, 8], [9, 10, 11, 12]]
     a = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate_batch(prompts, 25)
     b = MedusaDecoder(model, HEADS["llama"], tree, [], sampling).generate_batch(prompts, 25)
     assert [r.tokens for r in a] == [r.tokens for r in b] and all(len(r.tokens) == 25 for r in a)
-    low = MedusaDecoder(model, HEADS["llama"], tree, [], SamplingConfig(temperature=1e-4)).generate_batch(prompts, 20)
+    low = MedusaDecoder(model, HEADS["llama"], tree, [], SamplingConfig(temperature=1e-4, acceptance="typical")).generate_batch(prompts, 20)
     assert [r.tokens for r in low] == [hf_greedy(model, p, 20, []) for p in prompts]  # one-hot: each row is greedy
 
 
@@ -181,3 +150,56 @@ def test_batch_input_errors_are_clear():
         decoder.generate_batch([[4]], 5, oracles=[[1] * 5, [1] * 5])
     with pytest.raises(PromptTooLongError, match="exceeds the model's context of 256"):
         decoder.generate_batch([[4], list(range(4, 60)) * 4], 40, oracles=[[1] * 40] * 2)
+
+
+# ---------------------------------------------------------------- sampled decoding: sample-and-match with keyed draws
+@pytest.mark.parametrize("arch", list(MODELS))
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=random_trees(), prompt=st.lists(st.integers(4, 63), min_size=1, max_size=12), oracle=st.booleans(),
+       temperature=st.sampled_from([0.3, 0.7, 1.0, 1.5]), top_k=st.sampled_from([0, 1, 5]), top_p=st.sampled_from([1.0, 0.9, 0.5]),
+       seed=st.integers(0, 2**31))
+def test_sampled_tree_decoding_equals_plain_keyed_sampling(arch, tree, prompt, oracle, temperature, top_k, top_p, seed):
+    """Whatever the tree, the heads and the warpers, the runtime emits exactly the text that plain sampling with the
+    same keyed draws (Hugging Face generate with the same warpers and noise) emits for this seed."""
+    model = MODELS[arch]
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    reference = hf_reference(model, prompt, 24, [], sampling)
+    decoder = MedusaDecoder(model, HEADS[arch], tree, [], sampling)
+    result = decoder.generate(prompt, 24, oracle=reference if oracle else None)
+    assert result.tokens == reference
+    assert sum(result.emitted_per_step) == 24
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2-sequential-lookup", "mistral-sequential-prefix"])
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=random_trees(), prompts=st.lists(st.lists(st.integers(4, 63), min_size=1, max_size=14), min_size=1, max_size=4),
+       max_new=st.integers(1, 20), seed=st.integers(0, 1000))
+def test_batched_sampled_rows_each_equal_their_own_keyed_sampling(arch, tree, prompts, max_new, seed):
+    model = MODELS[arch]
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, seed=seed)
+    prompts = prompts + prompts[:1]  # a prompt twice in one batch: the same key, the same text
+    references = [hf_reference(model, p, max_new, [], sampling) for p in prompts]
+    results = MedusaDecoder(model, HEADS[arch], tree, [], sampling).generate_batch(prompts, max_new)
+    assert [r.tokens for r in results] == references
+
+
+def test_a_seed_fixes_the_text_whatever_the_tree_and_another_seed_changes_it():
+    model, heads = MODELS["llama"], HEADS["llama"]
+    sampling = SamplingConfig(temperature=1.0, seed=7)
+    plain = MedusaDecoder(model, None, TreeSpec([]), [], sampling).generate([4, 5, 6], 30).tokens
+    tree = MedusaDecoder(model, heads, TreeSpec([(0,), (1,), (2,), (0, 0), (0, 1), (0, 0, 0)]), [], sampling).generate([4, 5, 6], 30)
+    assert tree.tokens == plain and tree.steps < 30  # the tree accepted something and still emitted the same text
+    other = MedusaDecoder(model, None, TreeSpec([]), [], SamplingConfig(temperature=1.0, seed=8)).generate([4, 5, 6], 30).tokens
+    assert other != plain
+    assert plain != hf_greedy(model, [4, 5, 6], 30, [])  # sampled, not greedy
+
+
+def test_sampled_decoding_stops_exactly_at_eos():
+    model = MODELS["llama"]
+    sampling = SamplingConfig(temperature=1.0, seed=1)
+    free = hf_reference(model, [9, 10], 30, [], sampling)
+    eos = free[6]
+    expected = hf_reference(model, [9, 10], 30, [eos], sampling)
+    assert expected == free[: free.index(eos) + 1]
+    result = MedusaDecoder(model, HEADS["llama"], chain_tree(3), [eos], sampling).generate([9, 10], 30, oracle=free)
+    assert result.tokens == expected and result.stop_reason == "eos"

@@ -1,11 +1,13 @@
-"""Lossless decoding on CUDA (run by scripts/gpu_check.sh; skipped without a GPU)."""
+"""Lossless decoding on CUDA (run by scripts/gpu_check.sh; skipped without a GPU, unless TREEOPT_TEST_DEVICE=cuda
+asks for one: then a CPU-only torch fails the run at once, conftest.py)."""
 
 import pytest
 import torch
 
 from conftest import tiny_heads, tiny_model
-from medusa_runtime.bench import hf_greedy
+from medusa_runtime.bench import hf_greedy, hf_reference
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
@@ -35,3 +37,15 @@ def test_batched_decoding_equals_each_prompts_greedy_on_cuda(dtype, sequential):
     prompts = [[5, 6, 7], [9, 20, 31, 40, 41, 42], [11]]
     results = MedusaDecoder(model, heads, tree, []).generate_batch(prompts, 24)
     assert [r.tokens for r in results] == [hf_greedy(model, p, 24, []) for p in prompts]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0.7, seed=1), SamplingConfig(temperature=1.0, top_k=20, top_p=0.9, seed=2)])
+def test_sampled_decoding_equals_keyed_plain_sampling_on_cuda(dtype, sampling):
+    model = tiny_model("llama").to("cuda", dtype)
+    heads = tiny_heads(model, num_heads=3, sequential=True).to("cuda", dtype)
+    heads.attach_base(model)
+    tree = TreeSpec([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)])
+    prompts = [[5, 6, 7], [9, 20, 31, 40, 41, 42], [11]]
+    results = MedusaDecoder(model, heads, tree, [], sampling).generate_batch(prompts, 24)
+    assert [r.tokens for r in results] == [hf_reference(model, p, 24, [], sampling) for p in prompts]

@@ -73,6 +73,9 @@ def shard(index, count, **provenance):
 def test_shards_of_different_runs_are_refused():
     with pytest.raises(StatsError, match="model is 'other'"):
         merge_shards([("a", shard(0, 2)), ("b", shard(1, 2, model="other"))])
+    with pytest.raises(StatsError, match="sampling is .*temperature.*0.7"):  # shards calibrated at other sampling settings
+        merge_shards([("a", shard(0, 2, sampling={"temperature": 0.0})),
+                      ("b", shard(1, 2, sampling={"temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 0}))])
     with pytest.raises(StatsError, match="one of 2 shards"):
         merge_shards([("a", shard(0, 2)), ("b", shard(1, 3))])
     with pytest.raises(StatsError, match="0 <= I < N"):

@@ -1,9 +1,12 @@
-"""Calibration: measure the heads on greedy rollouts of the base model.
+"""Calibration: measure the heads on rollouts of the base model, greedy or sampled with the user's settings.
 
-Each prompt is rolled out with the Medusa runtime (lossless, so the tokens are the base model's greedy
-tokens, and faster than plain decoding), then one forward over prompt + answer gives the hidden state at
-every position, and the heads' top-k there are compared with the true future tokens. The result is a
-``CalibrationStats`` (see ``stats.py``). This module needs torch; ``build`` and ``evaluate`` do not.
+Each prompt is rolled out (greedy, or at temperature > 0 sampled with the runtime's keyed draws, so the rollout is
+the very text ``bench`` and the runtime produce for that prompt and seed), then one forward over prompt + answer
+gives the hidden state at every position, and the heads' top-k there are compared with the true future tokens.
+Under sample-and-match a tree node is reached exactly when the target's draws equal the node's tokens, which is
+what a sampled rollout's continuation is, so the same rank statistics, replay and build serve every temperature.
+The result is a ``CalibrationStats`` (see ``stats.py``) whose provenance (``stats_provenance``: the one place it
+is made) records the heads and the sampling settings. This module needs torch; ``build`` and ``evaluate`` do not.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES, read_heads_config, true_path
 from medusa_runtime.lookup import CONFIG_KEY as LOOKUP_KEY
 from medusa_runtime.lookup import merge, true_path_proposals
@@ -71,6 +75,24 @@ def heads_fingerprint(heads_path: str | Path | None) -> str | None:
     return None
 
 
+def stats_provenance(heads, heads_path: str | Path | None, prompt_source: str, select: str | None, prompts_total: int,
+                     sampling: SamplingConfig | None = None, command: str | None = None) -> dict:
+    """What calibration stats record of where they came from: the one place ``calibrate``, ``demo`` and ``tune``
+    make it. ``export`` and ``bench`` read it to warn when a tree runs on other heads or other sampling settings."""
+    config = heads.config
+    provenance = {
+        "heads": None if heads_path is None else str(heads_path), "heads_sha256": heads_fingerprint(heads_path),
+        "head_kind": config.kind, "draft_vocab": None if heads.draft_vocab is None else len(heads.draft_vocab),
+        "prompt_source": prompt_source, "select": select, "prompts_total": prompts_total,
+        "sampling": (sampling or SamplingConfig()).settings(), "command": command,
+    }
+    if config.context_lookup is not None:  # engines that take the tree do not do the lookup: export warns
+        provenance["context_lookup"] = config.context_lookup.to_config()
+    if config.prefix_attention is not None:  # nor prefix attention
+        provenance["prefix_attention"] = config.prefix_attention.to_config()
+    return provenance
+
+
 @torch.inference_mode()
 def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: int) -> list[list[int]]:
     """rows[t][k]: rank of new token t+k+2 in head k's top-k at new-token position t (0 = last prompt token)."""
@@ -96,22 +118,24 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     return ranks.tolist()
 
 
-def greedy_rollouts(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int, rollout: str, progress: bool) -> list[list[int]]:
-    """The base model's greedy answers. ``runtime``: one prompt at a time through the Medusa runtime
-    (exactly the tokens the runtime will produce); ``batched``: Hugging Face ``generate`` on batches of
-    prompts (several times faster on CPU; left padding can flip a rare near-tie)."""
+def rollout_answers(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int, rollout: str, progress: bool,
+             sampling: SamplingConfig | None = None) -> list[list[int]]:
+    """The base model's answers, greedy or (temperature > 0) sampled with keyed draws. ``runtime``: one prompt at a
+    time through the Medusa runtime (exactly the tokens the runtime will produce); ``batched``: Hugging Face
+    ``generate`` on batches of prompts (several times faster on CPU; left padding can flip a rare near-tie)."""
+    sampling = sampling or SamplingConfig()
     if rollout == "runtime":
-        decoder = MedusaDecoder(loaded.model, heads, chain_tree(heads.num_heads), loaded.eos_token_ids)
+        decoder = MedusaDecoder(loaded.model, heads, chain_tree(heads.num_heads), loaded.eos_token_ids, sampling)
         return [decoder.generate(ids, max_new_tokens).tokens
                 for ids in tqdm(prompt_ids, desc="calibrate: rollouts", disable=not progress)]
     if rollout == "batched":
         import tempfile
-        from pathlib import Path
 
         from .distill import generate_trajectories
 
         with tempfile.TemporaryDirectory() as tmp:
-            done = generate_trajectories(loaded, prompt_ids, Path(tmp) / "rollouts.jsonl", max_new_tokens, batch_size=ROLLOUT_BATCH)
+            done = generate_trajectories(loaded, prompt_ids, Path(tmp) / "rollouts.jsonl", max_new_tokens,
+                                         batch_size=ROLLOUT_BATCH, sampling=sampling)
         by_prompt = {tuple(t.prompt_ids): t.response_ids for t in done}
         return [by_prompt[tuple(ids)] for ids in prompt_ids]
     raise ValueError(f"--rollout {rollout!r}: use 'batched' or 'runtime'")
@@ -119,13 +143,17 @@ def greedy_rollouts(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: 
 
 def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 128, topk: int = 10,
               provenance: dict | None = None, progress: bool = True, rollout: str = "runtime",
-              prompt_indices: list[int] | None = None) -> CalibrationStats:
-    """Stats of these prompts; ``prompt_indices``: their places in the full prompt list (for shards)."""
+              prompt_indices: list[int] | None = None, sampling: SamplingConfig | None = None) -> CalibrationStats:
+    """Stats of these prompts; ``prompt_indices``: their places in the full prompt list (for shards); ``sampling``:
+    the settings the rollouts are drawn with (greedy by default; they must equal ``provenance['sampling']``)."""
+    sampling = sampling or SamplingConfig()
+    if provenance is not None and provenance.get("sampling", sampling.settings()) != sampling.settings():
+        raise ValueError(f"provenance says {provenance['sampling']} but the rollouts are drawn with {sampling.settings()}")
     if topk < 1:
         raise ValueError(f"--topk {topk}: must be >= 1")
     vocab = loaded.model.config.vocab_size
     topk = min(topk, vocab)
-    responses = greedy_rollouts(loaded, heads, prompt_ids, max_new_tokens, rollout, progress)
+    responses = rollout_answers(loaded, heads, prompt_ids, max_new_tokens, rollout, progress, sampling)
     rollouts, new_tokens = [], []
     for ids, response in zip(tqdm(prompt_ids, desc="calibrate: head ranks", disable=not progress), responses):
         rollouts.append(rank_rows(loaded, heads, ids, response, topk))
@@ -139,6 +167,7 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
         "max_new_tokens": max_new_tokens,
         "prompts": len(prompt_ids),
         "rollout": rollout,
+        "sampling": sampling.settings(),
         **(provenance or {}),
     }
     return CalibrationStats(heads.num_heads, topk, rollouts, new_tokens, meta, prompt_indices, [len(ids) for ids in prompt_ids])

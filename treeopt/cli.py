@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from medusa_runtime.files import write_text_atomic
-from medusa_runtime.sampling import SamplingConfig
+from medusa_runtime.sampling import ACCEPTANCE_RULES, SamplingConfig, SamplingError
 
 from .build import DEFAULT_OBJECTIVE
 from .crossval import DEFAULT_FOLDS
@@ -38,6 +38,12 @@ BatchingOpt = typer.Option(DEFAULT_BATCHING, "--batching", help=f"{' | '.join(BA
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present) | cpu | cuda | cuda:N")
 PromptsOpt = typer.Option("mt-bench", "--prompts", help="mt-bench | sharegpt | humaneval | FILE.jsonl")
 SelectOpt = typer.Option(None, "--select", help="Python slice START:STOP[:STEP] over the prompts")
+TemperatureOpt = typer.Option(0.0, "--temperature", help="0: greedy; > 0: sample (lossless sample-and-match by default)")
+TopKOpt = typer.Option(0, "--top-k", help="with --temperature > 0: sample from the k most likely tokens (0: all)")
+TopPOpt = typer.Option(1.0, "--top-p", help="with --temperature > 0: sample from the most likely tokens holding this mass (1: all)")
+SeedOpt = typer.Option(0, "--seed", help="keys the draws: a seed and a prompt fix the text")
+AcceptanceOpt = typer.Option(None, "--acceptance", help=f"{' | '.join(ACCEPTANCE_RULES)}: default greedy at temperature 0, "
+                             "sample (sample-and-match, lossless) above; typical is upstream Medusa's, lossy")
 
 
 def fail(message: str) -> None:
@@ -52,6 +58,34 @@ def write_output(path: Path, text: str) -> None:
         write_text_atomic(path, text)
     except OSError as err:
         fail(f"{path}: cannot be written ({err.strerror or err.__class__.__name__}); choose another path")
+
+
+def sampling_or_fail(temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int = 0, acceptance: Optional[str] = None,
+                     posterior_threshold: float = SamplingConfig.posterior_threshold,
+                     posterior_alpha: float = SamplingConfig.posterior_alpha) -> SamplingConfig:
+    """The sampling settings of a command, or a one-line error naming the option; options greedy ignores get a warning."""
+    try:
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, acceptance=acceptance,
+                                  posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha)
+    except SamplingError as err:
+        fail(str(err))
+    for option in sampling.ignored_options():
+        typer.secho(f"warning: {option} has no effect at --temperature 0 (greedy decoding)", fg=typer.colors.YELLOW, err=True)
+    return sampling
+
+
+def warn_if_calibrated_for_other_sampling(spec, sampling: SamplingConfig, where: str) -> None:
+    """A tree runs at any sampling settings, but its predicted tokens/step is for the settings it was calibrated at."""
+    from medusa_runtime.sampling import describe_settings, same_distribution, settings_options
+
+    built_for = spec.meta.get("sampling") or (spec.meta.get("stats_provenance") or {}).get("sampling")
+    if not spec.paths or (built_for is None and not spec.meta.get("stats_provenance")):
+        return  # no calibration behind the tree: nothing to compare
+    if not same_distribution(built_for, sampling.settings()):
+        options = settings_options(sampling.settings())
+        typer.secho(f"warning: {where} was built from stats calibrated at {describe_settings(built_for)} but runs at "
+                    f"{sampling.describe()}; its predicted tokens/step does not apply (calibrate with "
+                    f"'treeopt calibrate{' ' + options if options else ''}' and build again)", fg=typer.colors.YELLOW, err=True)
 
 
 def command_line() -> str:
@@ -144,26 +178,29 @@ def generate(
     heads: Optional[str] = HeadsOpt,
     tree: Optional[Path] = typer.Option(None, "--tree", help="tree spec JSON (default: plain decoding)"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy (lossless); > 0: typical acceptance"),
+    temperature: float = TemperatureOpt,
+    top_k: int = TopKOpt,
+    top_p: float = TopPOpt,
+    seed: int = SeedOpt,
+    acceptance: Optional[str] = AcceptanceOpt,
     posterior_threshold: float = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon"),
     posterior_alpha: float = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta"),
-    oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own greedy run (a ceiling)"),
-    seed: int = typer.Option(0, "--seed"),
+    oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own run (greedy, or keyed sampling): a ceiling"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Generate an answer with Medusa tree decoding, streaming the text."""
     import time
 
-    from medusa_runtime.bench import hf_greedy
-    from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
+    from medusa_runtime.bench import hf_reference
+    from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError
     from medusa_runtime.prompts import render_chat
 
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance, posterior_threshold, posterior_alpha)
     loaded, medusa_heads, _, spec = load_runtime(model, heads, tree, oracle, dtype, device)
     ids = render_chat(loaded.tokenizer, prompt)
-    sampling = SamplingConfig(temperature, posterior_threshold, posterior_alpha, seed)
     decoder = MedusaDecoder(loaded.model, None if oracle else medusa_heads, spec, loaded.eos_token_ids, sampling)
-    reference = hf_greedy(loaded.model, ids, max_new_tokens, loaded.eos_token_ids) if oracle else None
+    reference = hf_reference(loaded.model, ids, max_new_tokens, loaded.eos_token_ids, sampling) if oracle else None
     emitted: list[int] = []
     shown = [""]
 
@@ -181,7 +218,8 @@ def generate(
     seconds = time.perf_counter() - t0
     typer.echo("")
     typer.secho(f"[{len(result.tokens)} tokens in {result.steps} steps: {result.tokens_per_step:.2f} tokens/step, "
-                f"{len(result.tokens) / seconds:.1f} tokens/s, {spec.nodes}-node tree, stop: {result.stop_reason}]", err=True, fg=typer.colors.BLUE)
+                f"{len(result.tokens) / seconds:.1f} tokens/s, {spec.nodes}-node tree, {sampling.rule} acceptance, "
+                f"stop: {result.stop_reason}]", err=True, fg=typer.colors.BLUE)
 
 
 @app.command()
@@ -193,30 +231,37 @@ def bench(
     prompts: str = PromptsOpt,
     select: Optional[str] = SelectOpt,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    temperature: float = typer.Option(0.0, "--temperature"),
-    posterior_threshold: float = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold"),
-    posterior_alpha: float = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha"),
+    temperature: float = TemperatureOpt,
+    top_k: int = TopKOpt,
+    top_p: float = TopPOpt,
+    seed: int = SeedOpt,
+    acceptance: Optional[str] = AcceptanceOpt,
+    posterior_threshold: float = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon"),
+    posterior_alpha: float = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
     batch_size: int = typer.Option(1, "--batch-size", help="prompts decoded together, by both HF generate (left-padded) "
                                    "and the runtime; the last batch is filled up with the first prompts again"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
-    """HF generate greedy vs the Medusa runtime on the same prompts: speed, tokens/step, token-for-token check."""
+    """HF generate vs the Medusa runtime on the same prompts (greedy, or sampling with the same settings): speed,
+    tokens/step, and every row checked token for token against its reference decode."""
     from medusa_runtime.bench import format_report, report_json_line, run_bench
-    from medusa_runtime.decoding import PromptTooLongError, SamplingConfig
+    from medusa_runtime.decoding import PromptTooLongError
 
     if batch_size < 1:
         fail(f"--batch-size {batch_size}: use an integer >= 1")
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance, posterior_threshold, posterior_alpha)
     loaded, medusa_heads, heads_path, spec = load_runtime(model, heads, tree, oracle, dtype, device)
     warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree))
+    if not oracle:
+        warn_if_calibrated_for_other_sampling(spec, sampling, str(tree))
     planned_for = spec.meta.get("batch_size") if spec.meta.get("budget_auto") else None
     if planned_for is not None and planned_for != batch_size:
         typer.secho(f"note: {tree} was sized for batch size {planned_for}, benchmarked at {batch_size}", err=True, fg=typer.colors.YELLOW)
     ids = load_prompt_ids(loaded, prompts, select)
     try:
-        report = run_bench(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, oracle,
-                           SamplingConfig(temperature, posterior_threshold, posterior_alpha), batch_size=batch_size)
+        report = run_bench(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, oracle, sampling, batch_size=batch_size)
     except PromptTooLongError as err:
         fail(str(err))
     report.model, report.heads, report.tree = model, None if oracle else heads_path, str(tree) if tree else None
@@ -328,28 +373,30 @@ def calibrate(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     topk: int = typer.Option(10, "--topk", help="ranks recorded per head"),
     rollout: str = typer.Option("batched", "--rollout", help="batched (HF generate on batches: fast) | runtime (exact, one by one)"),
+    temperature: float = typer.Option(0.0, "--temperature", help="calibrate for sampling at this temperature (0: greedy): "
+                                      "rollouts are sampled with the runtime's keyed draws"),
+    top_k: int = TopKOpt,
+    top_p: float = TopPOpt,
+    seed: int = SeedOpt,
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: calibrate only shard I of N (numbered from 0); "
                                         "merge the N outputs with 'treeopt merge-stats'"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
-    """Roll out the base model greedily and measure each head's rank-r accuracy and the joint path statistics."""
-    from .calibrate import ROLLOUT_BATCH, ShardError, calibrate as run_calibration, heads_fingerprint, parse_shard, shard_prompts
+    """Roll out the base model (greedy, or sampled at --temperature) and measure each head's rank-r accuracy and the
+    joint path statistics."""
+    from .calibrate import ROLLOUT_BATCH, ShardError, calibrate as run_calibration, parse_shard, shard_prompts, stats_provenance
 
     if topk < 1:
         fail(f"--topk {topk}: must be >= 1")
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed)
     try:
         shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
     except ShardError as err:
         fail(str(err))
     loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
     ids = load_prompt_ids(loaded, prompts, select)
-    provenance = {"heads": heads_path, "heads_sha256": heads_fingerprint(heads_path), "prompt_source": prompts,
-                  "select": select, "command": command_line(), "prompts_total": len(ids)}
-    if medusa_heads.config.context_lookup is not None:  # engines that take the tree do not do the lookup: export warns
-        provenance["context_lookup"] = medusa_heads.config.context_lookup.to_config()
-    if medusa_heads.config.prefix_attention is not None:  # nor prefix attention
-        provenance["prefix_attention"] = medusa_heads.config.prefix_attention.to_config()
+    provenance = stats_provenance(medusa_heads, heads_path, prompts, select, len(ids), sampling, command_line())
     indices = list(range(len(ids)))
     if shard:
         indices = shard_prompts(len(ids), shard_index, shard_count)
@@ -359,13 +406,13 @@ def calibrate(
                  f"use fewer shards")
     try:
         stats = run_calibration(loaded, medusa_heads, [ids[i] for i in indices], max_new_tokens, topk, provenance,
-                                rollout=rollout, prompt_indices=indices)
+                                rollout=rollout, prompt_indices=indices, sampling=sampling)
     except ValueError as err:
         fail(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)
     stats.save(out)
     acc = stats.accuracy()
-    typer.echo(f"{stats.positions} positions from {len(indices)} prompts; top-1 accuracy per head: "
+    typer.echo(f"{stats.positions} positions from {len(indices)} prompts ({sampling.describe()}); top-1 accuracy per head: "
                + " ".join(f"{a[0]:.3f}" for a in acc))
     if stats.num_heads > 1:
         typer.echo("P(head k right | heads before it right), rank 0 along the path, k = 2..: "
@@ -646,6 +693,9 @@ def profile(
     context: int = typer.Option(256, "--context", help="KV-cache length the steps run at"),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="sequences per step to profile, e.g. 1,2,4,8,16 "
                                     "(batch 1 is always included)"),
+    temperature: float = typer.Option(0.0, "--temperature", help="> 0: time the steps with sample-and-match's draws"),
+    top_k: int = TopKOpt,
+    top_p: float = TopPOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -656,9 +706,11 @@ def profile(
     batch_list = parse_int_list("--batch-sizes", batch_sizes)
     if repeats < 1:
         fail("--repeats must be >= 1")
+    sampling = sampling_or_fail(temperature, top_k, top_p)
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=size_list[-1] > 1)
     try:
-        result = profile_latency(loaded, medusa_heads, size_list, repeats, context=context, batch_sizes=batch_list)
+        result = profile_latency(loaded, medusa_heads, size_list, repeats, context=context, batch_sizes=batch_list,
+                                 sampling=sampling)
     except ValueError as err:
         fail(str(err))
     write_output(out, json.dumps(result, indent=1) + "\n")
@@ -708,23 +760,26 @@ def tune(
     study: str = typer.Option("treeopt-tune", "--study", help="study name (workers sharing a study use the same name)"),
     max_budget: int = typer.Option(128, "--max-budget"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens per tuning prompt"),
-    temperature: float = typer.Option(0.0, "--temperature", help="> 0 also tunes the typical-acceptance thresholds"),
+    temperature: float = TemperatureOpt,
+    top_k: int = TopKOpt,
+    top_p: float = TopPOpt,
+    seed: int = SeedOpt,
+    acceptance: Optional[str] = typer.Option(None, "--acceptance", help="as for bench; typical also tunes its thresholds"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="held-out bench report"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Optuna study over budget, depth, children and objective, maximising measured tokens/s on this device."""
     from medusa_runtime.bench import format_report, report_json_line, run_bench
-    from medusa_runtime.decoding import SamplingConfig
-
     from medusa_runtime.files import one_line
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .calibrate import calibrate as run_calibration, heads_fingerprint
-    from .tune import TuneSpace, best_tree, run_study
+    from .calibrate import calibrate as run_calibration, stats_provenance
+    from .tune import TuneSpace, best_tree, run_study, tuned_sampling
 
     if trials < 1:
         fail("--trials must be >= 1")
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance)
     shown_storage = check_storage(storage) if storage is not None else None  # before the model loads: fail fast
     loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
     ids = load_prompt_ids(loaded, prompts, select)
@@ -732,12 +787,13 @@ def tune(
         stats = load_stats_or_fail(stats_file)
     else:
         stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, 10,
-                                {"heads": heads_path, "heads_sha256": heads_fingerprint(heads_path), "prompt_source": prompts, "select": select})
+                                stats_provenance(medusa_heads, heads_path, prompts, select, len(ids), sampling, command_line()),
+                                sampling=sampling)
     out.parent.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out.parent.resolve() / 'treeopt-tune.db'}"
     try:
         result = run_study(loaded, medusa_heads, stats, ids, trials, storage, study, max_new_tokens,
-                           TuneSpace(max_budget=max_budget, temperature=temperature))
+                           TuneSpace(max_budget=max_budget, sampling=sampling))
     except SQLAlchemyError as err:  # unreachable server, wrong credentials, a file that is not a database
         fail(f"--storage {shown_storage or storage}: cannot be used ({err.__class__.__name__}: {one_line(getattr(err, 'orig', None) or err)}); "
              f"check the server, the credentials or the file")
@@ -750,9 +806,8 @@ def tune(
     typer.echo(f"best of {len(result.trials)} trials: {spec.nodes} nodes, {result.best_value:.2f} tok/s on the tuning prompts "
                f"({spec.meta['tuning_tokens_per_step']:.2f} tokens/step); params {result.best_params}; written to {out}")
     if holdout:
-        sampling = SamplingConfig(temperature, spec.meta.get("posterior_threshold", SamplingConfig.posterior_threshold),
-                                  spec.meta.get("posterior_alpha", SamplingConfig.posterior_alpha))
-        report = run_bench(loaded, medusa_heads, spec, load_prompt_ids(loaded, prompts, holdout), 128, sampling=sampling)
+        report = run_bench(loaded, medusa_heads, spec, load_prompt_ids(loaded, prompts, holdout), 128,
+                           sampling=tuned_sampling(sampling, spec.meta))
         report.model, report.heads, report.tree, report.prompt_source, report.select = model, heads_path, str(out), prompts, holdout
         typer.echo("held-out:\n" + format_report(report))
         if json_out:
@@ -768,15 +823,22 @@ def demo(
     calibrate_select: str = typer.Option("0:80:2", "--calibrate-select"),
     bench_select: str = typer.Option("1:80:4", "--bench-select", help="held-out prompts"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature", help="run the whole job for sampling at this temperature "
+                                      "(calibration, profile and bench; 0: greedy)"),
+    top_k: int = TopKOpt,
+    top_p: float = TopPOpt,
+    seed: int = SeedOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Calibrate -> profile -> build auto -> bench on held-out MT-Bench prompts, on the embedded default."""
     from .demo import DemoConfig, run_demo
 
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed)
     loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
     report = run_demo(loaded, medusa_heads, heads_path,
-                      DemoConfig(calibrate_select=calibrate_select, bench_select=bench_select, max_new_tokens=max_new_tokens),
+                      DemoConfig(calibrate_select=calibrate_select, bench_select=bench_select, max_new_tokens=max_new_tokens,
+                                 sampling=sampling, command=command_line()),
                       out, echo=typer.echo)
     typer.echo(f"files in {out}: stats.json latency.json tree.json tree.png curve.png report.json")
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "per_prompt"}))
@@ -854,7 +916,7 @@ def sweep(
     device: str = DeviceOpt,
 ):
     """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts,
-    at one or more batch sizes."""
+    at one or more batch sizes, at the sampling settings the stats were calibrated at."""
     from medusa_runtime.spec import TreeSpec
 
     from .build import BuildError
@@ -879,6 +941,10 @@ def sweep(
     except (BuildError, ValueError) as err:
         fail(f"--budgets {budgets}: {err}")
     trees = {"empty": TreeSpec([]), **{f"budget {n}": d.spec for n, d in designed.items()}}
+    try:
+        sampling = SamplingConfig.from_settings(stats.sampling())  # decode at the settings the stats were calibrated at
+    except SamplingError as err:
+        fail(f"{stats_file}: provenance.sampling: {err}; re-run 'treeopt calibrate'")
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
     prompt_ids = load_prompt_ids(loaded, prompts, select)
     results = []
@@ -889,7 +955,7 @@ def sweep(
                      **{f"budget {n}": budget_tokens_per_s(stats, n, b, model_latency, batching, d) for n, d in designed.items()},
                      label: plan_made.row(b).tokens_per_s}
         rows = run_sweep(loaded, medusa_heads, {**trees, label: auto_spec}, prompt_ids, max_new_tokens, batch_size=b,
-                         predicted_tokens_per_s=predicted)
+                         predicted_tokens_per_s=predicted, sampling=sampling)
         typer.echo(f"batch size {b} ({batching} batches):" if len(batch_list) > 1 or b > 1 else "")
         typer.echo(format_sweep(rows))
         best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))

@@ -1,16 +1,18 @@
 """The main job on the embedded default: calibrate -> profile -> build auto -> bench on held-out prompts.
 
 Every stage writes its file to ``--out`` and is skipped when a file from the same settings is already
-there, so an interrupted demo resumes where it stopped.
+there, so an interrupted demo resumes where it stopped. ``sampling`` runs the whole job at a temperature:
+sampled calibration rollouts, the verify step profiled with its draws, and a bench against HF sampling.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medusa_runtime.files import write_text_atomic
+from medusa_runtime.sampling import SamplingConfig
 
 from .tuning import PROFILE_SIZES
 
@@ -25,6 +27,8 @@ class DemoConfig:
     max_budget: int = 127
     sizes: tuple[int, ...] = tuple(n for n in PROFILE_SIZES if n <= 128)
     repeats: int = 20
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    command: str | None = None  # recorded in the stats' provenance
 
 
 def _fresh(path: Path, settings: dict) -> bool:
@@ -41,7 +45,7 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     from medusa_runtime.prompts import render_chat, select_prompts
 
     from .design import TreeRequest, design_tree
-    from .calibrate import calibrate, heads_fingerprint
+    from .calibrate import calibrate, heads_fingerprint, stats_provenance
     from .profile import profile_latency
     from .stats import load_stats
     from .tuning import load_latency
@@ -55,25 +59,29 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
 
     # 1. calibrate
     stats_path = out / "stats.json"
-    settings = {**base, "prompts": cfg.prompts, "select": cfg.calibrate_select, "max_new_tokens": cfg.max_new_tokens, "topk": cfg.topk}
+    sampling = cfg.sampling
+    settings = {**base, "prompts": cfg.prompts, "select": cfg.calibrate_select, "max_new_tokens": cfg.max_new_tokens, "topk": cfg.topk,
+                **({"sampling": sampling.settings()} if sampling.sampled else {})}
     if _fresh(stats_path, settings):
         echo(f"[1/4] calibrate: reusing {stats_path}")
         stats = load_stats(stats_path)
     else:
-        echo(f"[1/4] calibrate on {cfg.prompts} --select {cfg.calibrate_select}")
-        stats = calibrate(loaded, heads, ids_for(cfg.calibrate_select), cfg.max_new_tokens, cfg.topk,
-                          {"heads": heads_path, "heads_sha256": base["heads"], "prompt_source": cfg.prompts,
-                           "select": cfg.calibrate_select}, rollout="batched")
+        echo(f"[1/4] calibrate on {cfg.prompts} --select {cfg.calibrate_select} ({sampling.describe()})")
+        ids = ids_for(cfg.calibrate_select)
+        stats = calibrate(loaded, heads, ids, cfg.max_new_tokens, cfg.topk,
+                          stats_provenance(heads, heads_path, cfg.prompts, cfg.calibrate_select, len(ids), sampling, cfg.command),
+                          rollout="batched", sampling=sampling)
         stats.save(stats_path)
         _stamp(stats_path, settings)
     # 2. profile
     latency_path = out / "latency.json"
-    settings = {**base, "sizes": list(cfg.sizes), "repeats": cfg.repeats}
+    settings = {**base, "sizes": list(cfg.sizes), "repeats": cfg.repeats, **({"rule": sampling.rule} if sampling.sampled else {})}
     if _fresh(latency_path, settings):
         echo(f"[2/4] profile: reusing {latency_path}")
     else:
         echo("[2/4] profile verify-step latency on this device")
-        write_text_atomic(latency_path, json.dumps(profile_latency(loaded, heads, cfg.sizes, cfg.repeats), indent=1) + "\n")
+        write_text_atomic(latency_path, json.dumps(profile_latency(loaded, heads, cfg.sizes, cfg.repeats, sampling=sampling),
+                                                   indent=1) + "\n")
         _stamp(latency_path, settings)
     latency = load_latency(latency_path)
     # 3. build auto
@@ -86,8 +94,9 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     tree_png(spec, out / "tree.png", dict(zip(spec.paths, spec.meta["path_probabilities"])))
     curve_png(choice.rows, out / "curve.png", chosen=spec.nodes, baseline_tokens_per_s=choice.baseline_tokens_per_s)
     # 4. bench on held-out prompts
-    echo(f"[4/4] bench on held-out {cfg.prompts} --select {cfg.bench_select}: HF generate vs Medusa ({spec.nodes} nodes)")
-    report = run_bench(loaded, heads, spec, ids_for(cfg.bench_select), cfg.max_new_tokens)
+    echo(f"[4/4] bench on held-out {cfg.prompts} --select {cfg.bench_select}: HF generate vs Medusa ({spec.nodes} nodes, "
+         f"{sampling.describe()})")
+    report = run_bench(loaded, heads, spec, ids_for(cfg.bench_select), cfg.max_new_tokens, sampling=sampling)
     report.model, report.heads, report.tree = loaded.name, heads_path, str(out / "tree.json")
     report.prompt_source, report.select = cfg.prompts, cfg.bench_select
     write_text_atomic(out / "report.json", json.dumps(report.to_json(), indent=1) + "\n")

@@ -116,6 +116,7 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
         "max_children": limits.max_children, "target": request.target, "gap_free_depth": limits.gap_free_depth,
         "num_heads": stats.num_heads,
         "stats_provenance": stats.provenance,
+        "sampling": stats.sampling(),  # what the prediction is for: a tree runs at any settings, its prediction at these
         "expected_tokens_per_step": next(r["tokens_per_step"] for r in curve if r["paths"] == n),
         "in_sample_tokens_per_step": next(r["in_sample_tokens_per_step"] for r in curve if r["paths"] == n),
         "cross_validation": cv_summary(cv, n),

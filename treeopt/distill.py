@@ -60,9 +60,15 @@ def generate_trajectories(
     max_new_tokens: int = 128,
     batch_size: int = 32,
     token_budget: int | None = None,
+    sampling=None,
 ) -> list[Trajectory]:
     """Greedy answers for ``prompt_ids`` appended to ``out_path``; stops once ``token_budget`` response
-    tokens exist in the file. Returns every trajectory in the file."""
+    tokens exist in the file. Returns every trajectory in the file. ``sampling`` (a ``SamplingConfig`` at
+    temperature > 0): sampled answers instead, with the runtime's keyed draws (``draws.KeyedSampler``)."""
+    from transformers import LogitsProcessorList
+
+    from medusa_runtime.draws import KeyedSampler
+
     model, tokenizer = loaded.model, loaded.tokenizer
     drop_partial_tail(out_path)
     done = read_trajectories(out_path)
@@ -71,7 +77,8 @@ def generate_trajectories(
     todo = [p for p in prompt_ids if tuple(p) not in seen]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = set(loaded.eos_token_ids)
-    bar = tqdm(total=token_budget, initial=min(have, token_budget or have), desc="distill: greedy answers", unit="tok")
+    kind = "sampled" if sampling is not None and sampling.sampled else "greedy"
+    bar = tqdm(total=token_budget, initial=min(have, token_budget or have), desc=f"distill: {kind} answers", unit="tok")
     with open(out_path, "a", encoding="utf-8") as sink:
         for start in range(0, len(todo), batch_size):
             if token_budget is not None and have >= token_budget:
@@ -90,6 +97,8 @@ def generate_trajectories(
                     attention_mask=attention.to(loaded.device),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
+                    logits_processor=LogitsProcessorList([KeyedSampler(sampling, batch, width)] if sampling is not None
+                                                         and sampling.sampled else []),
                     pad_token_id=pad_id,
                     cache_implementation="static",  # preallocated: no per-step copy of the whole cache
                 )

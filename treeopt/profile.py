@@ -30,6 +30,7 @@ from tqdm import tqdm
 from medusa_runtime.bench import sync_device, device_name
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.models import dtype_name
+from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
 from . import __version__
@@ -62,13 +63,14 @@ def _summary(nodes: int, times: list[float], repeats: int) -> dict:
             "p90_ms": round(t[(len(t) * 9) // 10 - (1 if len(t) % 10 == 0 else 0)], 3), "repeats": repeats}
 
 
-def profile_batch(loaded, heads, batch_size: int, sizes: list[int], repeats: int, warmup: int, context: int, bar) -> dict:
+def profile_batch(loaded, heads, batch_size: int, sizes: list[int], repeats: int, warmup: int, context: int, bar,
+                  sampling: SamplingConfig | None = None) -> dict:
     """One batch size: {"batch_size", "plain_step", "verify"} with a row per tree size (round-robin timing)."""
     limit = getattr(loaded.model.config, "max_position_embeddings", None)
     runs = []  # (nodes, decoder, state) for every size, prefilled before any timing
     for nodes in sizes:
         spec = synthetic_tree(nodes, heads.num_heads if heads is not None else 1)
-        decoder = MedusaDecoder(loaded.model, heads if nodes > 1 else None, spec, eos_token_ids=())
+        decoder = MedusaDecoder(loaded.model, heads if nodes > 1 else None, spec, eos_token_ids=(), sampling=sampling)
         max_new = (warmup + repeats) * (spec.depth + 1) + 2
         prompts = _row_prompts(loaded.model.config.vocab_size, context, batch_size, limit, max_new)
         runs.append((nodes, decoder, decoder.prefill(prompts, max_new)))
@@ -110,9 +112,10 @@ def profile_prefill(loaded, batch_size: int, context: int, bar, repeats: int = P
 
 
 def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmup: int = 3, context: int = 256,
-                    progress: bool = True, batch_sizes=(1,)) -> dict:
+                    progress: bool = True, batch_sizes=(1,), sampling: SamplingConfig | None = None) -> dict:
     """The latency file: batch size 1's rows at the top level (what every reader takes by default) and one
-    entry per batch size under "batches"."""
+    entry per batch size under "batches". ``sampling``: time the steps with that rule's draws (default greedy)."""
+    sampling = sampling or SamplingConfig()
     sizes = sorted(set(sizes) | {1})  # the plain step is the baseline of every speedup: always measured
     batch_sizes = sorted(set(batch_sizes) | {1})
     per_batch = (warmup + repeats) * len(sizes) + 2 * (PREFILL_REPEATS + 1)
@@ -121,12 +124,13 @@ def profile_latency(loaded, heads, sizes=PROFILE_SIZES, repeats: int = 20, warmu
         batches = []
         for b in batch_sizes:
             bar.set_postfix(batch_size=b)
-            batches.append(profile_batch(loaded, heads, b, sizes, repeats, warmup, context, bar))
+            batches.append(profile_batch(loaded, heads, b, sizes, repeats, warmup, context, bar, sampling))
     return {
         "format": LATENCY_FORMAT, "version": 2, "device": device_name(loaded.device),
         "dtype": dtype_name(loaded.dtype), "torch": torch.__version__, "model": loaded.name,
         "heads": heads.num_heads if heads is not None else 0, "context_tokens": context, "warmup": warmup, "order": "round-robin",
         "host": platform.node(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tool": f"treeopt {__version__}", "plain_step": batches[0]["plain_step"], "verify": batches[0]["verify"],
+        "tool": f"treeopt {__version__}", "acceptance": sampling.rule, "sampling": sampling.settings(),
+        "plain_step": batches[0]["plain_step"], "verify": batches[0]["verify"],
         "batches": batches,
     }

@@ -34,6 +34,10 @@ class CalibrationStats:
     prompt_indices: list[int] | None = None  # each rollout's index in the selected prompt list (None: 0, 1, 2, ...)
     prompt_tokens: list[int] | None = None  # each rollout's prompt length in tokens (what a prefill costs); None in older stats
 
+    def sampling(self) -> dict:
+        """The sampling settings the rollouts were drawn with (stats that predate the field are greedy)."""
+        return self.provenance.get("sampling") or {"temperature": 0.0}
+
     def indices(self) -> list[int]:
         return list(range(len(self.rollouts))) if self.prompt_indices is None else self.prompt_indices
 
@@ -202,7 +206,7 @@ def subset(stats: CalibrationStats, prompts: list[int]) -> CalibrationStats:
 
 # provenance that every shard of one run shares (and the merged stats keep)
 SHARD_INVARIANTS = ("model", "heads_sha256", "dtype", "device", "tool", "max_new_tokens", "prompt_source", "select",
-                    "rollout", "prompts_total")
+                    "rollout", "prompts_total", "sampling")
 
 
 def shard_of(name: str, stats: CalibrationStats) -> tuple[int, int]:

@@ -5,6 +5,8 @@ again) every tree decodes it in turn (round robin), so machine noise is spread e
 each tree's tokens/s is its total tokens over its total time. Used to check that ``build --budget auto``
 (and ``plan``, per batch size) picks a size whose measured speed is close to the best measured one, and
 that its predicted tokens/s (from the latency profile at that batch size) is close to the measured one.
+Trees decode at the sampling settings their stats were calibrated at (greedy, or sample-and-match with keyed
+draws, so every tree decodes the very same text and only their speeds differ).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from medusa_runtime.bench import batches_of, sync_device
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.files import read_json_object
+from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
 
@@ -33,9 +36,10 @@ class SweepRow:
 
 
 def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tokens: int = 128, progress: bool = True,
-              batch_size: int = 1, predicted_tokens_per_s: dict[str, float] | None = None) -> list[SweepRow]:
+              batch_size: int = 1, predicted_tokens_per_s: dict[str, float] | None = None,
+              sampling: SamplingConfig | None = None) -> list[SweepRow]:
     """``predicted_tokens_per_s``: per tree label, what the latency profile predicts at this batch size (``plan.py``)."""
-    decoders = {label: MedusaDecoder(loaded.model, heads if spec.paths else None, spec, loaded.eos_token_ids)
+    decoders = {label: MedusaDecoder(loaded.model, heads if spec.paths else None, spec, loaded.eos_token_ids, sampling)
                 for label, spec in trees.items()}
     batches = [[prompt_ids[i] for i in indices] for indices in batches_of(len(prompt_ids), batch_size)]
     for decoder in decoders.values():

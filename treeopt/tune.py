@@ -1,7 +1,7 @@
 """On-device tuning with optuna: the knobs the closed form does not cover, scored by measured tokens/s.
 
 Each trial builds a tree from the calibration stats with its (budget, max depth, max children,
-objective) and, when sampling, typical-acceptance thresholds; then decodes the tuning prompts with the
+objective) and, with typical acceptance, its thresholds; then decodes the tuning prompts with the
 runtime and reports measured tokens/s. The study lives in an optuna storage (a local SQLite file by
 default) so an interrupted study resumes, and several processes or machines can share one study
 through any storage URL (PostgreSQL for a cluster).
@@ -10,7 +10,7 @@ through any storage URL (PostgreSQL for a cluster).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import optuna
 
@@ -25,7 +25,15 @@ from .stats import CalibrationStats
 @dataclass
 class TuneSpace:
     max_budget: int = 128
-    temperature: float = 0.0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # what every trial decodes with
+
+
+def tuned_sampling(sampling: SamplingConfig, params: dict) -> SamplingConfig:
+    """The settings with the typical-acceptance thresholds a trial (or the best one's params) chose, if any."""
+    if sampling.rule != "typical":
+        return sampling
+    return replace(sampling, posterior_threshold=params.get("posterior_threshold", sampling.posterior_threshold),
+                   posterior_alpha=params.get("posterior_alpha", sampling.posterior_alpha))
 
 
 def trial_tree(trial: optuna.Trial, stats: CalibrationStats, space: TuneSpace) -> TreeSpec:
@@ -78,11 +86,10 @@ def run_study(loaded, heads, stats: CalibrationStats, prompt_ids, trials: int, s
 
     def objective(trial: optuna.Trial) -> float:
         spec = trial_tree(trial, stats, space)
-        sampling = SamplingConfig()
-        if space.temperature > 0:
-            sampling = SamplingConfig(space.temperature,
-                                      trial.suggest_float("posterior_threshold", 0.01, 0.3, log=True),
-                                      trial.suggest_float("posterior_alpha", 0.05, 0.6, log=True))
+        sampling = space.sampling
+        if sampling.rule == "typical":
+            sampling = tuned_sampling(sampling, {"posterior_threshold": trial.suggest_float("posterior_threshold", 0.01, 0.3, log=True),
+                                                 "posterior_alpha": trial.suggest_float("posterior_alpha", 0.05, 0.6, log=True)})
         tokens_per_s, tokens_per_step = measure_tokens_per_s(loaded, heads, spec, prompt_ids, max_new_tokens, sampling)
         trial.set_user_attr("tokens_per_step", tokens_per_step)
         trial.set_user_attr("paths", [list(p) for p in spec.paths])
