@@ -39,16 +39,21 @@ Context lookup (ours; ``"medusa_context_lookup": {"min_match": m, "max_match": M
 kind, no keys): each node's ranking starts with the token its own text predicts by copying (``lookup.py``), so
 the runtime expands such trees depth by depth too. Upstream loaders ignore the field, and a tree built for
 these heads assumes it.
+
+Engines (``ENGINES``: upstream Medusa, TensorRT-LLM) run plain Medusa heads only, ranking the whole vocabulary with
+the heads' own layers over the last hidden state: no draft vocabulary, no context lookup, no prefix attention.
+``engine_view`` gives the same weights run that way, so calibration and bench can measure what an engine runs.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import re
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -65,6 +70,13 @@ from .prefix import KEY_PREFIX, PrefixAttention, PrefixConfig
 WEIGHT_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 DRAFT_VOCAB_FILE = "draft_vocab.json"
 DRAFT_VOCAB_FORMAT = "medusa-draft-vocab"
+
+
+ENGINES = {"medusa": "upstream Medusa", "trtllm": "TensorRT-LLM"}  # engines that take exported trees, and run Medusa heads
+
+
+class EngineError(ValueError):
+    """Heads an engine cannot run; the message says why and what to pass instead."""
 
 
 class HeadsFormatError(ValueError):
@@ -337,6 +349,21 @@ class MedusaHeads(nn.Module):
         x = self.head_input(i, h, root, path)
         x = x.expand(*path.shape[:-1], x.shape[-1])  # head 0 reads no path: [B, 1, H] -> [B, P, H]
         return self._top_tokens(self._head_logits(self.heads[i], x), topk)
+
+    def engine_view(self, engine: str) -> "MedusaHeads":
+        """These heads as ``engine`` runs them: the same weights (shared, not copied), ranking the whole vocabulary,
+        with no context lookup and no prefix attention. EngineError for heads the engine cannot run at all."""
+        if engine not in ENGINES:
+            raise EngineError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
+        if self.config.kind != "plain":
+            raise EngineError(f"{ENGINES[engine]} runs plain Medusa heads (they read the last hidden state only) and these are "
+                              f"{self.config.kind} heads; pass --heads with plain heads (treeopt train-heads --kind plain), "
+                              f"or leave out --engine to calibrate them as treeopt's runtime runs them")
+        view = copy.copy(self)  # nn.Module state lives in dicts: give the view its own, so the original stays as it is
+        view.__dict__ = {**self.__dict__, "config": replace(self.config, context_lookup=None, prefix_attention=None),
+                         "_modules": {**self._modules, "prefix": None}, "_buffers": {**self._buffers, "draft_vocab": None},
+                         "_parameters": dict(self._parameters), "draft_vocab_meta": {}, "_frozen_linears": {}}
+        return view
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The checkpoint's tensors: upstream keys ``{i}.{j}...``, plus ``root.{i}.weight`` (root-conditioned and

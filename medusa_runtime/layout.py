@@ -9,7 +9,7 @@ are on offer:
 - ``mkl``: MKL's packed GEMM (``torch.ops.mkl._mkl_reorder_linear_weight``), packed for one exact row count (a
   tree's token count), kept per row count, made the first time that count is seen.
 
-``python scripts/bench_linears.py`` (all 30 layers of SmolLM2-135M plus its lm_head, fp32, random weights
+``python experiments/bench_linears.py`` (all 30 layers of SmolLM2-135M plus its lm_head, fp32, random weights
 streamed from memory) prints ms per pass for each. Measured so far:
 
 - 2-core AMD EPYC VM: stock 1 row 46.6, 2 rows 79.5, 5 rows 71.9 -> oneDNN 27.2, 32.2, 21.3 (oneDNN always won;

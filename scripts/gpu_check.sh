@@ -3,6 +3,11 @@
 # model. Writes every figure under ${OUT:-runs/gpu}. Run through `make gpu-check` on a machine with CUDA
 # (install a CUDA torch first: TORCH_SPEC="torch==2.13.0" with the CUDA wheel index).
 set -euo pipefail
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
+  echo "Environment: OUT (default runs/gpu), BIN (default .venv/bin), PREV_HEADS (previous heads' folder), DEMO_RUNS (default 1)."
+  exit 0
+fi
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 BIN=${BIN:-.venv/bin}

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from medusa_runtime.prompts import parse_select
-from treeopt.build import DEFAULT_OBJECTIVE, OBJECTIVES
+from treeopt.builder import DEFAULT_OBJECTIVE, OBJECTIVES
 from treeopt.design import TreeRequest, design_tree
 from treeopt.formats import import_tree
 from treeopt.stats import CalibrationStats, load_stats, replay_tokens_per_step, subset

@@ -1,11 +1,13 @@
 """Verify-step latency per tree size under several linear-kernel tables (layout.py), timed side by side.
 
-Loads the default model and its shipped heads, prefills one random prompt of 256 tokens per (table, tree size),
+Loads the default model and its shipped heads (or ``--model``/``--heads``), prefills one random prompt of 256 tokens
+per (table, tree size),
 then runs real verify steps (heads, one forward over the tree, acceptance, K/V move) round-robin: one step of
 every size under every table, then the next round, so the machine's drift hits every cell alike. Prints the median
 ms per step (a table per kernel table), then one JSON line.
 
     python scripts/verify_kernels.py [--tables "1-2:stock,3-8:onednn;measured;stock"] [--sizes 1,2,3,4,6,8] [--rounds 12]
+        [--model smollm2-135m] [--heads data/heads/smollm2-135m]
 
 A table is a MEDUSA_LINEAR_KERNELS value, or ``measured`` for this machine's measured table. The default compares
 the runtime before the per-row-count table (stock on 1-2 rows, oneDNN from 3), the measured table, and stock.
@@ -33,15 +35,17 @@ def main() -> None:
     parser.add_argument("--tables", default="1-2:stock,3-8:onednn;measured;stock")
     parser.add_argument("--sizes", default="1,2,3,4,6,8")
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--heads", default="data/heads/smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m", help="as treeopt's --model")
+    parser.add_argument("--heads", default="data/heads/smollm2-135m", help="a Medusa heads folder")
+    parser.add_argument("--context", type=int, default=256, help="prompt tokens before the timed steps")
     args = parser.parse_args()
     os.environ.pop(KERNELS_ENV, None)
     measured = format_kernel_table(kernel_table())
     tables = [measured if t == "measured" else t for t in args.tables.split(";")]
     sizes = [int(s) for s in args.sizes.split(",")]
-    loaded = load_model("smollm2-135m", device="cpu")
+    loaded = load_model(args.model, device="cpu")
     heads = load_heads(args.heads, loaded.model)
-    prompt = torch.randint(0, loaded.model.config.vocab_size, (256,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = torch.randint(0, loaded.model.config.vocab_size, (args.context,), generator=torch.Generator().manual_seed(0)).tolist()
     runs = []  # (table, nodes, decoder, state)
     for table in tables:
         for nodes in sizes:

@@ -302,7 +302,8 @@ def test_prefix_attention_heads_through_the_cli(tiny_folder, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["identical"] == 1.0
     r = invoke("export", tree, "--format", "trtllm")
-    assert r.exit_code == 0 and "prefix attention" in r.output and "'medusa_prefix_attention'" in r.output, r.output
+    assert r.exit_code == 0 and "prefix attention" in r.output and "sequential heads" in r.output, r.output
+    assert "draft vocabulary of 24 tokens" in r.output and "calibrate --engine trtllm" in r.output
     r = invoke(*common, "--init-from", heads, "--out", tmp_path / "back")
     assert r.exit_code != 0 and "with prefix attention have tensors (prefix." in r.output
 
@@ -429,7 +430,7 @@ def test_heads_with_context_lookup_through_the_cli(tiny_folder, tmp_path):
     assert r.exit_code == 0, r.output
     provenance = json.loads(stats.read_text())["provenance"]
     assert provenance["context_lookup"] == {"min_match": 1, "max_match": 3}
-    from treeopt.calibrate import heads_fingerprint
+    from treeopt.calibration import heads_fingerprint
 
     assert provenance["heads_sha256"] == heads_fingerprint(heads) != heads_fingerprint(tiny_folder / "heads")
     assert invoke("build", stats, "--budget", 4, "--out", tree).exit_code == 0
@@ -488,3 +489,65 @@ def test_generate_samples_with_a_seed(tiny_folder):
     assert all(r.exit_code == 0 for r in runs) and texts[0] == texts[1] != texts[2]
     a = runs[0]
     assert "sample acceptance" in a.output
+
+
+def test_calibrate_for_an_engine_then_build_and_export_without_warnings(tiny_folder, tmp_path):
+    """Plain heads calibrated as TensorRT-LLM runs them export silently; the same heads with a context lookup and a
+    draft vocabulary, calibrated as treeopt runs them, export with a warning naming both; sequential heads are refused
+    by --engine in one line, and nothing is written."""
+    import shutil
+
+    from conftest import tiny_heads
+    from transformers import AutoModelForCausalLM
+
+    model, prompts = tiny_folder / "model", tiny_folder / "prompts.jsonl"
+    stats, tree, report = tmp_path / "trt.json", tmp_path / "trt_tree.json", tmp_path / "r.json"
+    r = invoke("calibrate", "--model", model, "--heads", tiny_folder / "heads", "--prompts", prompts, "--max-new-tokens", 24,
+               "--topk", 4, "--engine", "trtllm", "--out", stats)
+    assert r.exit_code == 0, r.output
+    provenance = json.loads(stats.read_text())["provenance"]
+    assert provenance["engine"] == "trtllm" and provenance["head_kind"] == "plain" and provenance["draft_vocab"] is None
+    r = invoke("build", stats, "--budget", 5, "--for", "trtllm", "--out", tree)
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    r = invoke("export", tree, "--format", "trtllm-llmapi", "--out", tmp_path / "t.yaml")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    # bench as the engine runs the heads: lossless, and the replay of the engine's stats is what it measures
+    r = invoke("bench", "--model", model, "--heads", tiny_folder / "heads", "--tree", tree, "--prompts", prompts,
+               "--max-new-tokens", 24, "--engine", "trtllm", "--json", report)
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    out = json.loads(report.read_text())
+    assert out["identical"] == 1.0 and out["draft_vocab"] is None
+    from treeopt.stats import load_stats, replay_steps
+
+    assert replay_steps(load_stats(stats), [tuple(p) for p in json.loads(tree.read_text())["paths"]]) == (
+        sum(p["new_tokens"] for p in out["per_prompt"]), sum(p["steps"] for p in out["per_prompt"]))
+    # the same tree benched as treeopt runs the heads: another engine, a warning
+    r = invoke("bench", "--model", model, "--heads", tiny_folder / "heads", "--tree", tree, "--prompts", prompts, "--select", "0:1",
+               "--max-new-tokens", 8)
+    assert r.exit_code == 0 and "'engine': 'trtllm'" in r.output
+
+    # heads with a lookup and a draft vocabulary, calibrated as treeopt runs them: export names what the engine lacks
+    lookup = tmp_path / "lookup_heads"
+    shutil.copytree(tiny_folder / "heads", lookup)
+    config = json.loads((lookup / "config.json").read_text())
+    (lookup / "config.json").write_text(json.dumps({**config, "medusa_context_lookup": {"min_match": 1, "max_match": 3}}))
+    (lookup / "draft_vocab.json").write_text(json.dumps({"format": "medusa-draft-vocab", "version": 1, "tokens": list(range(1, 64, 2))}))
+    ours, ours_tree = tmp_path / "ours.json", tmp_path / "ours_tree.json"
+    assert invoke("calibrate", "--model", model, "--heads", lookup, "--prompts", prompts, "--max-new-tokens", 12, "--topk", 4,
+                  "--out", ours).exit_code == 0
+    r = invoke("build", ours, "--budget", 5, "--for", "trtllm", "--out", ours_tree)
+    assert r.exit_code == 0 and "TensorRT-LLM runs plain Medusa heads" in r.output
+    r = invoke("export", ours_tree, "--format", "trtllm-llmapi")
+    assert r.exit_code == 0 and "context lookup" in r.output and "draft vocabulary of 32 tokens" in r.output
+    assert "--engine trtllm" in r.output
+    r = invoke("build", ours, "--budget", 5, "--for", "medusa", "--out", tmp_path / "m.json")
+    assert r.exit_code == 0 and "upstream Medusa runs plain Medusa heads" in r.output
+    assert "warning" not in invoke("export", ours_tree, "--format", "json").output  # the spec itself: no engine
+
+    # sequential heads: the engine cannot run them
+    seq = tmp_path / "seq_heads"
+    tiny_heads(AutoModelForCausalLM.from_pretrained(model), sequential=True).save(seq)
+    r = invoke("calibrate", "--model", model, "--heads", seq, "--prompts", prompts, "--engine", "trtllm", "--out", tmp_path / "no.json")
+    assert r.exit_code == 2 and not (tmp_path / "no.json").exists()
+    error = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "sequential heads" in error[0] and "--kind plain" in error[0]

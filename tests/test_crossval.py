@@ -1,4 +1,4 @@
-"""Cross-validation over prompts (crossval.py), the shrunk objective and gap-free trees (build.py),
+"""Cross-validation over prompts (crossval.py), the shrunk objective and gap-free trees (builder.py),
 and the designed spec's predictions (design.py)."""
 
 import itertools
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_build import all_valid_trees, random_stats
-from treeopt.build import build_tree, path_probability_fn
+from test_builder import all_valid_trees, random_stats
+from treeopt.builder import build_tree, path_probability_fn
 from treeopt.crossval import CrossValidationError, bootstrap_interval, cross_validate, prompt_folds
 from treeopt.design import TreeRequest, design_tree
 from treeopt.evaluate import evaluate_tree

@@ -118,16 +118,22 @@ def test_batched_rows_stop_independently_at_eos():
 
 
 def test_finished_rows_leave_the_batch():
+    """A row that ends (at EOS, mid-answer) leaves the batch and its cache row at once; the other goes on alone."""
     model = MODELS["llama"]
     decoder = MedusaDecoder(model, HEADS["llama"], TreeSpec([(0,), (1,), (0, 0)]), eos_token_ids=[])
+    free = [hf_greedy(model, p, 12, []) for p in ([4, 5], [6, 7, 8])]
+    eos = next(t for t in free[0][2:8] if t not in free[1])  # ends the first row early, never the second
+    decoder.eos = {eos}
     sizes = []
     real_step = decoder.step
     decoder.step = lambda state, oracles=None: (sizes.append((state.batch_size, state.cache.layers[0].keys.shape[0])), real_step(state, oracles))[1]
     results = decoder.generate_batch([[4, 5], [6, 7, 8]], 12)
-    assert len(results[0].tokens) == len(results[1].tokens) == 12
+    assert results[0].tokens == free[0][: free[0].index(eos) + 1] and results[1].tokens == free[1]
     assert all(b == cache_rows for b, cache_rows in sizes)  # the cache holds exactly the live rows
-    short = decoder.generate_batch([[4, 5], [6, 7, 8]], 3)  # both rows end together: still correct
-    assert [r.tokens for r in short] == [r.tokens[:3] for r in results]
+    assert sizes[0] == (2, 2) and sizes[-1] == (1, 1)  # both rows at first, the second alone at the end
+    assert sum(b for b, _ in sizes) == results[0].steps - 1 + results[1].steps - 1  # a finished row costs no step
+    short = decoder.generate_batch([[4, 5], [6, 7, 8]], 2)  # both rows end together: still correct
+    assert [r.tokens for r in short] == [free[0][:2], free[1][:2]]
 
 
 def test_batched_typical_acceptance_is_seeded_and_per_row():

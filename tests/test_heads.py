@@ -69,8 +69,14 @@ def test_head_count_comes_from_the_keys_not_the_config(tmp_path, model):
 
 def test_pt_checkpoint_loads_weights_only(tmp_path, model):
     heads = tiny_heads(model, num_heads=2)
-    torch.save(heads.heads.state_dict(), tmp_path / "medusa_lm_head.pt")
-    assert load_heads(tmp_path, model).num_heads == 2
+    saved = heads.heads.state_dict()
+    torch.save(saved, tmp_path / "medusa_lm_head.pt")
+    loaded = load_heads(tmp_path, model)
+    assert loaded.num_heads == 2
+    assert set(loaded.checkpoint_state()) == set(saved)
+    assert all(torch.equal(loaded.checkpoint_state()[key], tensor) for key, tensor in saved.items())  # every weight, exactly
+    h = torch.randn(3, model.config.hidden_size)
+    assert torch.equal(loaded.candidates(h, 4), heads.candidates(h, 4))
 
 
 def test_pickle_that_runs_code_is_refused(tmp_path, model):
@@ -144,12 +150,28 @@ def test_first_heads_only(model, shared):
     assert heads(h[0], 1).shape == (1, model.config.vocab_size)
 
 
+def medusa_logits_by_hand(heads, model, h: torch.Tensor) -> torch.Tensor:
+    """Upstream Medusa's maths from the raw weights: x = h + SiLU(W h + b) per ResBlock, then the head's own lm_head
+    (v1) or the base one (v2). h [B, H] -> [B, K, V]."""
+    out = []
+    for i in range(heads.num_heads):
+        state = {k.split(".", 1)[1]: v for k, v in heads.checkpoint_state().items() if k.split(".")[0] == str(i)}
+        x = h
+        for j in range(heads.config.num_layers):
+            x = x + F.silu(x @ state[f"{j}.linear.weight"].T + state[f"{j}.linear.bias"])
+        lm = state.get(f"{heads.config.num_layers}.weight", model.get_output_embeddings().weight)
+        out.append(x @ lm.T)
+    return torch.stack(out, dim=1)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_candidates_are_the_full_topk_without_a_draft_vocab(model, shared):
     heads = tiny_heads(model, num_heads=3, shared=shared)
     h = torch.randn(4, model.config.hidden_size)
-    assert torch.equal(heads.candidates(h, 5), heads(h).topk(5, dim=-1).indices)
-    assert torch.equal(heads.candidates(h[0], 3, num_heads=2), heads(h[0], 2).topk(3, dim=-1).indices)
+    expected = medusa_logits_by_hand(heads, model, h)  # [4, 3, V]
+    assert torch.allclose(heads(h), expected, atol=1e-5)
+    assert torch.equal(heads.candidates(h, 5), expected.topk(5, dim=-1).indices)
+    assert torch.equal(heads.candidates(h[:1], 3, num_heads=2), expected[:1, :2].topk(3, dim=-1).indices)
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -309,3 +331,29 @@ def test_prefix_attention_round_trip_and_errors(tmp_path, model):
     heads.save(tmp_path)
     with pytest.raises(HeadsFormatError, match=r"missing keys \['prefix.down.weight'\]"):
         load_heads(without_weights(tmp_path, "prefix.down.weight"), model)
+
+
+def test_engine_view_runs_the_same_weights_as_an_engine_does():
+    """The engine view ranks the whole vocabulary with the heads' own layers and reads no lookup and no prefix layer;
+    the heads it came from keep all of theirs."""
+    import torch
+
+    from medusa_runtime.heads import EngineError
+    from medusa_runtime.lookup import ContextLookup
+
+    model = tiny_model()
+    heads = tiny_heads(model, lookup=ContextLookup(1, 3), prefix=True)
+    heads.set_draft_vocab(list(range(0, 64, 2)))
+    view = heads.engine_view("trtllm")
+    assert view.draft_vocab is None and view.config.context_lookup is None and view.prefix is None
+    assert heads.draft_vocab is not None and heads.config.context_lookup is not None and heads.prefix is not None
+    h = torch.randn(3, model.config.hidden_size)
+    # an independent computation of what an engine ranks: each head's layers, then the base lm_head, over all tokens
+    expected = torch.stack([model.get_output_embeddings()(head(h)) for head in heads.heads], dim=-2)  # [3, K, V]
+    assert torch.allclose(view.guess_logits(h), expected, atol=1e-5)
+    assert torch.equal(view.candidates(h, 5), expected.topk(5, dim=-1).indices)
+    assert view.candidates(h, 5).max() > 1 and (view.candidates(h, 5) % 2 == 1).any()  # odd tokens: outside the draft vocabulary
+    with pytest.raises(EngineError, match="sequential heads.*--kind plain"):
+        tiny_heads(model, sequential=True).engine_view("medusa")
+    with pytest.raises(EngineError, match="--engine 'vllm'"):
+        heads.engine_view("vllm")

@@ -13,7 +13,7 @@ from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import HeadsFormatError, load_heads
 from medusa_runtime.lookup import ContextIndex, ContextLookup, merge, propose
 from medusa_runtime.spec import chain_tree
-from treeopt.calibrate import calibrate
+from treeopt.calibration import calibrate
 
 
 def plain_proposal(seq: list[int], lookup: ContextLookup) -> int:

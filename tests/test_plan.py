@@ -2,7 +2,9 @@
 
 import pytest
 
-from treeopt.plan import BatchLatency, continuous_tokens_per_s, static_tokens_per_s
+from treeopt.design import TreeRequest
+from treeopt.plan import BatchLatency, continuous_tokens_per_s, plan_batches, static_tokens_per_s
+from treeopt.stats import CalibrationStats
 from treeopt.tuning import LatencyProfile
 
 
@@ -45,3 +47,30 @@ def test_groupings_are_deterministic():
     lat = BatchLatency({1: profile(1, 10.0, {3: 13.0}), 4: profile(4, 14.0, {3: 30.0})})
     prompts = [(20 + i, 10 + i % 7, None) for i in range(13)]
     assert static_tokens_per_s(prompts, 4, 3, lat) == static_tokens_per_s(prompts, 4, 3, lat)
+
+
+def test_a_batch_is_filled_up_with_the_first_prompts_again():
+    lat = BatchLatency({1: profile(1, 10.0, {2: 10.0}), 2: profile(2, 20.0, {2: 20.0})})
+    # three prompts at batch size 2: batches (a, b) and (c, a), whatever the shuffle puts first
+    a, b, c = (6, 3, None), (6, 3, None), (4, 4, None)
+    # (a, b): 3 steps of 2 rows; (c, a) or (c, b): 3 steps of 2 rows, then 1 of 1 row; tokens 12 + 10
+    assert static_tokens_per_s([a, b, c], 2, 2, lat, groupings=1) == pytest.approx(22 / ((3 * 20 + 3 * 20 + 1 * 10) / 1000))
+
+
+def test_plan_batches_by_hand():
+    """One head, always right: the 2-node tree makes 9 tokens in 5 steps (1.8 tokens/step), plain decoding in 9.
+    Continuous batches at B=1: 1.8 * 1000 / 12 ms = 150 tok/s against 1000 / 10 ms = 100: Medusa, 1.5x.
+    At B=4: 4 * 1.8 * 1000 / 40 ms = 180 against 4 * 1000 / 20 ms = 200: plain decoding, so Medusa is off from 4 on.
+    Static batches: at B=1 each prompt alone (9 tokens in 5 steps of 12 ms against 9 of 10 ms), at B=4 both prompts
+    twice (36 tokens in 5 steps of 40 ms against 9 of 20 ms): the same rates, the same verdict."""
+    stats = CalibrationStats(1, 1, [[[0]] * 9, [[0]] * 9], [9, 9])
+    latencies = {1: profile(1, 10.0, {2: 12.0}), 4: profile(4, 20.0, {2: 40.0})}
+    for batching, rates in (("continuous", {1: (150.0, 100.0), 4: (180.0, 200.0)}),
+                            ("static", {1: (18 / 0.12, 18 / 0.18), 4: (36 / 0.2, 36 / 0.18)})):
+        plan = plan_batches(stats, latencies, TreeRequest(None, folds=0), batching)
+        assert [(r.batch_size, r.nodes) for r in plan.rows] == [(1, 2), (4, 1)]
+        assert plan.rows[0].tokens_per_step == pytest.approx(1.8)
+        assert plan.rows[0].tokens_per_s == pytest.approx(rates[1][0]) and plan.rows[0].plain_tokens_per_s == pytest.approx(rates[1][1])
+        assert plan.rows[1].tokens_per_s == pytest.approx(rates[4][1])  # plain decoding is the plan at B=4
+        assert plan.rows[0].speedup == pytest.approx(rates[1][0] / rates[1][1], abs=1e-4)
+        assert plan.switch_off_batch_size == 4

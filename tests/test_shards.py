@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from treeopt.calibrate import ROLLOUT_BATCH, ShardError, parse_shard, shard_prompts
+from treeopt.calibration import ROLLOUT_BATCH, ShardError, parse_shard, shard_prompts
 from treeopt.cli import app
 from treeopt.stats import CalibrationStats, StatsError, load_stats, merge_shards
 

@@ -105,52 +105,44 @@ def test_training_on_the_teacher_distribution_learns_the_greedy_tokens(data, tmp
     assert after["top1"][0] > before["top1"][0] + 0.1
 
 
-def test_resume_continues_from_the_saved_step(data, tmp_path):
-    model, features = data
-    cfg = TrainConfig(num_heads=2, epochs=2, batch_size=64, lr=1e-2)
-    weight = model.get_output_embeddings().weight
-    full = fresh_heads(model)
-    train_heads(full, features, cfg, tmp_path / "full.pt", weight, progress=False)
-    total = torch.load(tmp_path / "full.pt", weights_only=True)["step"]
-    # an interrupted run: fake it by saving a state at the end of epoch 1 with a shorter config, then resuming
-    half = fresh_heads(model)
-    short = TrainConfig(num_heads=2, epochs=1, batch_size=64, lr=1e-2)
-    train_heads(half, features, short, tmp_path / "half.pt", weight, progress=False)
-    state = torch.load(tmp_path / "half.pt", weights_only=True)
-    assert 0 < state["step"] < total
-    with pytest.raises(TrainError, match="different configuration"):
-        train_heads(fresh_heads(model), features, cfg, tmp_path / "half.pt", weight, progress=False)
-
-
-def test_resume_reproduces_an_uninterrupted_run(data, tmp_path, monkeypatch):
+def test_resume_continues_from_the_saved_step_and_reproduces_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    """A run killed right after its first checkpoint resumes at that step: it runs only the steps left, and ends
+    where an uninterrupted run ends. A checkpoint of another configuration is refused."""
     model, features = data
     cfg = TrainConfig(num_heads=2, epochs=2, batch_size=32, lr=1e-2)
     weight = model.get_output_embeddings().weight
     straight = fresh_heads(model)
-    train_heads(straight, features, cfg, tmp_path / "a.pt", weight, progress=False)
+    full = train_heads(straight, features, cfg, tmp_path / "a.pt", weight, progress=False)
+    assert full["resumed_from"] == 0 and full["steps_run"] == full["steps"]
 
     import treeopt.train_heads as th
 
     class Stop(Exception):
         pass
 
-    calls = {"n": 0}
     real_save = torch.save
+    saves = []
 
-    def save_then_stop(obj, path):  # interrupt right after the first checkpoint
+    def save_then_stop(obj, path):  # the process dies while writing its second checkpoint: the first one is in place
+        saves.append(obj["step"])
+        if len(saves) == 2:
+            raise Stop
         real_save(obj, path)
-        calls["n"] += 1
-        raise Stop
 
     monkeypatch.setattr(th.torch, "save", save_then_stop)
     monkeypatch.setattr(th, "CHECKPOINT_EVERY", 5)
     with pytest.raises(Stop):
         train_heads(fresh_heads(model), features, cfg, tmp_path / "b.pt", weight, progress=False)
     monkeypatch.setattr(th.torch, "save", real_save)
+    assert saves == [5, 10] and torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 5
     resumed = fresh_heads(model)
-    train_heads(resumed, features, cfg, tmp_path / "b.pt", weight, progress=False)
+    result = train_heads(resumed, features, cfg, tmp_path / "b.pt", weight, progress=False)
+    assert result["resumed_from"] == 5 and result["steps_run"] == full["steps"] - 5  # counted, not assumed
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
+    short = TrainConfig(num_heads=2, epochs=1, batch_size=32, lr=1e-2)
+    with pytest.raises(TrainError, match="different configuration"):
+        train_heads(fresh_heads(model), features, short, tmp_path / "b.pt", weight, progress=False)
 
 
 def test_bad_inputs(tmp_path):

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from conftest import loaded_tiny, tiny_model, trained_tiny_heads
-from treeopt.calibrate import calibrate
+from treeopt.calibration import calibrate
 from treeopt.tune import TuneSpace, best_tree, run_study
 
 URL = os.environ.get("TREEOPT_TEST_POSTGRES_URL")

@@ -17,7 +17,7 @@ import typer
 from medusa_runtime.files import write_text_atomic
 from medusa_runtime.sampling import ACCEPTANCE_RULES, SamplingConfig, SamplingError
 
-from .build import DEFAULT_OBJECTIVE
+from .builder import DEFAULT_OBJECTIVE
 from .crossval import DEFAULT_FOLDS
 from .design import DEFAULT_MAX_BUDGET
 from .plan import BATCHING, DEFAULT_BATCHING
@@ -42,6 +42,10 @@ TemperatureOpt = typer.Option(0.0, "--temperature", help="0: greedy; > 0: sample
 TopKOpt = typer.Option(0, "--top-k", help="with --temperature > 0: sample from the k most likely tokens (0: all)")
 TopPOpt = typer.Option(1.0, "--top-p", help="with --temperature > 0: sample from the most likely tokens holding this mass (1: all)")
 SeedOpt = typer.Option(0, "--seed", help="keys the draws: a seed and a prompt fix the text")
+ThresholdOpt = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon")
+AlphaOpt = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta")
+EngineOpt = typer.Option(None, "--engine", help="medusa | trtllm: run the heads as that engine does (plain heads, whole "
+                         "vocabulary, no context lookup, no prefix attention); default: as treeopt's runtime runs them")
 AcceptanceOpt = typer.Option(None, "--acceptance", help=f"{' | '.join(ACCEPTANCE_RULES)}: default greedy at temperature 0, "
                              "sample (sample-and-match, lossless) above; typical is upstream Medusa's, lossy")
 
@@ -99,9 +103,13 @@ def resolve_heads_path(model: str, heads: Optional[str]) -> Optional[Path]:
     return default if default is not None and default.exists() else None
 
 
-def load_everything(model: str, heads: Optional[str], dtype: str, device: str, need_heads: bool = False):
-    """Model + heads, with errors turned into CLI messages."""
-    from medusa_runtime.heads import HeadsFormatError, load_heads
+def load_everything(model: str, heads: Optional[str], dtype: str, device: str, need_heads: bool = False,
+                    engine: Optional[str] = None):
+    """Model + heads (as ``engine`` runs them, when given), with errors turned into CLI messages."""
+    from medusa_runtime.heads import ENGINES, EngineError, HeadsFormatError, load_heads
+
+    if engine is not None and engine not in ENGINES:
+        fail(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
     from medusa_runtime.models import load_model
 
     try:
@@ -114,8 +122,9 @@ def load_everything(model: str, heads: Optional[str], dtype: str, device: str, n
             fail(f"no Medusa heads for --model {model}: pass --heads DIR (train some with 'treeopt train-heads')")
         return loaded, None, None
     try:
-        return loaded, load_heads(heads_path, loaded.model), str(heads_path)
-    except HeadsFormatError as err:
+        medusa_heads = load_heads(heads_path, loaded.model)
+        return loaded, medusa_heads if engine is None else medusa_heads.engine_view(engine), str(heads_path)
+    except (HeadsFormatError, EngineError) as err:
         fail(str(err))
 
 
@@ -130,23 +139,26 @@ def load_tree_or_fail(tree: Optional[Path], num_heads: Optional[int]):
         fail(str(err))
 
 
-def warn_if_built_for_other_heads(spec, model: str, heads_path: Optional[str], where: str) -> None:
-    """A tree built from stats of another model or other heads still runs, but its prediction is off."""
-    from .calibrate import heads_fingerprint
+def warn_if_built_for_other_heads(spec, model: str, heads_path: Optional[str], where: str, engine: Optional[str] = None) -> None:
+    """A tree built from stats of another model, other heads or the heads run another way (``--engine``) still runs,
+    but its prediction is off."""
+    from .calibration import heads_fingerprint
 
     built_for = spec.meta.get("stats_provenance") or {}
     if not built_for or heads_path is None:
         return
-    now = {"model": model, "heads_sha256": heads_fingerprint(heads_path)}
-    then = {"model": built_for.get("model"), "heads_sha256": built_for.get("heads_sha256")}
+    now = {"model": model, "heads_sha256": heads_fingerprint(heads_path), "engine": engine}
+    then = {"model": built_for.get("model"), "heads_sha256": built_for.get("heads_sha256"), "engine": built_for.get("engine")}
     if now != then:
         typer.secho(f"warning: {where} was built from stats of {then} but runs with {now}; its predicted "
                     f"tokens/step does not apply (re-run calibrate and build for these heads)", fg=typer.colors.YELLOW, err=True)
 
 
-def load_runtime(model: str, heads: Optional[str], tree: Optional[Path], oracle: bool, dtype: str, device: str):
-    """Model, heads (none needed with --oracle), and a tree checked against the heads."""
-    loaded, medusa_heads, heads_path = load_everything(model, None if oracle and heads is None else heads, dtype, device)
+def load_runtime(model: str, heads: Optional[str], tree: Optional[Path], oracle: bool, dtype: str, device: str,
+                 engine: Optional[str] = None):
+    """Model, heads (none needed with --oracle; as ``engine`` runs them, when given), and a tree checked against them."""
+    loaded, medusa_heads, heads_path = load_everything(model, None if oracle and heads is None else heads, dtype, device,
+                                                       engine=None if oracle else engine)
     spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
     if spec.paths and medusa_heads is None and not oracle:
         fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
@@ -183,8 +195,8 @@ def generate(
     top_p: float = TopPOpt,
     seed: int = SeedOpt,
     acceptance: Optional[str] = AcceptanceOpt,
-    posterior_threshold: float = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon"),
-    posterior_alpha: float = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta"),
+    posterior_threshold: float = ThresholdOpt,
+    posterior_alpha: float = AlphaOpt,
     oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own run (greedy, or keyed sampling): a ceiling"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -227,7 +239,7 @@ def bench(
     model: str = ModelOpt,
     heads: Optional[str] = HeadsOpt,
     tree: Optional[Path] = typer.Option(None, "--tree", help="tree spec JSON (default: plain decoding, the empty tree)"),
-    oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own greedy run: the tree's ceiling"),
+    oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own run (greedy, or keyed sampling): a ceiling"),
     prompts: str = PromptsOpt,
     select: Optional[str] = SelectOpt,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
@@ -236,11 +248,12 @@ def bench(
     top_p: float = TopPOpt,
     seed: int = SeedOpt,
     acceptance: Optional[str] = AcceptanceOpt,
-    posterior_threshold: float = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon"),
-    posterior_alpha: float = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta"),
+    posterior_threshold: float = ThresholdOpt,
+    posterior_alpha: float = AlphaOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
     batch_size: int = typer.Option(1, "--batch-size", help="prompts decoded together, by both HF generate (left-padded) "
                                    "and the runtime; the last batch is filled up with the first prompts again"),
+    engine: Optional[str] = EngineOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -252,8 +265,8 @@ def bench(
     if batch_size < 1:
         fail(f"--batch-size {batch_size}: use an integer >= 1")
     sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance, posterior_threshold, posterior_alpha)
-    loaded, medusa_heads, heads_path, spec = load_runtime(model, heads, tree, oracle, dtype, device)
-    warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree))
+    loaded, medusa_heads, heads_path, spec = load_runtime(model, heads, tree, oracle, dtype, device, engine)
+    warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree), engine)
     if not oracle:
         warn_if_calibrated_for_other_sampling(spec, sampling, str(tree))
     planned_for = spec.meta.get("batch_size") if spec.meta.get("budget_auto") else None
@@ -380,12 +393,13 @@ def calibrate(
     seed: int = SeedOpt,
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: calibrate only shard I of N (numbered from 0); "
                                         "merge the N outputs with 'treeopt merge-stats'"),
+    engine: Optional[str] = EngineOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Roll out the base model (greedy, or sampled at --temperature) and measure each head's rank-r accuracy and the
     joint path statistics."""
-    from .calibrate import ROLLOUT_BATCH, ShardError, calibrate as run_calibration, parse_shard, shard_prompts, stats_provenance
+    from .calibration import ROLLOUT_BATCH, ShardError, calibrate as run_calibration, parse_shard, shard_prompts, stats_provenance
 
     if topk < 1:
         fail(f"--topk {topk}: must be >= 1")
@@ -394,9 +408,9 @@ def calibrate(
         shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
     except ShardError as err:
         fail(str(err))
-    loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
+    loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True, engine=engine)
     ids = load_prompt_ids(loaded, prompts, select)
-    provenance = stats_provenance(medusa_heads, heads_path, prompts, select, len(ids), sampling, command_line())
+    provenance = stats_provenance(medusa_heads, heads_path, prompts, select, len(ids), sampling, command_line(), engine)
     indices = list(range(len(ids)))
     if shard:
         indices = shard_prompts(len(ids), shard_index, shard_count)
@@ -468,10 +482,12 @@ def build(
     batching: str = BatchingOpt,
 ):
     """Build the tree that maximises expected accepted tokens per step (provably optimal for its budget)."""
-    from .build import BuildError
+    from .builder import BuildError
     from .design import TreeRequest, design_tree
 
     stats = load_stats_or_fail(stats_file)
+    if target is not None:
+        warn_for_engine(str(stats_file), stats.provenance, target)
     auto = budget.strip().lower() == "auto"
     if batch_size < 1:
         fail(f"--batch-size {batch_size}: use an integer >= 1")
@@ -571,7 +587,7 @@ def evaluate(
 ):
     """Predicted tokens/step of any tree on any calibration stats: in-sample replay (exact, no independence
     assumption), its range over prompt sets, and the cross-validated figure of a tree built from these stats."""
-    from .build import BuildError
+    from .builder import BuildError
     from .evaluate import evaluate_tree
 
     stats = load_stats_or_fail(stats_file)
@@ -619,7 +635,7 @@ def show(
     spec = load_any_tree(tree)
     probabilities = None
     if stats_file is not None:
-        from .build import path_probability_fn
+        from .builder import path_probability_fn
 
         prob = path_probability_fn(load_stats_or_fail(stats_file), "empirical")
         probabilities = {p: prob(p) for p in spec.paths}
@@ -649,17 +665,7 @@ def export(
     from .formats import export_tree
 
     spec = load_any_tree(tree)
-    provenance = spec.meta.get("stats_provenance") or {}
-    # (provenance key, what it is, the heads' config field: lookup.CONFIG_KEY, prefix.CONFIG_KEY, written out because
-    # export must not import torch); engines run Medusa heads with none of them
-    found = [(f"{name} ({provenance[key]})", field) for key, name, field in
-             (("context_lookup", "context lookup", "medusa_context_lookup"),
-              ("prefix_attention", "prefix attention", "medusa_prefix_attention")) if provenance.get(key)]
-    if found and fmt != "json":
-        typer.secho(f"warning: {tree} was built from stats of heads with {', '.join(said for said, _ in found)}; engines run "
-                    f"Medusa heads without {'them' if len(found) > 1 else 'it'}, so this tree's predicted tokens/step does not "
-                    f"apply there: calibrate the heads the engine runs (a heads folder without "
-                    f"{' or '.join(repr(field) for _, field in found)}) and build again", fg=typer.colors.YELLOW, err=True)
+    warn_for_engine(str(tree), spec.meta.get("stats_provenance") or {}, fmt)
     try:
         text = export_tree(spec, fmt, num_heads=num_heads, max_draft_len=max_draft_len, name=name, where=str(tree))
     except TreeSpecError as err:
@@ -669,6 +675,16 @@ def export(
         return
     write_output(out, text)
     typer.echo(f"{fmt}: {spec.nodes}-node tree (depth {spec.depth}) written to {out}")
+
+
+def warn_for_engine(where: str, provenance: dict, fmt_or_target: str) -> None:
+    """Warn when the stats behind a tree measured heads run otherwise than the target engine runs them."""
+    from .formats import BUILD_TARGETS, FORMATS, mismatch_warning
+
+    target = fmt_or_target if fmt_or_target in BUILD_TARGETS else getattr(FORMATS.get(fmt_or_target), "target", None)
+    warning = mismatch_warning(where, provenance, target) if target is not None else None
+    if warning:
+        typer.secho(warning, fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("import")
@@ -774,7 +790,7 @@ def tune(
     from medusa_runtime.files import one_line
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .calibrate import calibrate as run_calibration, stats_provenance
+    from .calibration import calibrate as run_calibration, stats_provenance
     from .tune import TuneSpace, best_tree, run_study, tuned_sampling
 
     if trials < 1:
@@ -870,7 +886,7 @@ def plan(
 ):
     """For each profiled batch size: the tree size with the best predicted tokens/s, its speedup over plain
     decoding at that batch size, and the batch size from which plain decoding wins."""
-    from .build import BuildError
+    from .builder import BuildError
     from .design import TreeRequest
     from .plan import plan_batches
 
@@ -919,7 +935,7 @@ def sweep(
     at one or more batch sizes, at the sampling settings the stats were calibrated at."""
     from medusa_runtime.spec import TreeSpec
 
-    from .build import BuildError
+    from .builder import BuildError
     from .design import TreeRequest, design_tree
     from .plan import BatchLatency, budget_tokens_per_s, plan_batches, planned_tree
     from .sweep import format_sweep, rows_json, run_sweep

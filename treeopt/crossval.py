@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .build import BuildError, build_tree
+from .builder import BuildError, build_tree
 from .stats import CalibrationStats, replay_per_prompt, subset
 
 DEFAULT_FOLDS = 5

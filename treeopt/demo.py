@@ -45,7 +45,7 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     from medusa_runtime.prompts import render_chat, select_prompts
 
     from .design import TreeRequest, design_tree
-    from .calibrate import calibrate, heads_fingerprint, stats_provenance
+    from .calibration import calibrate, heads_fingerprint, stats_provenance
     from .profile import profile_latency
     from .stats import load_stats
     from .tuning import load_latency

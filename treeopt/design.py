@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from medusa_runtime.spec import TreeSpec
 
-from .build import DEFAULT_OBJECTIVE, BuildError, BuiltTree, build_tree, curve_points
+from .builder import DEFAULT_OBJECTIVE, BuildError, BuiltTree, build_tree, curve_points
 from .crossval import DEFAULT_FOLDS, CrossValidation, cross_validate, live_prompts
 from .stats import CalibrationStats, replay_per_prompt, replay_tokens_per_step
 from .tuning import BudgetChoice, LatencyProfile, choose_budget
@@ -129,6 +129,14 @@ def design_tree(stats: CalibrationStats, request: TreeRequest, latency: LatencyP
                           "predicted_speedup": round(choice.speedup, 4),
                           "predicted_tokens_per_s": round(choice.tokens_per_s, 3), "throughput_curve": choice.rows})
     return DesignedTree(TreeSpec(paths, spec_meta), curve, choice, per_prompt)
+
+
+def build(stats: CalibrationStats, budget: int | None, *, objective: str = DEFAULT_OBJECTIVE, target: str | None = None,
+          max_depth: int | None = None, max_children: int | None = None, folds: int = DEFAULT_FOLDS,
+          latency: LatencyProfile | None = None) -> TreeSpec:
+    """The tree ``treeopt build`` writes: ``budget`` paths (nodes - 1), or None with ``latency`` for the size with the
+    best predicted tokens/s; ``target`` ("medusa" | "trtllm") builds only trees that engine runs as they are."""
+    return design_tree(stats, TreeRequest(budget, objective, max_depth, max_children, target, folds), latency).spec
 
 
 def cv_summary(cv: CrossValidation | None, n: int) -> dict | None:

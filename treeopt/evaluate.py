@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from medusa_runtime.spec import TreeSpec
 
-from .build import OBJECTIVES, path_probability_fn
+from .builder import OBJECTIVES, path_probability_fn
 from .crossval import bootstrap_interval, cross_validate, live_prompts
 from .stats import CalibrationStats, replay_per_prompt
 

@@ -63,6 +63,35 @@ BUILD_TARGETS = {
                            max_depth=16),  # a path is packed in a uint64, 4 bits per rank
 }
 
+def calibration_mismatches(provenance: dict, target: str) -> list[str]:
+    """What the stats behind a tree measured that ``target``'s engine does not run (empty: the prediction applies there).
+    Engines run plain Medusa heads over the whole vocabulary: no draft vocabulary, no context lookup, no prefix
+    attention. Stats that say nothing of a field are taken to agree (older stats, trees without provenance)."""
+    found = []
+    engine = provenance.get("engine")
+    if engine is not None and engine != target:
+        found.append(f"the heads as {BUILD_TARGETS[engine].name if engine in BUILD_TARGETS else engine} runs them")
+    if provenance.get("head_kind") not in (None, "plain"):
+        found.append(f"{provenance['head_kind']} heads")
+    if provenance.get("context_lookup"):
+        found.append("context lookup")
+    if provenance.get("prefix_attention"):
+        found.append("prefix attention")
+    if provenance.get("draft_vocab"):
+        found.append(f"a draft vocabulary of {provenance['draft_vocab']} tokens")
+    return found
+
+
+def mismatch_warning(where: str, provenance: dict, target: str) -> str | None:
+    """One line for ``export`` and ``build --for``, or None when the stats measured what the engine runs."""
+    found = calibration_mismatches(provenance, target)
+    if not found:
+        return None
+    return (f"warning: {where} comes from stats of {', '.join(found)}; {BUILD_TARGETS[target].name} runs plain Medusa heads "
+            f"over the whole vocabulary with none of that, so the predicted tokens/step does not apply there: calibrate what "
+            f"it runs with 'treeopt calibrate --engine {target} --heads PLAIN_HEADS' and build again")
+
+
 TRTLLM_DEFAULT_MAX_DRAFT_LEN = 63  # examples/medusa/convert_checkpoint.py --max_draft_len default: the engine's limit
 DEFAULT_NAME = "treeopt_tree"
 

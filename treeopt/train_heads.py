@@ -399,7 +399,8 @@ def head_losses(logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tenso
 def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_path: Path,
                 lm_weight: torch.Tensor, progress: bool = True, softmax_vocab: torch.Tensor | None = None) -> dict:
     """Train ``heads`` in place; checkpoints to ``state_path`` every few hundred steps and resumes from it.
-    Returns the run's sizes (positions, softmax, steps); accuracy is the caller's (``head_accuracy``).
+    Returns the run's sizes (positions, softmax, steps; ``resumed_from``: the step a checkpoint resumed at, ``steps_run``:
+    the steps this call took); accuracy is the caller's (``head_accuracy``).
 
     ``softmax_vocab``: the tokens the heads will guess from (a draft vocabulary). With a shared lm_head the
     softmax then runs over exactly those, and targets outside them are skipped (never guessable). Without it,
@@ -449,6 +450,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         vocab = state.get("vocab", vocab)
+    start = step
     remap, sub_weight = softmax_restriction(vocab, lm_weight)
     weights = torch.tensor([cfg.head_decay ** k for k in range(cfg.num_heads)])
     heads.train()
@@ -492,7 +494,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     bar.close()
     heads.eval()
     return {"train_positions": len(train_idx), "held_out_positions": len(held_idx), "softmax_vocab": len(vocab),
-            "softmax": "draft" if fixed else "targets+negatives", "steps": total}
+            "softmax": "draft" if fixed else "targets+negatives", "steps": total, "resumed_from": start, "steps_run": step - start}
 
 
 def check_output_folder(out: Path, cfg: TrainConfig, overwrite: bool) -> None:

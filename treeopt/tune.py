@@ -17,7 +17,7 @@ import optuna
 from medusa_runtime.decoding import MedusaDecoder, SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
-from .build import OBJECTIVES, BuildError
+from .builder import OBJECTIVES, BuildError
 from .design import TreeRequest, design_tree
 from .stats import CalibrationStats
 

@@ -7,8 +7,8 @@ from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
-from treeopt.build import build_tree
-from treeopt.calibrate import calibrate
+from treeopt.builder import build_tree
+from treeopt.calibration import calibrate
 from treeopt.stats import load_stats, replay_steps
 
 PROMPTS = [[4 + i, 9 + 2 * i, 20 + i] for i in range(6)]

@@ -7,7 +7,7 @@ first (what ships), and with the datastore's proposal merged where the context h
 context), under several count/share thresholds. Prints top-1 per head, P(h2 | h1) and a 3- and 4-node chain's
 tokens per step over all positions (no step skipping: higher than a replay). Reads features only; a few minutes.
 
-    python scripts/datastore_probe.py --work runs/heads_seq4/.work --heads data/heads/smollm2-135m [--max-match 4]
+    python experiments/datastore_probe.py --work runs/heads_seq4/.work --heads data/heads/smollm2-135m [--max-match 4]
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ as calibration does) on held-out answers and on MT-Bench (``0:80``, the features
 one JSON line. Nothing it trains is kept; it decides whether a
 prefix-attention head kind, its checkpoint keys and a KV cache of its own in the runtime are worth building.
 
-    python scripts/prefix_probe.py --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 3072
-    python scripts/prefix_probe.py --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 3072 --prefix-lr 0.003
+    python experiments/prefix_probe.py --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 3072
+    python experiments/prefix_probe.py --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 3072 --prefix-lr 0.003
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from medusa_runtime.models import load_model
 from treeopt.distill import read_trajectories
 from treeopt.train_heads import Features, compute_features, softmax_targets, split_answers
 
-from probe_arms import add_common_args, arm_heads, first_answers, print_arms, top1_and_joint, train_arm  # scripts/, beside this file
+from probe_arms import add_common_args, arm_heads, first_answers, print_arms, top1_and_joint, train_arm  # experiments/, beside this file
 
 
 class PrefixLayer(nn.Module):

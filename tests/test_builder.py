@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from treeopt.build import BuildError, build_tree, path_probability_fn
+from treeopt.builder import BuildError, build_tree, path_probability_fn
 from treeopt.stats import CalibrationStats
 
 
@@ -46,12 +46,16 @@ def test_greedy_equals_brute_force(objective, seed):
 
 @pytest.mark.parametrize("objective", ["empirical", "independent"])
 def test_every_prefix_is_a_valid_tree_and_optimal(objective):
-    stats = random_stats(7, num_heads=3, topk=3)
-    built = build_tree(stats, 20, objective)
-    for n in range(1, 21):
+    """Each prefix of one build is a valid tree whose value equals brute force over every valid tree of its size."""
+    stats = random_stats(7, num_heads=3, topk=2)
+    prob = path_probability_fn(stats, objective)
+    candidates = [p for d in range(1, 4) for p in itertools.product(range(2), repeat=d)]
+    built = build_tree(stats, 9, objective)
+    for n in range(1, 10):
         head = set(built.paths[:n])
         assert all(len(p) == 1 or p[:-1] in head for p in head)
-        assert built.paths[:n] == build_tree(stats, n, objective).paths
+        best = max(sum(prob(p) for p in tree) for tree in all_valid_trees(candidates, n))
+        assert sum(prob(p) for p in built.paths[:n]) == pytest.approx(best, abs=1e-12)
 
 
 def test_ties_break_deterministically():

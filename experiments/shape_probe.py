@@ -13,7 +13,7 @@ verify cost, and are scored here along the true path of the base model's MT-Benc
 Prints 1 + P(head 1 right) + P(heads 1 and 2 right) for the chain, the fan, the oracle that picks the better of
 the two at every position, and each rule; then one JSON line.
 
-    python scripts/shape_probe.py --work runs/heads_seq4/.work --heads data/heads/smollm2-135m
+    python experiments/shape_probe.py --work runs/heads_seq4/.work --heads data/heads/smollm2-135m
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ cached) and evaluates ``--heads`` (default: the shipped heads) under each size. 
 except the feature cache, and it does not retrain: heads trained against one draft vocabulary are measured
 under others, which is the question a user choosing ``--draft-vocab`` for the runtime asks.
 
-    python scripts/draft_vocab_sizes.py --work runs/heads_v6/.work --sizes 1024,2048,3072,4096,6144,8192,16384,0
+    python experiments/draft_vocab_sizes.py --work runs/heads_v6/.work --sizes 1024,2048,3072,4096,6144,8192,16384,0
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Prints, for each file, the median prompt and answer length in tokens, how many p
 fraction of each answer's 4-grams that repeat an earlier 4-gram of the same answer (mean over answers), then one
 JSON line. Reads only token ids: no model.
 
-    python scripts/answer_stats.py runs/heads_seq2/.work/trajectories.jsonl runs/heads_seq2/.work/mtbench_trajectories.jsonl
+    python experiments/answer_stats.py runs/heads_seq2/.work/trajectories.jsonl runs/heads_seq2/.work/mtbench_trajectories.jsonl
 """
 
 from __future__ import annotations

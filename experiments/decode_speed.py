@@ -5,8 +5,8 @@ Loads ``medusa_runtime`` from the checkout given (not from the installed one), d
 and one JSON line. Run it on two checkouts back to back, e.g. before and after a change to the decoder:
 
     git worktree add /tmp/old <commit>
-    python scripts/decode_speed.py /tmp/old --tree runs/tree6.json
-    python scripts/decode_speed.py . --tree runs/tree6.json
+    python experiments/decode_speed.py /tmp/old --tree runs/tree6.json
+    python experiments/decode_speed.py . --tree runs/tree6.json
 """
 
 from __future__ import annotations

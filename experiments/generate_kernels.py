@@ -6,7 +6,7 @@ set, else the measured table) and ``stock``. Prints the median ms per token of e
 ``MEDUSA_LINEAR_KERNELS=onednn`` the first row is "oneDNN's packed kernel on every row", what the runtime ran
 before the per-machine choice (41.4 against 32.7 ms/token on the Intel VM).
 
-    MEDUSA_LINEAR_KERNELS=onednn python scripts/generate_kernels.py [--select 1:80:16]
+    MEDUSA_LINEAR_KERNELS=onednn python experiments/generate_kernels.py [--select 1:80:16]
 """
 
 from __future__ import annotations

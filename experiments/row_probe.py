@@ -13,8 +13,8 @@ prints top-1 per head and P(head 2 right | head 1 right), the true path fed to e
 held-out answers and on MT-Bench (``0:80``, 128 new tokens, the trajectories train-heads wrote), then one JSON line.
 Nothing it trains is kept.
 
-    python scripts/row_probe.py --design layers --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 2048
-    python scripts/row_probe.py --design chain --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 2048
+    python experiments/row_probe.py --design layers --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 2048
+    python experiments/row_probe.py --design chain --work runs/heads_seq2/.work --init-from runs/heads_seq2 --answers 2048
 
 The middle layers' states are cached in the work folder (``layers_<a-b-c>/``, float16).
 """
@@ -35,7 +35,7 @@ from medusa_runtime.models import load_model
 from treeopt.distill import Trajectory, read_trajectories
 from treeopt.train_heads import Features, base_hidden_states, compute_features, softmax_targets, split_answers
 
-from probe_arms import add_common_args, arm_heads, first_answers, print_arms, top1_and_joint, train_arm  # scripts/, beside this file
+from probe_arms import add_common_args, arm_heads, first_answers, print_arms, top1_and_joint, train_arm  # experiments/, beside this file
 
 
 @torch.no_grad()

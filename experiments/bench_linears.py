@@ -6,7 +6,7 @@ oneDNN's packed GEMM and MKL's packed GEMM (packed for that exact row count), th
 repeat (``layout.time_kernels``, which ``layout.measure_kernel_table`` uses on fewer weights to make the runtime's choice). Prints a table of the median ms of one pass per row count and kernel, then one JSON line. Needs no model
 download.
 
-    python scripts/bench_linears.py [--rows 1,2,3,4,5,6,8,16,32,64] [--repeats 9]
+    python experiments/bench_linears.py [--rows 1,2,3,4,5,6,8,16,32,64] [--repeats 9]
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ the draft vocabulary, as the runtime makes them; sequential heads read the true 
 written to DIR/ARM (float32, with the context lookup, ready for ``treeopt calibrate`` and ``bench``);
 otherwise nothing trained is kept.
 
-    python scripts/ab_heads.py --work runs/heads_v5/.work --answers 640 --epochs 2
-    python scripts/ab_heads.py --work runs/heads_seq/.work --answers 3200 --epochs 1 --lr 0.0005 \
+    python experiments/ab_heads.py --work runs/heads_v5/.work --answers 640 --epochs 2
+    python experiments/ab_heads.py --work runs/heads_seq/.work --answers 3200 --epochs 1 --lr 0.0005 \
         --kinds root-conditioned,sequential --init-from data/heads/smollm2-135m
-    python scripts/ab_heads.py --work runs/heads_seq4/.work --answers 3072 --epochs 1 --lr 0.0005 --batch-size 1024 \
+    python experiments/ab_heads.py --work runs/heads_seq4/.work --answers 3072 --epochs 1 --lr 0.0005 --batch-size 1024 \
         --kinds sequential,sequential+prefix --init-from runs/heads_seq4 --save runs/prefix_ab
 """
 

@@ -76,11 +76,13 @@ def heads_fingerprint(heads_path: str | Path | None) -> str | None:
 
 
 def stats_provenance(heads, heads_path: str | Path | None, prompt_source: str, select: str | None, prompts_total: int,
-                     sampling: SamplingConfig | None = None, command: str | None = None) -> dict:
+                     sampling: SamplingConfig | None = None, command: str | None = None, engine: str | None = None) -> dict:
     """What calibration stats record of where they came from: the one place ``calibrate``, ``demo`` and ``tune``
-    make it. ``export`` and ``bench`` read it to warn when a tree runs on other heads or other sampling settings."""
+    make it. ``export`` and ``bench`` read it to warn when a tree runs on other heads, another engine or other
+    sampling settings. ``engine``: the heads were run as that engine runs them (``heads`` is their engine view)."""
     config = heads.config
     provenance = {
+        "engine": engine,
         "heads": None if heads_path is None else str(heads_path), "heads_sha256": heads_fingerprint(heads_path),
         "head_kind": config.kind, "draft_vocab": None if heads.draft_vocab is None else len(heads.draft_vocab),
         "prompt_source": prompt_source, "select": select, "prompts_total": prompts_total,

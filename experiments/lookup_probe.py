@@ -5,7 +5,7 @@ rank-0 guess with and without the lookup's proposal merged in first (``medusa_ru
 runtime and calibration do), for several match lengths; prints top-1 per head, top-2 per head and
 P(head 2 right | head 1 right). Reads the features only: no decoding, a minute or two on a CPU.
 
-    python scripts/lookup_probe.py --work runs/heads_seq4/.work --heads runs/heads_seq4
+    python experiments/lookup_probe.py --work runs/heads_seq4/.work --heads runs/heads_seq4
 """
 
 from __future__ import annotations
