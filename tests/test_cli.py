@@ -95,6 +95,23 @@ def test_build_evaluate_show_export_import(stats_file, tmp_path):
         assert json.loads(back.read_text())["paths"] == spec["paths"]
 
 
+def test_show_draws_several_trees_side_by_side(stats_file, tmp_path):
+    import matplotlib.pyplot as plt
+
+    small, large = tmp_path / "small.json", tmp_path / "large.json"
+    assert invoke("build", stats_file, "--budget", 2, "--out", small).exit_code == 0
+    assert invoke("build", stats_file, "--budget", 6, "--out", large).exit_code == 0
+    assert invoke("show", small, "--png", tmp_path / "one.png").exit_code == 0
+    assert invoke("show", large, "--png", tmp_path / "two.png").exit_code == 0
+    r = invoke("show", small, large, "--png", tmp_path / "both.png")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("== ") == 2 and "root (3 nodes" in r.output and "root (7 nodes" in r.output
+    one, two, both = (plt.imread(tmp_path / f"{n}.png") for n in ("one", "two", "both"))
+    # side by side (widths follow the titles, which differ): much wider than either, as tall as the taller one
+    assert both.shape[1] > 1.5 * max(one.shape[1], two.shape[1])
+    assert both.shape[0] == max(one.shape[0], two.shape[0]) and one.shape[0] != two.shape[0]
+
+
 def test_build_errors_are_clear(stats_file, tmp_path):
     r = invoke("build", stats_file, "--budget", 100000, "--out", tmp_path / "x.json")
     assert r.exit_code == 2 and "lower --budget" in r.output

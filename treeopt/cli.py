@@ -625,25 +625,40 @@ def load_any_tree(path: Path, num_heads: Optional[int] = None):
 
 @app.command()
 def show(
-    tree: Path = typer.Argument(..., help="tree spec JSON"),
-    png: Optional[Path] = typer.Option(None, "--png", help="also draw the tree to this PNG"),
+    trees: list[Path] = typer.Argument(..., help="tree spec JSON (several: printed in turn, drawn side by side)"),
+    png: Optional[Path] = typer.Option(None, "--png", help="also draw the tree(s) to this PNG"),
     stats_file: Optional[Path] = typer.Option(None, "--stats", help="label nodes with P(path) from these stats"),
 ):
-    """Print the tree as indented text (and draw it)."""
-    from .viz import tree_png, tree_text
+    """Print trees as indented text (and draw them; several trees side by side, each titled with its settings)."""
+    from medusa_runtime.sampling import describe_settings
 
-    spec = load_any_tree(tree)
-    probabilities = None
+    from .viz import tree_figure, tree_png, tree_text, trees_png
+
+    prob = None
     if stats_file is not None:
         from .builder import path_probability_fn
 
         prob = path_probability_fn(load_stats_or_fail(stats_file), "empirical")
-        probabilities = {p: prob(p) for p in spec.paths}
-    elif len(spec.meta.get("path_probabilities", [])) == len(spec.paths):
-        probabilities = dict(zip(spec.paths, spec.meta["path_probabilities"]))
-    typer.echo(tree_text(spec, probabilities))
+    drawn = []
+    for tree in trees:
+        spec = load_any_tree(tree)
+        probabilities = None
+        if prob is not None:
+            probabilities = {p: prob(p) for p in spec.paths}
+        elif len(spec.meta.get("path_probabilities", [])) == len(spec.paths):
+            probabilities = dict(zip(spec.paths, spec.meta["path_probabilities"]))
+        if len(trees) > 1:
+            typer.echo(f"== {tree}")
+        typer.echo(tree_text(spec, probabilities))
+        drawn.append((spec, probabilities))
+    if png and len(drawn) == 1:
+        tree_png(drawn[0][0], png, drawn[0][1])
+    elif png:
+        titles = [f"{spec.nodes} nodes, {describe_settings(spec.meta.get('sampling'))}"
+                  + (f": {spec.meta['expected_tokens_per_step']:.3f} tokens/step" if "expected_tokens_per_step" in spec.meta else "")
+                  for spec, _ in drawn]
+        trees_png([tree_figure(spec, probabilities, title) for (spec, probabilities), title in zip(drawn, titles)], png)
     if png:
-        tree_png(spec, png, probabilities)
         typer.echo(f"picture written to {png}")
 
 

@@ -131,6 +131,30 @@ def tree_png(spec: TreeSpec, out: str | Path, probabilities: dict[tuple[int, ...
     plt.close(fig)
 
 
+def trees_png(figures: list, out: str | Path, gap_in: float = 0.3) -> None:
+    """Several figures (e.g. from ``tree_figure``) side by side in one PNG, tops aligned, on white; closes them."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    images = []
+    for fig in figures:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
+        plt.close(fig)
+        buffer.seek(0)
+        images.append(plt.imread(buffer)[..., :3])  # [H, W, 3] floats in 0..1
+    height = max(image.shape[0] for image in images)
+    gap = np.ones((height, int(gap_in * _DPI), 3))
+    columns = []
+    for i, image in enumerate(images):
+        padded = np.ones((height, image.shape[1], 3))
+        padded[: image.shape[0]] = image
+        columns += [gap, padded] if i else [padded]
+    plt.imsave(out, np.concatenate(columns, axis=1))
+
+
 def curve_png(rows: list[dict], out: str | Path, chosen: int | None = None, baseline_tokens_per_s: float | None = None) -> None:
     """Predicted tokens/step, step latency and tokens/s against tree nodes."""
     import matplotlib
