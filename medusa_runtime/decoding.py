@@ -1,20 +1,23 @@
 """Medusa tree decoding of one or more sequences (batch size B) over a Hugging Face causal LM.
 
 Per step, for every row of the batch: candidates from the heads' top-k (or from an oracle; heads with context
-lookup put a token copied from the row's own text first, ``lookup.py``), one forward over
-the B x N tree tokens with a per-row tree attention bias and explicit per-row positions into a preallocated
-KV cache (``kv_cache.TreeKVCache``: each row has its own length and write position, nothing is padded on the
-left), the acceptance rule per row (``acceptance.py``: greedy, sample-and-match or typical; draws keyed by the
-row's prompt and position, ``draws.py``), then each row's accepted path moved into place. Rows stop
-independently at EOS or the token limit and leave the batch at once (their cache rows are dropped), so a
-finished row costs nothing more. The model is driven through its public forward (``attention_mask`` as a
-4-D additive bias, ``position_ids``, the cache); logits are ``lm_head(last_hidden_state)``, so models with
-logit soft-capping or scaling are refused. This module does not load models or heads, and does not time
-anything.
+lookup put a token copied from the row's own text first, ``lookup.py``), one forward over the B x N tree tokens
+with explicit per-row positions into a preallocated KV cache (``kv_cache.TreeKVCache``: each row has its own length
+and write position, nothing is padded on the left, and the cache makes each forward's attention bias from those
+lengths), the acceptance rule per row (``acceptance.py``: greedy, sample-and-match or typical; draws keyed by the
+row's prompt and position, ``draws.py``), then each row's accepted path moved into place. Rows stop independently
+at EOS or their token limit and leave the batch at once (their cache rows are dropped), so a finished row costs
+nothing more. ``serve`` runs a queue of prompts through a fixed number of slots: a prompt is prefilled on its own
+when a slot is free and joins the next verify step (in-flight, or continuous, batching); ``generate_batch`` is
+the same loop with a slot for every prompt (one static batch). The model is driven through its public forward
+(``attention_mask`` as a 4-D additive bias, ``position_ids``, the cache); logits are ``lm_head(last_hidden_state)``,
+so models with logit soft-capping or scaling are refused. This module does not load models or heads; it reads a
+clock only when ``serve`` is given one.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,6 +40,10 @@ class DecodeResult:
     steps: int  # forward passes that produced tokens, prefill included
     emitted_per_step: list[int] = field(default_factory=list)  # tokens each of those passes produced
     stop_reason: str = "length"  # "eos" or "length"
+    # with a clock (``serve``): seconds from the start of the run to the prompt's prefill, first and last token
+    admitted_s: float | None = None
+    first_token_s: float | None = None
+    finished_s: float | None = None
 
     @property
     def tokens_per_step(self) -> float:
@@ -45,14 +52,14 @@ class DecodeResult:
 
 @dataclass
 class DecodeState:
-    """What a batch of sequences carries between steps; row i of every tensor is ``rows[i]`` of the batch."""
+    """What a batch of sequences carries between steps; row i of every tensor is ``rows[i]`` of the batch. The cache
+    owns the rows' lengths (and with them the attention bias)."""
 
     cache: TreeKVCache  # per-row lengths: the root of row i goes at position cache.lengths[i]
-    tree_bias: torch.Tensor  # [B, 1, N, max_len] additive attention bias of the verify forward
     hidden: torch.Tensor  # [B, H] what the heads read at each row's last accepted token: its last hidden state, or
     # with prefix attention the prefix layer's output there
     root: torch.Tensor  # [B] each row's next token, already emitted, not yet in the cache
-    rows: list[int]  # which prompts of the batch are still decoding
+    rows: list[int]  # which prompts (of the batch, or of the served queue) are still decoding
     keys: list[int]  # each row's prompt key: keys its sampled draws (draws.py)
     emitted: list[int]  # tokens each row has emitted so far (its oracle's offset)
     indexes: list[ContextIndex] | None = None  # heads with context lookup only: each row's text so far (root included)
@@ -68,7 +75,6 @@ class DecodeState:
             return
         self.cache.keep_rows(keep)
         index = torch.tensor(keep, dtype=torch.long, device=self.hidden.device)
-        self.tree_bias = self.tree_bias.index_select(0, index)
         self.hidden, self.root = self.hidden.index_select(0, index), self.root.index_select(0, index)
         self.rows = [self.rows[i] for i in keep]
         self.keys = [self.keys[i] for i in keep]
@@ -77,6 +83,16 @@ class DecodeState:
             self.indexes = [self.indexes[i] for i in keep]
         if self.prefix is not None:
             self.prefix.keep_rows(keep)
+
+    def join(self, other: "DecodeState") -> None:
+        """Add ``other``'s rows (sequences just prefilled, with the same cache size) after these."""
+        self.cache.append(other.cache)
+        self.hidden, self.root = torch.cat([self.hidden, other.hidden]), torch.cat([self.root, other.root])
+        self.rows, self.keys, self.emitted = self.rows + other.rows, self.keys + other.keys, self.emitted + other.emitted
+        if self.indexes is not None:
+            self.indexes = self.indexes + other.indexes
+        if self.prefix is not None:
+            self.prefix.append(other.prefix)
 
 
 class PromptTooLongError(ValueError):
@@ -192,23 +208,16 @@ class MedusaDecoder:
 
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+    def prefill(self, prompts: list[list[int]], max_new_tokens: int, cache_len: int | None = None,
+                slots: int | None = None) -> DecodeState:
         """Check sizes, allocate the cache, run the prompts (right-padded to the longest) and emit each row's
-        first token."""
+        first token. ``cache_len``: slots per row of the cache (default: what these prompts need), the same for every
+        prefill whose rows will join one batch; ``slots``: the most rows the batch will hold (default: these)."""
         b = self.buffers
-        if not prompts:
-            raise ValueError("no prompts to decode")
-        lengths = [len(p) for p in prompts]
-        if min(lengths) == 0:
-            raise ValueError(f"prompt {lengths.index(0)} is empty")
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit is not None and max(lengths) + max_new_tokens > limit:
-            raise PromptTooLongError(f"prompt of {max(lengths)} tokens + {max_new_tokens} new tokens exceeds the model's "
-                                     f"context of {limit}; shorten the prompt or lower --max-new-tokens")
-        self.rule.restart()  # unkeyed noise starts again at its seed: a seed fixes every call's output
+        lengths = self.check_prompts(prompts, max_new_tokens)
         batch, longest = len(prompts), max(lengths)
-        prepare_kernels(self.model, [rows * b.num_nodes for rows in range(1, batch + 1)])  # rows leave as they finish
-        max_len = longest + max_new_tokens + b.num_nodes
+        prepare_kernels(self.model, [rows * b.num_nodes for rows in range(1, max(batch, slots or 0) + 1)])  # rows come and go
+        max_len = cache_len or longest + max_new_tokens + b.num_nodes
         cache = self._new_cache(max_len, batch)
         neg = torch.finfo(self.dtype).min
         tokens = torch.tensor([p + [p[-1]] * (longest - len(p)) for p in prompts], dtype=torch.long, device=self.device)  # [B, L]
@@ -227,14 +236,24 @@ class MedusaDecoder:
             indexes = [ContextIndex(self.lookup, prompt + [first]) for prompt, first in zip(prompts, root.tolist())]
         prefix = None
         if self.prefix is not None:  # its window starts at the last prompt token; each step adds at most N tokens
-            prefix = self.prefix.new_cache(batch, 1 + max_new_tokens + b.num_nodes)
+            prefix = self.prefix.new_cache(batch, max_len)  # as long as the cache: every prefill of a batch alike
             hidden = self.prefix.extend(prefix, hidden[:, None], [1] * batch)  # [B, H]
-        # each row's verify bias keeps 0 over its accepted prefix and gets the tree pattern over its tree slots
-        tree_bias = torch.full((batch, 1, b.num_nodes, max_len), neg, dtype=self.dtype, device=self.device)
-        for row, n in enumerate(lengths):
-            tree_bias[row, 0, :, :n] = 0
-        return DecodeState(cache=cache, tree_bias=tree_bias, hidden=hidden, root=root, rows=list(range(batch)), keys=keys,
+        return DecodeState(cache=cache, hidden=hidden, root=root, rows=list(range(batch)), keys=keys,
                            emitted=[1] * batch, indexes=indexes, prefix=prefix)
+
+    def check_prompts(self, prompts: list[list[int]], max_new_tokens: int) -> list[int]:
+        """The prompts' lengths; ValueError for no prompts or an empty one, PromptTooLongError past the context."""
+        if not prompts:
+            raise ValueError("no prompts to decode")
+        lengths = [len(p) for p in prompts]
+        if min(lengths) == 0:
+            raise ValueError(f"prompt {lengths.index(0)} is empty")
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and max(lengths) + max_new_tokens > limit:
+            raise PromptTooLongError(f"prompt {lengths.index(max(lengths))} has {max(lengths)} tokens: with {max_new_tokens} "
+                                     f"new tokens it exceeds the model's context of {limit}; shorten the prompt or lower "
+                                     f"--max-new-tokens")
+        return lengths
 
     @torch.inference_mode()
     def step(self, state: DecodeState, oracles: list[list[int]] | None = None) -> list[list[int]]:
@@ -253,11 +272,9 @@ class MedusaDecoder:
         else:
             tree_tokens = state.root[:, None]  # [B, 1]
         lengths = cache.lengths
-        span = cache.prepare(b.num_nodes)
-        for row, n in enumerate(lengths):
-            state.tree_bias[row, 0, :, n : n + b.num_nodes] = b.attn_bias
+        cache.prepare(b.num_nodes)
         # one token per row at equal lengths attends to the whole prefix: no mask (plain decoding's fast path)
-        bias = None if b.num_nodes == 1 and min(lengths) == max(lengths) else state.tree_bias[..., :span]
+        bias = None if b.num_nodes == 1 and min(lengths) == max(lengths) else cache.attention_bias(b.attn_bias)
         positions = cache.plan.starts[:, None] + b.depths  # [B, N]
         hidden_all = self._forward(tree_tokens, positions, bias, cache)  # [B, N, H]
         nodes, bonus = self.rule.accept(tree_tokens, self._logits(hidden_all), state.keys, lengths)  # the root is at position lengths[b]
@@ -266,9 +283,6 @@ class MedusaDecoder:
         paths = [self._path_of[node] for node in nodes]
         accepted = tree_tokens.gather(1, b.root_paths[best]).tolist()  # [B, D+1]: each row's path tokens, padded
         new_tokens = [accepted[row][1 : len(path)] + [bonus] for row, (path, bonus) in enumerate(zip(paths, state.root.tolist()))]
-        for row, (n, path) in enumerate(zip(lengths, paths)):
-            # the accepted path is now prefix; the next step's tree pattern overwrites the rest of this step's slots
-            state.tree_bias[row, 0, :, n : n + len(path)] = 0
         cache.commit(paths)
         if state.prefix is None:
             state.hidden = hidden_all[torch.arange(len(paths), device=self.device), best]
@@ -280,6 +294,80 @@ class MedusaDecoder:
         return new_tokens
 
     @torch.inference_mode()
+    def serve(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int | list[int] = 128,
+        slots: int | None = None,
+        oracles: list[list[int]] | None = None,
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> list[DecodeResult]:
+        """Decode every prompt through ``slots`` rows (default: one per prompt, a single static batch): prompts are
+        taken in order, each prefilled on its own when a row is free, and join the next verify step; each stops
+        exactly at EOS or at its own ``max_new_tokens`` (one limit for all, or one per prompt) and leaves at once.
+
+        ``oracles``: per prompt, the reference continuation that replaces the heads' guesses (a ceiling).
+        ``on_tokens(prompt, tokens)`` is called with each prompt's new tokens as they are emitted. ``clock``: a
+        function of seconds; each result then records when its prompt was prefilled, and its first and last token."""
+        limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+        slots = len(prompts) if slots is None else slots
+        if self.buffers.num_nodes > 1 and self.heads is None and oracles is None:
+            raise ValueError("a non-empty tree needs Medusa heads (--heads) or --oracle")
+        if oracles is not None and len(oracles) != len(prompts):
+            raise ValueError(f"{len(oracles)} oracle continuations for {len(prompts)} prompts")
+        if not prompts:
+            raise ValueError("no prompts to decode")
+        if len(limits) != len(prompts) or min(limits, default=1) < 1:
+            raise ValueError(f"need one token limit >= 1 per prompt ({len(limits)} limits for {len(prompts)} prompts)")
+        if slots < 1:
+            raise ValueError(f"--batch-size {slots}: use an integer >= 1")
+        cache_len = max(self.check_prompts(prompts, max(limits))) + max(limits) + self.buffers.num_nodes
+        start = clock() if clock else 0.0
+        outs: list[list[int]] = [[] for _ in prompts]
+        per_step: list[list[int]] = [[] for _ in prompts]  # tokens each prompt got from each forward that served it
+        times: list[list[float]] = [[] for _ in prompts]  # prefilled, first token, last token
+        waiting = deque(range(len(prompts)))
+        state: DecodeState | None = None
+        self.rule.restart()  # unkeyed noise starts again at its seed: a seed fixes every call's output
+
+        def emit(i: int, tokens: list[int]) -> None:
+            kept = []
+            for token in tokens:  # cut at EOS or the limit, mid-path if need be
+                kept.append(token)
+                if token in self.eos or len(outs[i]) + len(kept) >= limits[i]:
+                    break
+            outs[i].extend(kept)
+            per_step[i].append(len(kept))
+            if on_tokens:
+                on_tokens(i, kept)
+            if clock and self._finished(outs[i], limits[i]):
+                times[i].append(clock() - start)  # one reading per finished prompt: the step's end
+
+        while waiting or (state is not None and state.rows):
+            free = slots - (state.batch_size if state is not None else 0)
+            if waiting and free > 0:  # admit: prefill the next prompts on their own, they join this step's batch
+                take = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                admitted = clock() - start if clock else 0.0
+                joining = self.prefill([prompts[i] for i in take], max(limits[i] for i in take), cache_len, slots)
+                joining.rows = take
+                first = clock() - start if clock else 0.0
+                for i, token in zip(take, joining.root.tolist()):
+                    times[i] += [admitted, first]
+                    emit(i, [token])
+                if state is None:
+                    state = joining
+                else:
+                    state.join(joining)
+            else:
+                for i, tokens in zip(state.rows, self.step(state, oracles)):
+                    emit(i, tokens)
+            state.keep([k for k, i in enumerate(state.rows) if not self._finished(outs[i], limits[i])])
+        return [DecodeResult(tokens=out, steps=len(counts), emitted_per_step=counts,
+                             stop_reason="eos" if out[-1] in self.eos else "length",
+                             **(dict(zip(("admitted_s", "first_token_s", "finished_s"), t)) if clock else {}))
+                for out, counts, t in zip(outs, per_step, times)]
+
     def generate_batch(
         self,
         prompts: list[list[int]],
@@ -287,39 +375,12 @@ class MedusaDecoder:
         oracles: list[list[int]] | None = None,
         on_tokens: Callable[[int, list[int]], None] | None = None,
     ) -> list[DecodeResult]:
-        """Decode up to ``max_new_tokens`` after each prompt, together, each row stopping exactly at EOS.
-
-        ``oracles``: per prompt, the base model's own greedy continuation; replaces the heads' guesses (a ceiling).
-        ``on_tokens(row, tokens)`` is called with each row's new tokens as they are emitted."""
-        if self.buffers.num_nodes > 1 and self.heads is None and oracles is None:
-            raise ValueError("a non-empty tree needs Medusa heads (--heads) or --oracle")
-        if oracles is not None and len(oracles) != len(prompts):
-            raise ValueError(f"{len(oracles)} oracle continuations for {len(prompts)} prompts")
-        state = self.prefill(prompts, max_new_tokens)
-        outs: list[list[int]] = [[t] for t in state.root.tolist()]
-        per_step: list[list[int]] = [[1] for _ in prompts]  # tokens each row got from each forward that served it
-        if on_tokens:
-            for row, out in enumerate(outs):
-                on_tokens(row, out[:])
-        state.keep([i for i, row in enumerate(state.rows) if not self._finished(outs[row], max_new_tokens)])
-        while state.rows:
-            for row, tokens in zip(state.rows, self.step(state, oracles)):
-                out, kept = outs[row], []
-                for token in tokens:
-                    kept.append(token)
-                    if token in self.eos or len(out) + len(kept) >= max_new_tokens:
-                        break
-                out.extend(kept)
-                per_step[row].append(len(kept))
-                if on_tokens:
-                    on_tokens(row, kept)
-            state.keep([i for i, row in enumerate(state.rows) if not self._finished(outs[row], max_new_tokens)])
-        return [DecodeResult(tokens=out, steps=len(counts), emitted_per_step=counts,
-                             stop_reason="eos" if out[-1] in self.eos else "length")
-                for out, counts in zip(outs, per_step)]
+        """Decode up to ``max_new_tokens`` after each prompt, together (one static batch: ``serve`` with a row for every
+        prompt), each row stopping exactly at EOS. ``oracles``, ``on_tokens(row, tokens)``: as for ``serve``."""
+        return self.serve(prompts, max_new_tokens, None, oracles, on_tokens)
 
     def _finished(self, out: list[int], max_new_tokens: int) -> bool:
-        return out[-1] in self.eos or len(out) >= max_new_tokens
+        return bool(out) and (out[-1] in self.eos or len(out) >= max_new_tokens)
 
     def generate(
         self,

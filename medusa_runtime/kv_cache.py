@@ -7,7 +7,9 @@ alone. A forward of T tokens per row (``prepare(T)``) writes row b's tokens at `
 and gives attention positions ``0 .. max(lengths)+T-1``. Slots past a row's length (another row's longer
 history, a previous step's rejected tree nodes, a batched prefill's right padding) are scratch: the caller's
 attention bias hides them, and the row's next writes overwrite them. ``commit`` moves each row's accepted
-tree slots to follow its prefix and grows its length; ``keep_rows`` drops finished rows.
+tree slots to follow its prefix and grows its length; ``keep_rows`` drops finished rows and ``append`` adds the rows of
+another cache of the same ``max_len`` (sequences prefilled on their own joining a running batch). The cache also
+makes each forward's attention bias from its lengths (``attention_bias``), so nobody keeps a mask in step by hand.
 
 Why per-row write positions rather than one shared write position with masked holes: holes would grow by
 every token a row accepts less than the best row of a step, so the attention span (and its cost) would grow
@@ -116,6 +118,29 @@ class TreeKVCache(Cache):
         for layer in self.layers:  # the gather copies before the write: overlapping slots are safe
             layer.keys[rows, :, dst_t] = layer.keys[rows, :, src_t]
             layer.values[rows, :, dst_t] = layer.values[rows, :, src_t]
+
+    def attention_bias(self, tree_bias: torch.Tensor) -> torch.Tensor:
+        """After ``prepare(N)``: the additive bias of that forward, [B, 1, N, span]: 0 over each row's own prefix (its
+        first ``lengths[b]`` slots), ``tree_bias`` [N, N] (the tree's own mask) over its N new slots, and the bias
+        dtype's minimum everywhere else (another row's longer history, a previous step's rejected nodes)."""
+        plan = self.plan
+        n = tree_bias.shape[0]
+        rel = torch.arange(plan.end, device=self.device)[None, :] - plan.starts[:, None]  # [B, span]: slot - row's length
+        tree = tree_bias[:, rel.clamp(0, n - 1)].transpose(0, 1)  # [B, N, span]: the tree column each slot would be
+        visible = torch.where(rel < 0, 0.0, torch.finfo(tree_bias.dtype).min).to(tree_bias.dtype)  # [B, span]
+        return torch.where(((rel >= 0) & (rel < n))[:, None, :], tree, visible[:, None, :])[:, None]  # [B, 1, N, span]
+
+    def append(self, other: "TreeKVCache") -> None:
+        """Add ``other``'s rows after these (new sequences join the batch). Both must have the same ``max_len``, and
+        ``other`` must have run a forward (its buffers exist)."""
+        if other.max_len != self.max_len:
+            raise ValueError(f"cannot append a cache of {other.max_len} slots per row to one of {self.max_len}")
+        for mine, theirs in zip(self.layers, other.layers):
+            if not mine.is_initialized:  # a cache that never ran a forward: zero rows of the right shape first
+                mine.lazy_initialization(theirs.keys[:0], theirs.values[:0])
+            mine.keys = torch.cat([mine.keys, theirs.keys])
+            mine.values = torch.cat([mine.values, theirs.values])
+        self.lengths = self.lengths + other.lengths
 
     def keep_rows(self, rows: list[int]) -> None:
         """Keep only these rows (in this order): finished sequences leave the batch and cost nothing more."""

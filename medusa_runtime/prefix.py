@@ -83,6 +83,13 @@ class PrefixKVCache:
         self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
         self.lengths = [self.lengths[i] for i in keep]
 
+    def append(self, other: "PrefixKVCache") -> None:
+        """Add ``other``'s sequences after these (sequences joining a running batch); same capacity."""
+        if other.capacity != self.capacity:
+            raise ValueError(f"cannot append a prefix cache of {other.capacity} positions to one of {self.capacity}")
+        self.k, self.v = torch.cat([self.k, other.k]), torch.cat([self.v, other.v])
+        self.lengths = self.lengths + other.lengths
+
 
 class PrefixAttention(nn.Module):
     """One pre-norm decoder layer over hidden states, starting as the identity (see the module docstring)."""

@@ -406,6 +406,14 @@ def test_sweep_at_several_batch_sizes(tiny_folder, stats_file, batch_latency, tm
     assert r.exit_code == 0, r.output
     r = invoke("plan", stats_file, "--latency", batch_latency, "--png", tmp_path / "plan.png", "--measured", batch_latency)
     assert r.exit_code == 2 and "not a sweep result" in r.output
+    # continuous batches: every tree serves the whole queue through the slots, beside the continuous plan's prediction
+    r = invoke("sweep", stats_file, "--latency", batch_latency, "--budgets", "2", "--batch-sizes", "2", "--batching", "continuous",
+               "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--prompts", tiny_folder / "prompts.jsonl",
+               "--select", "0:3", "--max-new-tokens", 10, "--json", out)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(out.read_text())
+    assert summary["batching"] == "continuous" and all(row["predicted_tokens_per_s"] > 0 for row in summary["rows"])
+    assert summary["rows"][0]["tokens_per_step"] == 1.0 and summary["rows"][1]["tokens_per_step"] > 1.0
 
 
 def test_pack_answers_then_train_heads_starts_from_them(tiny_folder, tmp_path):
@@ -568,3 +576,24 @@ def test_calibrate_for_an_engine_then_build_and_export_without_warnings(tiny_fol
     assert r.exit_code == 2 and not (tmp_path / "no.json").exists()
     error = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "sequential heads" in error[0] and "--kind plain" in error[0]
+
+
+def test_bench_continuous_batching_runs_four_arms_losslessly(tiny_folder, stats_file, tmp_path):
+    model, heads, prompts = tiny_folder / "model", tiny_folder / "heads", tiny_folder / "prompts.jsonl"
+    tree, report = tmp_path / "tree.json", tmp_path / "serve.json"
+    assert invoke("build", stats_file, "--budget", 4, "--out", tree).exit_code == 0
+    common = ("bench", "--model", model, "--heads", heads, "--tree", tree, "--prompts", prompts, "--batching", "continuous")
+    r = invoke(*common, "--batch-size", 2, "--max-new-tokens", 16, "--min-new-tokens", 3, "--json", report)
+    assert r.exit_code == 0, r.output
+    out = json.loads(report.read_text())
+    assert [a["arm"] for a in out["arms"]] == ["medusa continuous", "plain continuous", "medusa static", "hf static"]
+    assert all(a["identical"] == 1.0 for a in out["arms"]) and out["prompts"] == 4
+    assert len(set(out["max_new_tokens"])) > 1 and all(3 <= n <= 16 for n in out["max_new_tokens"])
+    assert all(a["latency_median_s"] <= a["latency_p90_s"] and a["ttft_median_s"] <= a["latency_median_s"] for a in out["arms"])
+    r = invoke(*common, "--batch-size", 2, "--max-new-tokens", 8, "--temperature", 0.9, "--json", report)
+    assert r.exit_code == 0 and json.loads(report.read_text())["arms"][0]["identical"] == 1.0
+    for options, message in ((("--batch-size", 5), "larger than the queue of 4"), (("--batch-size", 0), "--batch-size 0"),
+                             (("--select", "0:0"), "the selection is empty"), (("--min-new-tokens", 200), "--min-new-tokens 200")):
+        r = invoke(*common, *options)
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output

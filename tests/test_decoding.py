@@ -209,3 +209,57 @@ def test_sampled_decoding_stops_exactly_at_eos():
     assert expected == free[: free.index(eos) + 1]
     result = MedusaDecoder(model, HEADS["llama"], chain_tree(3), [eos], sampling).generate([9, 10], 30, oracle=free)
     assert result.tokens == expected and result.stop_reason == "eos"
+
+
+# ---------------------------------------------------------------- a queue through fixed slots (in-flight batching)
+@pytest.mark.parametrize("arch", list(MODELS))
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=random_trees(), prompts=st.lists(st.lists(st.integers(4, 63), min_size=1, max_size=14), min_size=1, max_size=6),
+       slots=st.integers(1, 3), limits=st.lists(st.integers(1, 16), min_size=6, max_size=6), sampled=st.booleans())
+def test_served_queue_decodes_each_prompt_as_alone(arch, tree, prompts, slots, limits, sampled):
+    """Prompts join the batch as rows free up, each with its own token limit; every one decodes exactly what it decodes
+    alone (greedy, or keyed sampling), whatever it shared its steps with."""
+    model = MODELS[arch]
+    limits = limits[: len(prompts)]
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, seed=3) if sampled else SamplingConfig()
+    references = [hf_reference(model, p, n, [], sampling) for p, n in zip(prompts, limits)]
+    results = MedusaDecoder(model, HEADS[arch], tree, [], sampling).serve(prompts, limits, slots)
+    assert [r.tokens for r in results] == references
+    assert all(sum(r.emitted_per_step) == len(r.tokens) for r in results)
+
+
+def test_served_queue_admits_a_prompt_when_a_row_frees_and_never_exceeds_its_slots():
+    model = MODELS["llama"]
+    decoder = MedusaDecoder(model, HEADS["llama"], TreeSpec([(0,), (1,), (0, 0)]), eos_token_ids=[])
+    sizes, ticks = [], iter(range(10_000))
+    real_step = decoder.step
+    decoder.step = lambda state, oracles=None: (sizes.append((state.batch_size, state.cache.layers[0].keys.shape[0])), real_step(state, oracles))[1]
+    prompts = [[4, 5], [6, 7, 8], [9], [10, 11, 12, 13], [14]]
+    limits = [3, 12, 5, 8, 2]
+    results = decoder.serve(prompts, limits, slots=2, clock=lambda: float(next(ticks)))
+    assert [r.tokens for r in results] == [hf_greedy(model, p, n, []) for p, n in zip(prompts, limits)]
+    assert max(b for b, _ in sizes) == 2 and all(b == rows for b, rows in sizes)  # two slots, the cache holds the live rows
+    admitted = [r.admitted_s for r in results]
+    assert admitted[0] == admitted[1] < admitted[2] < admitted[3] < admitted[4]  # later prompts wait for a free row
+    assert results[2].admitted_s >= results[0].finished_s  # prompt 2 took the row prompt 0 freed
+    assert all(r.admitted_s <= r.first_token_s <= r.finished_s for r in results)
+    assert sum(b for b, _ in sizes) == sum(r.steps - 1 for r in results)  # every step served each live row once
+
+
+def test_a_queue_of_mixed_prompt_lengths_decodes():
+    model = MODELS["qwen2-sequential-lookup"]
+    prompts = [list(range(4, 4 + n)) * 1 if n < 60 else [4 + i % 59 for i in range(n)] for n in (1, 200, 7, 120, 3)]
+    results = MedusaDecoder(model, HEADS["qwen2-sequential-lookup"], TreeSpec([(0,), (0, 0), (1,)]), []).serve(prompts, 20, slots=2)
+    assert [r.tokens for r in results] == [hf_greedy(model, p, 20, []) for p in prompts]
+
+
+def test_serve_errors_are_clear():
+    decoder = MedusaDecoder(MODELS["llama"], None, TreeSpec([]), eos_token_ids=[])
+    with pytest.raises(ValueError, match="no prompts"):
+        decoder.serve([], 5, slots=2)
+    with pytest.raises(ValueError, match="--batch-size 0"):
+        decoder.serve([[4]], 5, slots=0)
+    with pytest.raises(ValueError, match="one token limit >= 1 per prompt"):
+        decoder.serve([[4], [5]], [5], slots=1)
+    with pytest.raises(PromptTooLongError, match="prompt 1 has 240 tokens"):
+        decoder.serve([[4], list(range(4, 64)) * 4], 40, slots=1)

@@ -74,3 +74,35 @@ def test_overflow_and_mismatched_commit_are_errors():
         cache.prepare(2)
     with pytest.raises(ValueError, match="2 accepted paths for a batch of 1 rows"):
         cache.commit([[0], [0]])
+
+
+def test_attention_bias_by_hand():
+    """Rows of lengths 3 and 1, a 2-node tree (node 1 sees the root): each row sees its own prefix, the tree pattern
+    over its own two new slots, and nothing else (another row's longer history, scratch)."""
+    cache = TreeKVCache(num_layers=1, max_len=16, batch_size=2)
+    cache.prepare(3)
+    fill(cache, torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    cache.commit([[0, 1, 2], [0]])
+    tree = torch.tensor([[0.0, -9.0], [0.0, 0.0]])  # -9: the dtype minimum of this toy mask
+    cache.prepare(2)
+    bias = cache.attention_bias(tree)
+    low = torch.finfo(torch.float32).min
+    assert bias.shape == (2, 1, 2, 5)
+    assert bias[0, 0].tolist() == [[0, 0, 0, 0, -9], [0, 0, 0, 0, 0]]  # prefix 0..2, tree at slots 3, 4
+    assert bias[1, 0].tolist() == [[0, 0, -9, low, low], [0, 0, 0, low, low]]  # prefix 0, tree at slots 1, 2
+
+
+def test_append_adds_rows_of_another_cache():
+    cache, other = TreeKVCache(num_layers=1, max_len=16, batch_size=1), TreeKVCache(num_layers=1, max_len=16, batch_size=2)
+    cache.prepare(2)
+    fill(cache, torch.tensor([[1, 2]]))
+    cache.commit([[0, 1]])
+    other.prepare(3)
+    fill(other, torch.tensor([[7, 8, 9], [4, 5, 6]]))
+    other.commit([[0, 1, 2], [0]])
+    cache.append(other)
+    assert cache.lengths == [2, 3, 1] and [row(cache, b) for b in range(3)] == [[1, 2], [7, 8, 9], [4]]
+    cache.keep_rows([2])
+    assert cache.lengths == [1] and row(cache, 0) == [4]
+    with pytest.raises(ValueError, match="cannot append a cache of 8 slots"):
+        cache.append(TreeKVCache(num_layers=1, max_len=8, batch_size=1))

@@ -254,6 +254,12 @@ def bench(
     batch_size: int = typer.Option(1, "--batch-size", help="prompts decoded together, by both HF generate (left-padded) "
                                    "and the runtime; the last batch is filled up with the first prompts again"),
     engine: Optional[str] = EngineOpt,
+    batching: str = typer.Option("static", "--batching", help="static: batches of --batch-size prompts, HF generate vs the "
+                                 "runtime batch by batch | continuous: the prompts as one queue through --batch-size slots, "
+                                 "refilled as requests finish (runtime with the tree, without it, its static batches, HF's)"),
+    min_new_tokens: Optional[int] = typer.Option(None, "--min-new-tokens", help="with --batching continuous: each request's "
+                                                 "token limit is drawn from [this, --max-new-tokens] (default: all the same)"),
+    rounds: int = typer.Option(1, "--rounds", help="with --batching continuous: times the queue runs through each arm"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -273,6 +279,11 @@ def bench(
     if planned_for is not None and planned_for != batch_size:
         typer.secho(f"note: {tree} was sized for batch size {planned_for}, benchmarked at {batch_size}", err=True, fg=typer.colors.YELLOW)
     ids = load_prompt_ids(loaded, prompts, select)
+    if batching == "continuous":
+        return bench_served(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, min_new_tokens, batch_size,
+                            sampling, rounds, json_out, oracle)
+    if batching != "static":
+        fail(f"--batching {batching!r}: use static or continuous")
     try:
         report = run_bench(loaded, None if oracle else medusa_heads, spec, ids, max_new_tokens, oracle, sampling, batch_size=batch_size)
     except PromptTooLongError as err:
@@ -283,6 +294,30 @@ def bench(
     if json_out:
         write_output(json_out, json.dumps(report.to_json(), indent=1) + "\n")
     typer.echo(report_json_line(report))
+
+
+def bench_served(loaded, heads, spec, ids, max_new_tokens: int, min_new_tokens: Optional[int], batch_size: int, sampling,
+                 rounds: int, json_out: Optional[Path], oracle: bool) -> None:
+    """bench --batching continuous: the queue through --batch-size slots, four arms (serve_bench.py)."""
+    from medusa_runtime.decoding import PromptTooLongError
+    from medusa_runtime.serve_bench import format_serve_report, request_limits, run_serve_bench, serve_json_line
+
+    if oracle:
+        fail("--oracle is for static batches; leave it out with --batching continuous")
+    if rounds < 1:
+        fail(f"--rounds {rounds}: use an integer >= 1")
+    try:
+        limits = request_limits(len(ids), min_new_tokens or max_new_tokens, max_new_tokens)
+        report = run_serve_bench(loaded, heads, spec, ids, limits, batch_size, sampling, rounds)
+    except (ValueError, PromptTooLongError) as err:
+        fail(str(err))
+    planned = spec.meta.get("predicted_tokens_per_s") if (spec.meta.get("batch_size") == batch_size
+                                                          and spec.meta.get("batching") == "continuous") else None
+    report.predicted_tokens_per_s = float(planned) if planned is not None else None
+    typer.echo(format_serve_report(report))
+    if json_out:
+        write_output(json_out, json.dumps(report.to_json(), indent=1) + "\n")
+    typer.echo(serve_json_line(report))
 
 
 @app.command("pack-answers")
@@ -986,7 +1021,7 @@ def sweep(
                      **{f"budget {n}": budget_tokens_per_s(stats, n, b, model_latency, batching, d) for n, d in designed.items()},
                      label: plan_made.row(b).tokens_per_s}
         rows = run_sweep(loaded, medusa_heads, {**trees, label: auto_spec}, prompt_ids, max_new_tokens, batch_size=b,
-                         predicted_tokens_per_s=predicted, sampling=sampling)
+                         predicted_tokens_per_s=predicted, sampling=sampling, batching=batching)
         typer.echo(f"batch size {b} ({batching} batches):" if len(batch_list) > 1 or b > 1 else "")
         typer.echo(format_sweep(rows))
         best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))

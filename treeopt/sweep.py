@@ -1,8 +1,9 @@
 """Measured tokens/s of trees of several budgets built from the same stats, side by side, at a batch size.
 
-For each batch of prompts (``bench.batches_of``: the last batch is filled up with the first prompts
-again) every tree decodes it in turn (round robin), so machine noise is spread evenly across the trees;
-each tree's tokens/s is its total tokens over its total time. Used to check that ``build --budget auto``
+Static batches (the default): for each batch of prompts (``bench.batches_of``: the last batch is filled up with the
+first prompts again) every tree decodes it in turn (round robin), so machine noise is spread evenly across the
+trees; each tree's tokens/s is its total tokens over its total time. Continuous batches: every tree serves the whole
+queue through ``batch_size`` slots (``MedusaDecoder.serve``), the trees one after another. Used to check that ``build --budget auto``
 (and ``plan``, per batch size) picks a size whose measured speed is close to the best measured one, and
 that its predicted tokens/s (from the latency profile at that batch size) is close to the measured one.
 Trees decode at the sampling settings their stats were calibrated at (greedy, or sample-and-match with keyed
@@ -37,19 +38,23 @@ class SweepRow:
 
 def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tokens: int = 128, progress: bool = True,
               batch_size: int = 1, predicted_tokens_per_s: dict[str, float] | None = None,
-              sampling: SamplingConfig | None = None) -> list[SweepRow]:
-    """``predicted_tokens_per_s``: per tree label, what the latency profile predicts at this batch size (``plan.py``)."""
+              sampling: SamplingConfig | None = None, batching: str = "static") -> list[SweepRow]:
+    """``predicted_tokens_per_s``: per tree label, what the latency profile predicts at this batch size (``plan.py``);
+    ``batching``: static | continuous."""
     decoders = {label: MedusaDecoder(loaded.model, heads if spec.paths else None, spec, loaded.eos_token_ids, sampling)
                 for label, spec in trees.items()}
     batches = [[prompt_ids[i] for i in indices] for indices in batches_of(len(prompt_ids), batch_size)]
     for decoder in decoders.values():
         decoder.generate_batch(batches[0], 4)  # warm-up
     totals = {label: [0, 0, 0.0] for label in trees}  # tokens, steps (summed over rows), seconds
-    for rows in tqdm(batches, desc=f"sweep ({len(trees)} trees, batch {batch_size})", disable=not progress):
+    # continuous: one "batch" holds the whole queue, which each tree serves through batch_size slots
+    queues = [prompt_ids] if batching == "continuous" else batches
+    slots = batch_size if batching == "continuous" else None
+    for rows in tqdm(queues, desc=f"sweep ({len(trees)} trees, batch {batch_size}, {batching})", disable=not progress):
         for label, decoder in decoders.items():
             sync_device(loaded.device)
             t0 = time.perf_counter()
-            results = decoder.generate_batch(rows, max_new_tokens)
+            results = decoder.serve(rows, max_new_tokens, slots)
             sync_device(loaded.device)
             totals[label][0] += sum(len(r.tokens) for r in results)
             totals[label][1] += sum(r.steps for r in results)
