@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from conftest import loaded_tiny, tiny_heads, tiny_model
 from medusa_runtime.decoding import MedusaDecoder
-from medusa_runtime.heads import HeadsFormatError, load_heads
+from medusa_runtime.checkpoint import HeadsFormatError
+from medusa_runtime.heads import load_heads
 from medusa_runtime.lookup import ContextIndex, ContextLookup, merge, propose
 from medusa_runtime.spec import chain_tree
 from treeopt.calibration import calibrate

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.sampling import SamplingConfig
-from medusa_runtime.heads import DRAFT_VOCAB_FILE, WEIGHT_FILES, read_heads_config, true_path
+from medusa_runtime.checkpoint import DRAFT_VOCAB_FILE, WEIGHT_FILES, read_heads_config
+from medusa_runtime.heads import true_path
 from medusa_runtime.lookup import CONFIG_KEY as LOOKUP_KEY
 from medusa_runtime.lookup import merge, true_path_proposals
 from medusa_runtime.models import dtype_name

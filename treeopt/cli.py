@@ -106,7 +106,8 @@ def resolve_heads_path(model: str, heads: Optional[str]) -> Optional[Path]:
 def load_everything(model: str, heads: Optional[str], dtype: str, device: str, need_heads: bool = False,
                     engine: Optional[str] = None):
     """Model + heads (as ``engine`` runs them, when given), with errors turned into CLI messages."""
-    from medusa_runtime.heads import ENGINES, EngineError, HeadsFormatError, load_heads
+    from medusa_runtime.checkpoint import HeadsFormatError
+    from medusa_runtime.heads import ENGINES, EngineError, load_heads
 
     if engine is not None and engine not in ENGINES:
         fail(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")

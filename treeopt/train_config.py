@@ -48,7 +48,7 @@ class TrainConfig:
     save_dtype: str = "float16"  # weights are rounded to this before evaluation and stored in it (float32: as trained)
 
     def validate(self) -> None:
-        from medusa_runtime.heads import HEAD_KINDS  # here, not at import: the CLI reads the defaults without torch
+        from medusa_runtime.checkpoint import HEAD_KINDS  # here, not at import: the CLI reads the defaults without torch
         from medusa_runtime.models import DTYPES
 
         if self.kind not in HEAD_KINDS:
