@@ -34,7 +34,7 @@ if [ "$phase" = all ] || [ "$phase" = 1 ]; then
   # calibration for the temperature pays: trees from greedy stats decoding at temperature 1.0 (the same text)
   bench t1.0_16_b1 $S/tree_t1.0_16.json --temperature 1.0
   for n in 6 16 64; do bench t1.0_from_t0_${n}_b1 $S/tree_t0_$n.json --temperature 1.0; done
-  for n in 6 16 64; do .venv/bin/python experiments/paired_trees.py $S/bench_t1.0_${n}_b1.json $S/bench_t1.0_from_t0_${n}_b1.json | head -1; done
+  for n in 6 16 64; do .venv/bin/python experiments/paired_trees.py $S/bench_t1.0_${n}_b1.json $S/bench_t1.0_from_t0_${n}_b1.json | sed -n 1p; done
 fi
 if [ "$phase" = all ] || [ "$phase" = 2 ]; then  # quiet machine: speed over HF sampling, sample-and-match vs typical
   bench speed_t0_6 $S/tree_t0_6.json
@@ -46,6 +46,6 @@ fi
 if [ "$phase" = all ] || [ "$phase" = 3 ]; then  # predictions over 1,000 random splits of all 80 MT-Bench questions
   for t in 0.7 1.0; do
     [ -f $S/split_t$t.json ] || .venv/bin/python scripts/split_study.py $S/t${t}_0_80_2.json $S/t${t}_1_80_4.json $S/t${t}_3_80_4.json \
-      --budgets 5,63 --splits 1000 --out $S/split_t$t.json | head -4
+      --budgets 5,63 --splits 1000 --out $S/split_t$t.json | sed -n 1,4p
   done
 fi

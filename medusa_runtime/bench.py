@@ -73,6 +73,7 @@ class BenchReport:
     temperature: float = 0.0
     median_speedup_per_prompt: float = 0.0  # median over batches (over prompts at batch size 1)
     draft_vocab: int | None = None  # tokens the heads guess from (None: the whole vocabulary, or no heads)
+    engine: str | None = None  # the engine whose way of running the heads was benched (bench --engine; None: this runtime's)
     batch_size: int = 1
     batches: int = 0
     baseline_identical: float | None = None  # rows where left-padded batched ``generate`` equals the prompt's own greedy decode

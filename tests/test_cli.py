@@ -541,7 +541,7 @@ def test_calibrate_for_an_engine_then_build_and_export_without_warnings(tiny_fol
                "--max-new-tokens", 24, "--engine", "trtllm", "--json", report)
     assert r.exit_code == 0 and "warning" not in r.output, r.output
     out = json.loads(report.read_text())
-    assert out["identical"] == 1.0 and out["draft_vocab"] is None
+    assert out["identical"] == 1.0 and out["draft_vocab"] is None and out["engine"] == "trtllm"
     from treeopt.stats import load_stats, replay_steps
 
     assert replay_steps(load_stats(stats), [tuple(p) for p in json.loads(tree.read_text())["paths"]]) == (

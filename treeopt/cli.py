@@ -290,7 +290,7 @@ def bench(
     except PromptTooLongError as err:
         fail(str(err))
     report.model, report.heads, report.tree = model, None if oracle else heads_path, str(tree) if tree else None
-    report.prompt_source, report.select = prompts, select
+    report.prompt_source, report.select, report.engine = prompts, select, None if oracle else engine
     typer.echo(format_report(report))
     if json_out:
         write_output(json_out, json.dumps(report.to_json(), indent=1) + "\n")
