@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 minutes on one H100, then the demos at the end when PREV_HEADS is set): lossless tests on CUDA, profile, bench of the default
+# One prepared GPU check (< 10 minutes on one H100, then the demos at the end when PREV_HEADS is set): lossless tests on CUDA, profile, bench of the default
 # model. Writes every figure under ${OUT:-runs/gpu}. Run through `make gpu-check` on a machine with CUDA
 # (install a CUDA torch first: TORCH_SPEC="torch==2.13.0" with the CUDA wheel index).
 set -euo pipefail
@@ -22,6 +22,11 @@ TREEOPT_TEST_DEVICE=cuda "$BIN/python" -m pytest -q tests/test_gpu.py 2>&1 | tai
 "$BIN/treeopt" bench --device cuda --dtype bfloat16 --oracle --tree "$OUT/tree.json" --select 1:80:8 --json "$OUT/bench_oracle_bf16.json"
 # sampling: sample-and-match against keyed plain sampling, token for token (the greedy tree: bench warns, the identity holds)
 "$BIN/treeopt" bench --device cuda --dtype bfloat16 --tree "$OUT/tree.json" --select 1:80:4 --temperature 0.7 --json "$OUT/bench_bf16_t0.7.json"
+# in-flight batching: 40 requests with mixed token limits through B slots, against static batches and HF (issue 33)
+for b in 1 8 32; do
+  "$BIN/treeopt" bench --device cuda --dtype bfloat16 --batching continuous --batch-size "$b" --tree "$OUT/tree.json" \
+    --select 1:80:2 --min-new-tokens 32 --json "$OUT/serve_b$b.json"
+done
 # Issue 16's demo floor on this GPU, in fp32 as the issue states it: `treeopt demo` with the shipped heads and, when
 # PREV_HEADS names a folder with the previous heads (the files of commit 066cafc, see README), with those, runs
 # alternating (DEMO_RUNS each, default 1), then the ratio of the median speedups. Through the device tool: make the
