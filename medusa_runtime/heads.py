@@ -52,7 +52,6 @@ from .layout import frozen_linear, pack_linears, weight_version
 from .prefix import KEY_PREFIX, PrefixAttention
 
 
-
 ENGINES = {"medusa": "upstream Medusa", "trtllm": "TensorRT-LLM"}  # engines that take exported trees, and run Medusa heads
 
 

@@ -666,9 +666,7 @@ def show(
     stats_file: Optional[Path] = typer.Option(None, "--stats", help="label nodes with P(path) from these stats"),
 ):
     """Print trees as indented text (and draw them; several trees side by side, each titled with its settings)."""
-    from medusa_runtime.sampling import describe_settings
-
-    from .viz import tree_figure, tree_png, tree_text, trees_png
+    from .viz import tree_png, tree_text, trees_png
 
     prob = None
     if stats_file is not None:
@@ -687,14 +685,11 @@ def show(
             typer.echo(f"== {tree}")
         typer.echo(tree_text(spec, probabilities))
         drawn.append((spec, probabilities))
-    if png and len(drawn) == 1:
-        tree_png(drawn[0][0], png, drawn[0][1])
-    elif png:
-        titles = [f"{spec.nodes} nodes, {describe_settings(spec.meta.get('sampling'))}"
-                  + (f": {spec.meta['expected_tokens_per_step']:.3f} tokens/step" if "expected_tokens_per_step" in spec.meta else "")
-                  for spec, _ in drawn]
-        trees_png([tree_figure(spec, probabilities, title) for (spec, probabilities), title in zip(drawn, titles)], png)
     if png:
+        if len(drawn) == 1:
+            tree_png(drawn[0][0], png, drawn[0][1])
+        else:
+            trees_png(drawn, png)
         typer.echo(f"picture written to {png}")
 
 

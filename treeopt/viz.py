@@ -131,15 +131,22 @@ def tree_png(spec: TreeSpec, out: str | Path, probabilities: dict[tuple[int, ...
     plt.close(fig)
 
 
-def trees_png(figures: list, out: str | Path, gap_in: float = 0.3) -> None:
-    """Several figures (e.g. from ``tree_figure``) side by side in one PNG, tops aligned, on white; closes them."""
+def trees_png(trees: list[tuple[TreeSpec, dict[tuple[int, ...], float] | None]], out: str | Path, gap_in: float = 0.3) -> None:
+    """Several trees (each with its P(path) labels or None) side by side in one PNG, tops aligned, on white; each
+    titled with its size, the sampling settings it was calibrated for and its predicted tokens/step."""
     import io
 
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from medusa_runtime.sampling import describe_settings
+
     images = []
-    for fig in figures:
+    for spec, probabilities in trees:
+        predicted = spec.meta.get("expected_tokens_per_step")
+        title = (f"{spec.nodes} nodes, {describe_settings(spec.meta.get('sampling'))}"
+                 + (f": {predicted:.3f} tokens/step" if predicted is not None else ""))
+        fig = tree_figure(spec, probabilities, title)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
         plt.close(fig)
