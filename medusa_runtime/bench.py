@@ -141,6 +141,14 @@ def hf_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_token_id
     return hf_generate(model, [prompt_ids], max_new_tokens, eos_token_ids, sampling, keyed=True)[0]
 
 
+def hf_references(model, prompt_ids: list[list[int]], max_new_tokens: int | list[int], eos_token_ids: list[int],
+                  sampling: SamplingConfig, progress: bool = True, desc: str = "references") -> list[list[int]]:
+    """Every prompt's own reference decode (``hf_reference``), with a progress bar; one limit for all or one per prompt."""
+    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompt_ids)
+    return [hf_reference(model, p, n, eos_token_ids, sampling)
+            for p, n in tqdm(list(zip(prompt_ids, limits)), desc=desc, disable=not progress)]
+
+
 def batches_of(count: int, batch_size: int) -> list[list[int]]:
     """Prompt indices per batch: consecutive prompts, the last batch filled up with the first prompts again."""
     if count < 1 or batch_size < 1:

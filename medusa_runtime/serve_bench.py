@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from .bench import device_name, hf_generate, hf_reference, sync_device
+from .bench import device_name, hf_generate, hf_references, sync_device
 from .decoding import MedusaDecoder, SamplingConfig
 from .layout import prepare_kernels
 from .models import dtype_name
@@ -61,7 +61,8 @@ class ServeReport:
     dtype: str
     temperature: float
     arms: list[ArmReport]
-    predicted_tokens_per_s: float | None = None  # the tree's plan at this batch size, if it has one for continuous batching
+    predicted_tokens_per_s: float | None = None  # the tree's plan at this batch size (an endless queue), if it has one
+    # for continuous batching; a short burst drains at its end, so ``treeopt sweep`` predicts for the queue it measures
     divergences: list[dict] = field(default_factory=list)
 
     def arm(self, name: str) -> ArmReport:
@@ -100,8 +101,7 @@ def run_serve_bench(loaded, heads, tree: TreeSpec, prompt_ids: list[list[int]], 
     medusa = MedusaDecoder(model, heads, tree, eos, sampling)
     plain = MedusaDecoder(model, None, TreeSpec([]), eos, sampling)
     medusa.check_prompts(prompt_ids, max(limits))  # a prompt past the context: one line before anything runs
-    references = [hf_reference(model, p, n, eos, sampling)
-                  for p, n in tqdm(list(zip(prompt_ids, limits)), desc="serve bench: references", disable=not progress)]
+    references = hf_references(model, prompt_ids, limits, eos, sampling, progress, "serve bench: references")
     count = len(prompt_ids)
     batches = [list(range(s, min(s + batch_size, count))) for s in range(0, count, batch_size)]  # the last one may be short
     prepare_kernels(model, range(1, batch_size + 1))  # HF generate's row counts (the runtime's: its prefills)
@@ -185,7 +185,7 @@ def format_serve_report(report: ServeReport) -> str:
     lines.append(f"continuous vs static (tree): {medusa.tokens_per_s / static.tokens_per_s:.2f}x tokens/s, p90 latency "
                  f"{medusa.latency_p90_s:.2f}s vs {static.latency_p90_s:.2f}s; tree vs plain (continuous): "
                  f"{medusa.tokens_per_s / plain.tokens_per_s:.2f}x"
-                 + (f"; predicted {report.predicted_tokens_per_s:.2f} tok/s" if report.predicted_tokens_per_s else ""))
+                 + (f"; the plan predicts {report.predicted_tokens_per_s:.2f} tok/s for an endless queue" if report.predicted_tokens_per_s else ""))
     for d in report.divergences:
         lines.append(f"  divergence: {d['arm']}, prompt {d['prompt']}")
     return "\n".join(lines)

@@ -163,7 +163,7 @@ def test_sweep_measures_each_budget(tiny_folder, stats_file, tmp_path):
     assert invoke("profile", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--sizes", "1,2,4,8",
                   "--repeats", 2, "--context", 16, "--out", latency).exit_code == 0
     out = tmp_path / "sweep.json"
-    r = invoke("sweep", stats_file, "--latency", latency, "--budgets", "1,3", "--model", tiny_folder / "model",
+    r = invoke("sweep", stats_file, "--latency", latency, "--budgets", "1,3", "--no-neighbours", "--model", tiny_folder / "model",
                "--heads", tiny_folder / "heads", "--prompts", tiny_folder / "prompts.jsonl", "--select", "0:2",
                "--max-new-tokens", 12, "--json", out)
     assert r.exit_code == 0, r.output
@@ -375,8 +375,7 @@ def test_profile_batches_plan_and_build_for_a_batch_size(tiny_folder, stats_file
     assert json.loads(r.output.strip().splitlines()[-1])["switch_off_batch_size"] == plan["switch_off_batch_size"]
     assert plan["batching"] == "static"
     for row in plan["rows"]:
-        steady = row["batch_size"] * row["tokens_per_step"] * 1000 / row["step_ms"]
-        assert row["continuous_tokens_per_s"] == pytest.approx(steady, rel=1e-3)
+        assert row["continuous_tokens_per_s"] > 0  # its formula: tests/test_plan.py
         tree = tmp_path / f"b{row['batch_size']}.json"
         r = invoke("build", stats_file, "--budget", "auto", "--latency", batch_latency, "--batch-size", row["batch_size"],
                    "--max-budget", 7, "--out", tree)
@@ -400,8 +399,11 @@ def test_sweep_at_several_batch_sizes(tiny_folder, stats_file, batch_latency, tm
     summary = json.loads(out.read_text())
     assert [b["batch_size"] for b in summary["batches"]] == [1, 2]
     for batch in summary["batches"]:
-        assert [row["label"] for row in batch["rows"]][:2] == ["empty", "budget 2"]
+        assert [row["label"] for row in batch["rows"]][0] == "empty" and "budget 2" in [row["label"] for row in batch["rows"]]
         assert all(row["predicted_tokens_per_s"] > 0 and row["batch_size"] == batch["batch_size"] for row in batch["rows"])
+        assert batch["identical"] == 1.0 and all(row["identical"] == 1.0 for row in batch["rows"])
+        labels = {row["label"] for row in batch["rows"]}  # the planned tree's neighbouring budgets are measured too
+        assert {f"budget {n}" for n in (batch["auto_paths"] - 1, batch["auto_paths"] + 1) if n > 0} <= labels
     r = invoke("plan", stats_file, "--latency", batch_latency, "--png", tmp_path / "plan.png", "--measured", out)
     assert r.exit_code == 0, r.output
     r = invoke("plan", stats_file, "--latency", batch_latency, "--png", tmp_path / "plan.png", "--measured", batch_latency)
@@ -593,7 +595,8 @@ def test_bench_continuous_batching_runs_four_arms_losslessly(tiny_folder, stats_
     r = invoke(*common, "--batch-size", 2, "--max-new-tokens", 8, "--temperature", 0.9, "--json", report)
     assert r.exit_code == 0 and json.loads(report.read_text())["arms"][0]["identical"] == 1.0
     for options, message in ((("--batch-size", 5), "larger than the queue of 4"), (("--batch-size", 0), "--batch-size 0"),
-                             (("--select", "0:0"), "the selection is empty"), (("--min-new-tokens", 200), "--min-new-tokens 200")):
+                             (("--select", "0:0"), "the selection is empty"), (("--min-new-tokens", 200), "--min-new-tokens 200"),
+                             (("--max-new-tokens", 10 ** 6), "exceeds the model's context")):
         r = invoke(*common, *options)
         errors = [line for line in r.output.splitlines() if line.startswith("error:")]
         assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output

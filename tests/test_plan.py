@@ -28,7 +28,8 @@ def test_static_batches_pay_for_rows_that_finish_early():
     # two prompts: 10 tokens in 5 steps and 4 tokens in 2 steps; together 2 steps of 2 rows, then 3 of 1 row
     rate = static_tokens_per_s([(10, 5, None), (4, 2, None)], batch=2, nodes=2, latency=lat)
     assert rate == pytest.approx(14 / ((2 * 20 + 3 * 10) / 1000))
-    assert continuous_tokens_per_s(14 / 7, 2, 2, lat) == pytest.approx(2 * 2 * 1000 / 20)  # every step full: faster
+    # an endless queue: every step runs 2 rows, 7 steps of rows in all (the prefill counted as a step): faster
+    assert continuous_tokens_per_s([(10, 5, None), (4, 2, None)], 2, 2, lat) == pytest.approx(14 / (7 / 2 * 20 / 1000))
     # one prompt per batch of 2: the batch is filled up with the same prompt again (as bench does)
     assert static_tokens_per_s([(10, 5, None)], batch=2, nodes=2, latency=lat) == pytest.approx(20 / (5 * 20 / 1000))
 
@@ -41,6 +42,23 @@ def test_static_batches_with_prompt_lengths_pay_a_prefill_padded_to_the_longest(
     assert rate == pytest.approx(14 / ((16 + 1 * 20 + 3 * 10) / 1000))
     # a prompt without a length: the prefill counts as a step again
     assert static_tokens_per_s([(10, 5, 8), (4, 2, None)], 2, 2, lat) == pytest.approx(14 / ((2 * 20 + 3 * 10) / 1000))
+
+
+def test_continuous_batches_pay_each_request_s_prefill_and_a_burst_drains():
+    prefill = [(4, 8.0), (8, 16.0)]  # 2 ms per padded prompt token, at 1 and 2 rows alike
+    lat = BatchLatency({1: profile(1, 10.0, {2: 10.0}, prefill), 2: profile(2, 20.0, {2: 20.0}, prefill)})
+    a = (10, 5, 8)  # 10 tokens: the prefill's first token, then 4 steps
+    # endless queue: per request 4 steps of a full batch of 2 (4 / 2 x 20 ms) and its own prefill (16 ms)
+    assert continuous_tokens_per_s([a], 2, 2, lat) == pytest.approx(10 / ((4 / 2 * 20 + 16) / 1000))
+    # a burst of 3 through 2 slots: both slots prefilled together (16), 4 steps of 2 rows, then the third alone
+    # (prefill 16, 4 steps of 1 row)
+    assert continuous_tokens_per_s([a], 2, 2, lat, queue=3) == pytest.approx(30 / ((16 + 4 * 20 + 16 + 4 * 10) / 1000))
+    # the end of a burst: once the short row ends, the long one runs its last steps alone
+    b = (3, 2, 4)  # the prefill's token, one step
+    rate = continuous_tokens_per_s([a, b], 2, 2, lat, queue=2, groupings=1)
+    assert rate == pytest.approx(13 / ((16 + 1 * 20 + 3 * 10) / 1000))
+    with pytest.raises(ValueError, match="no prompt generated tokens"):
+        continuous_tokens_per_s([(0, 0, 4)], 2, 2, lat)
 
 
 def test_groupings_are_deterministic():
@@ -74,3 +92,16 @@ def test_plan_batches_by_hand():
         assert plan.rows[1].tokens_per_s == pytest.approx(rates[4][1])  # plain decoding is the plan at B=4
         assert plan.rows[0].speedup == pytest.approx(rates[1][0] / rates[1][1], abs=1e-4)
         assert plan.switch_off_batch_size == 4
+
+
+def test_the_plan_chooses_by_the_low_quantile_and_predicts_by_medians():
+    """A profile read by 10th percentiles (what ``build`` chooses by) with medians 25% slower (time stolen by other
+    work): the same tree is planned, and the rows' tokens/s are the medians' figures."""
+    stats = CalibrationStats(1, 1, [[[0]] * 9, [[0]] * 9], [9, 9])
+    low = {1: profile(1, 10.0, {2: 12.0}), 4: profile(4, 20.0, {2: 40.0})}
+    for b, p in low.items():
+        p.medians = profile(b, p.plain_step_ms * 1.25, {2: p.step_ms[0] * 1.25})
+    plan = plan_batches(stats, low, TreeRequest(None, folds=0), "continuous")
+    assert [(r.batch_size, r.nodes) for r in plan.rows] == [(1, 2), (4, 1)]
+    assert plan.rows[0].tokens_per_s == pytest.approx(150.0 / 1.25) and plan.rows[0].step_ms == pytest.approx(15.0)
+    assert plan.rows[1].tokens_per_s == pytest.approx(200.0 / 1.25)

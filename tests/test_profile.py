@@ -49,8 +49,13 @@ def test_each_batch_size_is_profiled_with_rows_of_different_lengths(monkeypatch)
                              progress=False, batch_sizes=(4, 2))
     assert [b["batch_size"] for b in result["batches"]] == [1, 2, 4]  # batch 1 always: the file's default rows
     assert result["plain_step"] == result["batches"][0]["plain_step"] and result["version"] == 2
-    assert [(b, n) for b, n, _ in seen] == [(1, 1), (1, 3)] * 3 + [(2, 1), (2, 3)] * 3 + [(4, 1), (4, 3)] * 3
+    # 2 timed rounds over 2 visits (passes 3, capped at the rounds), each visit a warm-up round and one timed round
+    assert [(b, n) for b, n, _ in seen] == ([(1, 1), (1, 3)] * 2 + [(2, 1), (2, 3)] * 2 + [(4, 1), (4, 3)] * 2) * 2
+    assert result["passes"] == 2 and all(r["repeats"] == 2 for b in result["batches"] for r in [b["plain_step"], *b["verify"]])
     first_step_of_4 = next(lengths for b, _, lengths in seen if b == 4)
     assert len(set(first_step_of_4)) == 4  # rows of different lengths: the per-row cache writes are what is timed
-    for batch in result["batches"]:  # a batch's prefill at two prompt lengths
+    for batch in result["batches"]:  # a batch's prefill at two prompt lengths, every repeat of every visit
         assert [p["tokens"] for p in batch["prefill"]] == [5, 20] and all(p["p10_ms"] > 0 for p in batch["prefill"])
+        assert all(p["repeats"] == 5 for p in batch["prefill"])
+    one = profile_latency(loaded, None, sizes=(1,), repeats=4, warmup=0, context=8, progress=False, batch_sizes=(2,), passes=1)
+    assert one["passes"] == 1 and one["batches"][1]["plain_step"]["repeats"] == 4

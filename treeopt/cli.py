@@ -34,7 +34,8 @@ ModelOpt = typer.Option("smollm2-135m", "--model", help="alias smollm2-135m, a H
 HeadsOpt = typer.Option(None, "--heads", help="Medusa heads folder; default: the shipped heads of the default model; 'none' for no heads")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16")
 BatchingOpt = typer.Option(DEFAULT_BATCHING, "--batching", help=f"{' | '.join(BATCHING)}: rows leave a batch when done "
-                           "and none join (the bundled runtime, bench, sweep), or finished rows are replaced at once (in-flight batching)")
+                           "and none join, or finished rows are replaced at once (in-flight batching, as servers run); "
+                           "bench and sweep run either")
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present) | cpu | cuda | cuda:N")
 PromptsOpt = typer.Option("mt-bench", "--prompts", help="mt-bench | sharegpt | humaneval | FILE.jsonl")
 SelectOpt = typer.Option(None, "--select", help="Python slice START:STOP[:STEP] over the prompts")
@@ -752,6 +753,8 @@ def profile(
     heads: Optional[str] = HeadsOpt,
     sizes: str = typer.Option(",".join(map(str, PROFILE_SIZES)), "--sizes", help="tree tokens per verify step (every size up to 8: kernels change there)"),
     repeats: int = typer.Option(20, "--repeats", help="timed steps per size (after 3 warm-up steps)"),
+    passes: int = typer.Option(3, "--passes", help="with several batch sizes: visit each this many times in turn, "
+                               "the timed steps split between visits (spreads a slow phase of the machine)"),
     context: int = typer.Option(256, "--context", help="KV-cache length the steps run at"),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="sequences per step to profile, e.g. 1,2,4,8,16 "
                                     "(batch 1 is always included)"),
@@ -768,11 +771,13 @@ def profile(
     batch_list = parse_int_list("--batch-sizes", batch_sizes)
     if repeats < 1:
         fail("--repeats must be >= 1")
+    if passes < 1:
+        fail(f"--passes {passes}: use an integer >= 1")
     sampling = sampling_or_fail(temperature, top_k, top_p)
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=size_list[-1] > 1)
     try:
         result = profile_latency(loaded, medusa_heads, size_list, repeats, context=context, batch_sizes=batch_list,
-                                 sampling=sampling)
+                                 sampling=sampling, passes=passes)
     except ValueError as err:
         fail(str(err))
     write_output(out, json.dumps(result, indent=1) + "\n")
@@ -967,6 +972,12 @@ def sweep(
                                 "(0: plain decoding through the runtime, always measured)"),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="batch sizes to sweep, each with its own auto tree "
                                     "(each must be in the latency profile)"),
+    neighbours: bool = typer.Option(True, "--neighbours/--no-neighbours", help="also measure the budgets one below "
+                                    "and one above the auto one at each batch size"),
+    check: bool = typer.Option(True, "--check/--no-check", help="check every tree's outputs token for token against "
+                               "each prompt's own Hugging Face decode"),
+    rounds: int = typer.Option(1, "--rounds", help="times each batch (continuous: the whole queue) is decoded by every "
+                               "tree, in rotated order; with --batching continuous, 2 or more give the ratios an interval"),
     model: str = ModelOpt,
     heads: Optional[str] = HeadsOpt,
     prompts: str = PromptsOpt,
@@ -979,54 +990,47 @@ def sweep(
 ):
     """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts,
     at one or more batch sizes, at the sampling settings the stats were calibrated at."""
-    from medusa_runtime.spec import TreeSpec
+    from medusa_runtime.bench import hf_references
 
     from .builder import BuildError
-    from .design import TreeRequest, design_tree
-    from .plan import BatchLatency, budget_tokens_per_s, plan_batches, planned_tree
-    from .sweep import format_sweep, rows_json, run_sweep
+    from .sweep import format_auto_vs, format_sweep, run_sweep, sweep_summary, sweep_trees
 
     stats = load_stats_or_fail(stats_file)
-    sizes = [n for n in parse_int_list("--budgets", budgets, minimum=0) if n > 0]
+    sizes = parse_int_list("--budgets", budgets, minimum=0)
     batch_list = parse_int_list("--batch-sizes", batch_sizes)
     latencies = load_latency_batches_or_fail(latency)
     missing = [b for b in batch_list if b not in latencies]
     if missing:
         fail(f"{latency}: no batch size {', '.join(map(str, missing))} (profiled: {', '.join(map(str, sorted(latencies)))}); "
              f"re-run 'treeopt profile --batch-sizes {batch_sizes}'")
-    model_latency = BatchLatency(latencies)
-    request = TreeRequest(None)
-    try:
-        designed = {n: design_tree(stats, TreeRequest(n)) for n in sizes}
-        plan_made = plan_batches(stats, latencies, request, batching)
-        autos = {b: planned_tree(stats, plan_made, request, b) for b in batch_list}
-    except (BuildError, ValueError) as err:
-        fail(f"--budgets {budgets}: {err}")
-    trees = {"empty": TreeSpec([]), **{f"budget {n}": d.spec for n, d in designed.items()}}
+    if batching not in BATCHING:
+        fail(f"--batching {batching!r}: use one of {', '.join(BATCHING)}")
+    if rounds < 1:
+        fail(f"--rounds {rounds}: use an integer >= 1")
     try:
         sampling = SamplingConfig.from_settings(stats.sampling())  # decode at the settings the stats were calibrated at
     except SamplingError as err:
         fail(f"{stats_file}: provenance.sampling: {err}; re-run 'treeopt calibrate'")
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)
     prompt_ids = load_prompt_ids(loaded, prompts, select)
+    try:
+        planned = sweep_trees(stats, latencies, sizes, batch_list, batching, queue=len(prompt_ids), neighbours=neighbours)
+    except (BuildError, ValueError) as err:
+        fail(f"--budgets {budgets}: {err}")
+    references = None
+    if check:
+        references = hf_references(loaded.model, prompt_ids, max_new_tokens, loaded.eos_token_ids, sampling,
+                                   desc="sweep: reference decodes")
     results = []
-    for b in batch_list:
-        auto_spec = autos[b]
-        label = f"auto ({len(auto_spec.paths)})"
-        predicted = {"empty": budget_tokens_per_s(stats, 0, b, model_latency, batching),
-                     **{f"budget {n}": budget_tokens_per_s(stats, n, b, model_latency, batching, d) for n, d in designed.items()},
-                     label: plan_made.row(b).tokens_per_s}
-        rows = run_sweep(loaded, medusa_heads, {**trees, label: auto_spec}, prompt_ids, max_new_tokens, batch_size=b,
-                         predicted_tokens_per_s=predicted, sampling=sampling, batching=batching)
+    for plan_b in planned:
+        b = plan_b.batch_size
+        rows = run_sweep(loaded, medusa_heads, plan_b.trees, prompt_ids, max_new_tokens, batch_size=b,
+                         predicted_tokens_per_s=plan_b.predicted_tokens_per_s, sampling=sampling, batching=batching,
+                         references=references, rounds=rounds)
         typer.echo(f"batch size {b} ({batching} batches):" if len(batch_list) > 1 or b > 1 else "")
         typer.echo(format_sweep(rows))
-        best = max(r.tokens_per_s for r in rows if not r.label.startswith("auto"))
-        auto = rows[-1]
-        results.append({"batch_size": b, "batching": batching, "auto_paths": len(auto_spec.paths),
-                        "auto_tokens_per_s": round(auto.tokens_per_s, 3),
-                        "auto_predicted_tokens_per_s": round(auto.predicted_tokens_per_s, 3),
-                        "best_budget_tokens_per_s": round(best, 3), "auto_vs_best": round(auto.tokens_per_s / best, 4),
-                        "rows": rows_json(rows)})
+        results.append(sweep_summary(plan_b, rows, batching))
+        typer.echo(format_auto_vs(results[-1]))
     summary = {"prompts": prompts, "select": select, "max_new_tokens": max_new_tokens, "batches": results}
     if len(results) == 1:  # the single-batch-size layout earlier versions wrote
         summary = {**results[0], "prompts": prompts, "select": select}

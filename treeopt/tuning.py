@@ -10,6 +10,11 @@ itself costs. On this project's CPU, medians over 20 round-robin repeats put 6- 
 1% of each other in one profile and picked 8 nodes, which then decoded 1.22-1.32x over ``generate``; the
 same profile read by 10th percentiles picks 4 nodes, which decoded 1.35-1.36x (``treeopt sweep`` agrees:
 4-6 nodes are fastest there). Files without ``p10_ms`` fall back to medians.
+
+Throughput, though, is predicted from medians (``LatencyProfile.typical``, used by ``plan.py``): the stolen
+time is real for whoever runs there, and a low quantile's optimism grows with the spread of the timings, which
+grows with the batch size (2026-12-02, [docs/results.md](../docs/results.md#where-the-plan-was-optimistic): by
+10th percentiles the static plan read +8% to +33% high at batch 4 and 8, by medians -6% to +16%).
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ class LatencyProfile:
     statistic: str = "p10_ms"
     batch_size: int = 1  # sequences decoded together in each timed step
     prefill: list[tuple[int, float]] = field(default_factory=list)  # (prompt tokens, ms) of a batch's prefill; [] if not profiled
+    medians: "LatencyProfile | None" = None  # the same profile read by medians (None: this one is), see ``typical``
+
+    def typical(self) -> "LatencyProfile":
+        """The profile by median times: what a run on this machine sees, time stolen by other work included, and so
+        what throughput is predicted from (``plan.py``); the low quantile (``statistic``) is what sizes are chosen by."""
+        return self.medians or self
 
     def prefill_ms(self, tokens: int) -> float | None:
         """A batch prefill of prompts up to ``tokens`` long, linear in the length through the profiled points (None: not profiled)."""
@@ -128,12 +139,18 @@ def load_latency(path: str | Path, batch_size: int = 1) -> LatencyProfile:
     if not isinstance(prefill, list) or not all(isinstance(p, dict) and is_int(p.get("tokens")) and p["tokens"] >= 1
                                                 and is_positive_number(p.get(stat)) for p in prefill):
         raise ValueError(f"{path}: field '{where}prefill' must list objects with 'tokens' (>= 1) and '{stat}' (ms); {redo}")
-    return LatencyProfile(
-        device=str(data.get("device", "?")), dtype=str(data.get("dtype", "?")), sizes=[r["nodes"] for r in rows],
-        step_ms=[r[stat] for r in rows], plain_step_ms=plain[stat],
-        meta={k: v for k, v in data.items() if k not in ("verify", "plain_step", "batches")}, statistic=stat,
-        batch_size=batch_size, prefill=sorted((p["tokens"], p[stat]) for p in prefill),
-    )
+    def read(by: str) -> LatencyProfile:
+        return LatencyProfile(
+            device=str(data.get("device", "?")), dtype=str(data.get("dtype", "?")), sizes=[r["nodes"] for r in rows],
+            step_ms=[r[by] for r in rows], plain_step_ms=plain[by],
+            meta={k: v for k, v in data.items() if k not in ("verify", "plain_step", "batches")}, statistic=by,
+            batch_size=batch_size, prefill=sorted((p["tokens"], p[by]) for p in prefill),
+        )
+
+    profile = read(stat)
+    if stat != "median_ms" and all(is_positive_number(r.get("median_ms")) for r in [*rows, plain, *prefill]):
+        profile.medians = read("median_ms")
+    return profile
 
 
 @dataclass

@@ -193,7 +193,9 @@ def curve_png(rows: list[dict], out: str | Path, chosen: int | None = None, base
 def plan_png(rows: list[dict], out: str | Path, measured: dict[int, dict[str, float]] | None = None) -> None:
     """Left: predicted tokens/s against batch size, the planned Medusa tree (nodes annotated) and plain decoding.
     Right: the planned tree's speedup over plain decoding. ``rows``: ``BatchPlan.to_json()["rows"]``;
-    ``measured`` (optional): batch size -> {"medusa", "plain"} measured tok/s, drawn as crosses."""
+    ``measured`` (optional): batch size -> {"medusa", "plain"} measured tok/s, drawn as crosses, and where they differ
+    from the plan's own figures (a sweep of a finite queue under continuous batching), the sweep's predictions for that
+    queue ({"medusa_predicted", "plain_predicted"}) as open markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,6 +214,14 @@ def plan_png(rows: list[dict], out: str | Path, measured: dict[int, dict[str, fl
         b = sorted(measured)
         ax.plot(b, [measured[x]["medusa"] for x in b], "x", color="tab:green", markersize=9, label="Medusa, measured")
         ax.plot(b, [measured[x]["plain"] for x in b], "x", color="black", markersize=9, label="plain, measured")
+        queued = [x for x in b if "medusa_predicted" in measured[x]]
+        planned = {r["batch_size"]: r["tokens_per_s"] for r in rows}
+        if any(x in planned and abs(measured[x]["medusa_predicted"] / planned[x] - 1) > 0.005 for x in queued):
+            # the sweep predicted for the queue it measured (a burst drains at its end): those predictions beside the crosses
+            ax.plot(queued, [measured[x]["medusa_predicted"] for x in queued], "o", mfc="none", color="tab:green", markersize=9,
+                    label="Medusa, predicted for the measured queue")
+            ax.plot(queued, [measured[x]["plain_predicted"] for x in queued], "s", mfc="none", color="black", markersize=8,
+                    label="plain, predicted for the measured queue")
         ratio.plot(b, [measured[x]["medusa"] / measured[x]["plain"] for x in b], "x", color="black", markersize=9, label="measured")
     for axis in (ax, ratio):
         axis.set_xscale("log", base=2)

@@ -1,0 +1,54 @@
+"""Does a queue of prompts from 1 to 1,000 tokens decode through the slots without error, each as it decodes alone?
+
+Prompts are the first n tokens of the MT-Bench questions rendered through the chat template and joined (so a 1-token
+prompt is a bare template token and a 1,000-token one spans several questions), for n in ``--lengths``. They are
+served through ``--batch-size`` slots (``MedusaDecoder.serve``) with the given tree, in an order that mixes short and
+long, and each answer is compared token for token with the prompt's own Hugging Face decode. Prints one line per
+prompt and one JSON line.
+
+    python experiments/mixed_lengths.py --tree runs/b/tree_c4.json --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from medusa_runtime.bench import hf_references
+from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.heads import load_heads
+from medusa_runtime.models import load_model
+from medusa_runtime.prompts import render_chat, select_prompts
+from medusa_runtime.spec import load_tree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", required=True)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lengths", default="1,1000,2,500,10,200,50,999")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--heads", default="data/heads/smollm2-135m")
+    args = parser.parse_args()
+    loaded = load_model("smollm2-135m", device="cpu")
+    heads = load_heads(args.heads, loaded.model)
+    tree = load_tree(args.tree, heads.num_heads)
+    text = [t for p in select_prompts("mt-bench", "0:80") for t in render_chat(loaded.tokenizer, p)]
+    lengths = [int(n) for n in args.lengths.split(",")]
+    prompts = [text[:n] for n in lengths]
+    decoder = MedusaDecoder(loaded.model, heads if tree.paths else None, tree, loaded.eos_token_ids)
+    references = hf_references(loaded.model, prompts, args.max_new_tokens, loaded.eos_token_ids, decoder.sampling)
+    t0 = time.perf_counter()
+    results = decoder.serve(prompts, args.max_new_tokens, args.batch_size)
+    seconds = time.perf_counter() - t0
+    same = [r.tokens == ref for r, ref in zip(results, references)]
+    for n, r, ok in zip(lengths, results, same):
+        print(f"prompt {n:>5} tokens: {len(r.tokens):>3} new tokens in {r.steps:>3} forwards, {r.stop_reason:>6}, "
+              f"{'identical' if ok else 'DIFFERS'}")
+    print(json.dumps({"tree_nodes": tree.nodes, "batch_size": args.batch_size, "lengths": lengths,
+                      "identical": sum(same) / len(same), "seconds": round(seconds, 2)}))
+
+
+if __name__ == "__main__":
+    main()
