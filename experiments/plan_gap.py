@@ -1,6 +1,7 @@
 """Where does a batch's real time go that the plan does not charge? Measured step times against the profile's.
 
-Decodes the prompts as ``bench`` does (static batches of B, or the queue through B slots), timing every verify step
+Charges are by the profile's 10th percentiles (the plan's statistic when this probe ran; the plan now predicts
+from medians). Decodes the prompts as ``bench`` does (static batches of B, or the queue through B slots), timing every verify step
 with the number of rows it served and every prefill, then sets each against what the plan charges for it (the
 profile's step time at that row count and tree size, its prefill time at that length). Prints, per row count, the
 steps, their median measured ms and the plan's, then the whole run split into steps, prefills and the time between
