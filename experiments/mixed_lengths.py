@@ -16,11 +16,9 @@ import json
 import time
 
 from medusa_runtime.bench import hf_references
-from medusa_runtime.decoding import MedusaDecoder
-from medusa_runtime.heads import load_heads
-from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
-from medusa_runtime.spec import load_tree
+
+from plan_gap import load_decoder  # experiments/, beside this file
 
 
 def main() -> None:
@@ -31,13 +29,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--heads", default="data/heads/smollm2-135m")
     args = parser.parse_args()
-    loaded = load_model("smollm2-135m", device="cpu")
-    heads = load_heads(args.heads, loaded.model)
-    tree = load_tree(args.tree, heads.num_heads)
+    loaded, decoder = load_decoder(args.heads, args.tree)
+    tree = decoder.tree
     text = [t for p in select_prompts("mt-bench", "0:80") for t in render_chat(loaded.tokenizer, p)]
     lengths = [int(n) for n in args.lengths.split(",")]
     prompts = [text[:n] for n in lengths]
-    decoder = MedusaDecoder(loaded.model, heads if tree.paths else None, tree, loaded.eos_token_ids)
     references = hf_references(loaded.model, prompts, args.max_new_tokens, loaded.eos_token_ids, decoder.sampling)
     t0 = time.perf_counter()
     results = decoder.serve(prompts, args.max_new_tokens, args.batch_size)

@@ -24,7 +24,7 @@ from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.spec import load_tree
 from treeopt.plan import BatchLatency
-from treeopt.tuning import latency_batch_sizes, load_latency
+from treeopt.tuning import load_latency_batches
 
 
 class TimedDecoder(MedusaDecoder):
@@ -48,6 +48,14 @@ class TimedDecoder(MedusaDecoder):
         return out
 
 
+def load_decoder(heads_dir: str, tree_path: str, kind=MedusaDecoder):
+    """The default model (CPU) and a ``kind`` decoder of this tree with these heads (none for the empty tree)."""
+    loaded = load_model("smollm2-135m", device="cpu")
+    heads = load_heads(heads_dir, loaded.model)
+    tree = load_tree(tree_path, heads.num_heads)
+    return loaded, kind(loaded.model, heads if tree.paths else None, tree, loaded.eos_token_ids)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", required=True)
@@ -58,12 +66,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--heads", default="data/heads/smollm2-135m")
     args = parser.parse_args()
-    loaded = load_model("smollm2-135m", device="cpu")
-    heads = load_heads(args.heads, loaded.model)
-    tree = load_tree(args.tree, heads.num_heads)
-    latency = BatchLatency({b: load_latency(args.latency, b) for b in latency_batch_sizes(args.latency)})
+    loaded, decoder = load_decoder(args.heads, args.tree, TimedDecoder)
+    tree = decoder.tree
+    latency = BatchLatency(load_latency_batches(args.latency))
     prompts = [render_chat(loaded.tokenizer, p) for p in select_prompts("mt-bench", args.select)]
-    decoder = TimedDecoder(loaded.model, heads if tree.paths else None, tree, loaded.eos_token_ids)
     decoder.serve(prompts[: args.batch_size], 4, args.batch_size)  # warm-up
     decoder.steps.clear()
     decoder.prefills.clear()

@@ -16,7 +16,7 @@ import json
 from treeopt.design import TreeRequest, design_tree
 from treeopt.plan import BatchLatency, budget_tokens_per_s
 from treeopt.stats import load_stats
-from treeopt.tuning import latency_batch_sizes, load_latency
+from treeopt.tuning import load_latency_batches
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     stats = load_stats(args.stats)
-    model = BatchLatency({b: load_latency(args.latency, b) for b in latency_batch_sizes(args.latency)}).typical()
+    model = BatchLatency(load_latency_batches(args.latency)).typical()
     doc = json.load(open(args.sweep))
     designed: dict = {}
     errors = []

@@ -596,13 +596,12 @@ def load_latency_or_fail(path: Path, batch_size: int = 1):
 
 def load_latency_batches_or_fail(path: Path) -> dict:
     """batch size -> LatencyProfile for every batch size the file holds."""
-    from .tuning import latency_batch_sizes
+    from .tuning import load_latency_batches
 
     try:
-        sizes = latency_batch_sizes(path)
+        return load_latency_batches(path)
     except ValueError as err:
         fail(str(err))
-    return {b: load_latency_or_fail(path, b) for b in sizes}
 
 
 def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:

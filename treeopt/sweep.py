@@ -71,16 +71,12 @@ def sweep_trees(stats: CalibrationStats, latencies: dict[int, LatencyProfile], b
         auto = planned_tree(stats, plan_made, request, b)
         paths = len(auto.paths)
         wanted = sorted({n for n in budgets if n > 0} | ({n for n in (paths - 1, paths + 1) if n > 0} if neighbours else set()))
-        for n in wanted:
-            if n not in designed:
-                designed[n] = design_tree(stats, TreeRequest(n))
-        trees = {"empty": TreeSpec([]), **{f"budget {n}": designed[n].spec for n in wanted}}
-        predicted = {"empty": budget_tokens_per_s(stats, 0, b, model, batching, queue=queue),
-                     **{f"budget {n}": budget_tokens_per_s(stats, n, b, model, batching, designed[n], queue) for n in wanted}}
         label = f"auto ({paths})"
-        trees[label] = auto
-        predicted[label] = predicted["empty"] if paths == 0 else budget_tokens_per_s(stats, paths, b, model, batching,
-                                                                                   designed.get(paths), queue)
+        budget_of = {"empty": 0, **{f"budget {n}": n for n in wanted}, label: paths}  # label -> paths
+        for n in set(budget_of.values()) - {0} - designed.keys():
+            designed[n] = design_tree(stats, TreeRequest(n))
+        trees = {name: auto if name == label else designed[n].spec if n else TreeSpec([]) for name, n in budget_of.items()}
+        predicted = {name: budget_tokens_per_s(stats, n, b, model, batching, designed.get(n), queue) for name, n in budget_of.items()}
         out.append(SweepTrees(b, trees, predicted, label))
     return out
 

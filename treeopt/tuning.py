@@ -105,6 +105,11 @@ def latency_batch_sizes(path: str | Path) -> list[int]:
     return sorted(_batch_entries(path, _read_latency(path)))
 
 
+def load_latency_batches(path: str | Path) -> dict[int, "LatencyProfile"]:
+    """batch size -> its profile, for every batch size the latency file holds (``load_latency`` each)."""
+    return {b: load_latency(path, b) for b in latency_batch_sizes(path)}
+
+
 def load_latency(path: str | Path, batch_size: int = 1) -> LatencyProfile:
     """Read one batch size's profile from a latency file and check the fields ``LatencyProfile.at`` and
     ``choose_budget`` compute with."""
