@@ -29,6 +29,7 @@ from tqdm import tqdm
 from transformers import LogitsProcessorList
 
 from .decoding import MedusaDecoder, SamplingConfig
+from .sampling import describe_drafts
 from .draws import KeyedSampler, keyed_gumbel, prompt_key, warp
 from .layout import prepare_kernels
 from .models import dtype_name
@@ -78,6 +79,7 @@ class BenchReport:
     batches: int = 0
     baseline_identical: float | None = None  # rows where left-padded batched ``generate`` equals the prompt's own greedy decode
     acceptance: str = "greedy"  # the runtime's acceptance rule: greedy | sample | typical
+    drafts: dict = field(default_factory=lambda: {"rule": "mode"})  # how the heads ordered their guesses (draft_settings)
     lossless: bool = True  # whether that rule keeps the output distribution (typical does not)
     top_k: int = 0
     top_p: float = 1.0
@@ -264,6 +266,7 @@ def run_bench(
         batches=len(batches),
         baseline_identical=None if sampling.sampled else sum(r.baseline_identical for r in runs) / len(runs),
         acceptance=sampling.rule,
+        drafts=sampling.draft_settings(),
         lossless=sampling.lossless,
         top_k=sampling.top_k,
         top_p=sampling.top_p,
@@ -296,7 +299,8 @@ def format_report(report: BenchReport) -> str:
     if sampled:
         settings = SamplingConfig(report.temperature, report.top_k, report.top_p, report.seed)
         decoding = (f"sampling at {settings.describe()}, seed {report.seed}; acceptance: {report.acceptance} "
-                    f"({'lossless' if report.lossless else 'LOSSY: changes the output distribution'})")
+                    f"({'lossless' if report.lossless else 'LOSSY: changes the output distribution'}); "
+                    f"{describe_drafts(report.drafts)}")
     batch = f"   batch size {report.batch_size} ({report.batches} batches of {report.prompts} prompts)" if report.batch_size > 1 else ""
     planned = f"   predicted: {report.predicted_tokens_per_s:.2f} tok/s" if report.predicted_tokens_per_s is not None else ""
     lines += [

@@ -1,7 +1,8 @@
 """Medusa tree decoding of one or more sequences (batch size B) over a Hugging Face causal LM.
 
 Per step, for every row of the batch: candidates from the heads' top-k (or from an oracle; heads with context
-lookup put a token copied from the row's own text first, ``lookup.py``), one forward over the B x N tree tokens
+lookup put a token copied from the row's own text first, ``lookup.py``; ranked by the heads' logits, or at
+temperature > 0 coupled with the target's keyed draws, ``drafts.py``), one forward over the B x N tree tokens
 with explicit per-row positions into a preallocated KV cache (``kv_cache.TreeKVCache``: each row has its own length
 and write position, nothing is padded on the left, and the cache makes each forward's attention bias from those
 lengths), the acceptance rule per row (``acceptance.py``: greedy, sample-and-match or typical; draws keyed by the
@@ -25,6 +26,7 @@ import torch
 
 from .acceptance import make_rule
 from .draws import prompt_key
+from .drafts import DraftOrder
 from .kv_cache import TreeKVCache
 from .layout import prepare_kernels
 from .lookup import ContextIndex, merge
@@ -134,6 +136,7 @@ class MedusaDecoder:
         self.device, self.dtype = param.device, param.dtype
         if heads is not None:
             check_tree_fits_heads(self.tree, heads, model.config.vocab_size)
+        self.drafts = None if heads is None else DraftOrder(self.sampling, heads.num_heads, heads.draft_vocab, self.device)
         self.buffers: TreeBuffers = build_buffers(self.tree, self.device, self.dtype)
         # node -> the nodes on its path, root first (what the cache keeps when that node is accepted)
         self._path_of = [path[: depth + 1] for path, depth in zip(self.buffers.root_paths.tolist(), self.buffers.depths.tolist())]
@@ -158,10 +161,12 @@ class MedusaDecoder:
         return self.lm_head(hidden)
 
     # ------------------------------------------------------------------ candidates
-    def _head_candidates(self, hidden: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
-        """hidden: [B, H] of each row's last accepted node, root: [B] the token after it -> top-k tokens [B, D, topk]
-        of the heads the tree reads (root-conditioned heads read the root too; plain Medusa heads ignore it)."""
-        return self.heads.candidates(hidden, self.buffers.topk, self.buffers.num_heads_used, root=root)
+    def _head_candidates(self, state: DecodeState) -> torch.Tensor:
+        """Top-k tokens [B, D, topk] of the heads the tree reads, from each row's hidden state [B, H] at its last
+        accepted node (root-conditioned heads read the root [B] too; plain Medusa heads ignore it), in the draft order."""
+        b = self.buffers
+        order = self.drafts.heads(self.rule.noise, state.keys, state.cache.lengths, b.num_heads_used)
+        return self.heads.candidates(state.hidden, b.topk, b.num_heads_used, root=state.root, order=order)
 
     def _tree_tokens_by_depth(self, state: DecodeState) -> torch.Tensor:
         """Heads whose guesses depend on the path (sequential heads, context lookup): the tree's tokens depth by depth,
@@ -180,7 +185,8 @@ class MedusaDecoder:
                 top = [[[p] for p in row] for row in proposals]  # rank 0 is the proposal everywhere: the head has nothing to add
             else:
                 path = torch.tensor(paths, dtype=torch.long, device=self.device).reshape(len(tokens), len(level.parent_paths), level.depth)
-                ranked = self.heads.path_candidates(level.depth, h, r, path, level.topk)  # [B, P, topk]
+                order = self.drafts.head(self.rule.noise, state.keys, state.cache.lengths, level.depth)
+                ranked = self.heads.path_candidates(level.depth, h, r, path, level.topk, order)  # [B, P, topk]
                 if proposals is not None:
                     ranked = merge(ranked, torch.tensor(proposals, dtype=torch.long, device=self.device))
                 top = ranked.tolist()
@@ -267,7 +273,7 @@ class MedusaDecoder:
             if oracles is not None:
                 guesses = self._oracle_candidates([oracles[r] for r in state.rows], state.emitted)
             else:
-                guesses = self._head_candidates(state.hidden, state.root)
+                guesses = self._head_candidates(state)
             tree_tokens = torch.cat([state.root[:, None], guesses.flatten(1)], dim=1)[:, b.candidate_index]  # [B, N]
         else:
             tree_tokens = state.root[:, None]  # [B, 1]

@@ -18,7 +18,9 @@ This module decides no acceptance (``acceptance.py``) and loads nothing.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -75,20 +77,37 @@ def _position_seed(seed: int, key: int, position: int) -> int:
 def keyed_gumbel(seed: int, key: int, position: int, vocab: int) -> torch.Tensor:
     """Standard Gumbel noise [V] (float32, on the CPU) for this key and absolute position: the same on every device."""
     generator = torch.Generator().manual_seed(_position_seed(seed, key, position))
-    uniform = torch.rand(vocab, generator=generator, dtype=torch.float64)  # [0, 1): 0 gives -inf, never drawn
-    return (-torch.log(-torch.log(uniform))).float()
+    uniform = torch.rand(vocab, generator=generator, dtype=torch.float64).numpy()  # [0, 1): 0 gives -inf, never drawn
+    # numpy's log, bit for bit what torch.log gives here, but single-threaded: torch's intra-op threads cost 5-100x
+    # on a [V] vector when the cores are busy (measured on the 2-core VMs)
+    with np.errstate(divide="ignore"):
+        return torch.from_numpy((-np.log(-np.log(uniform))).astype(np.float32))
 
 
 class KeyedNoise:
-    """Noise keyed by (seed, prompt key, position); each (row, position) is drawn once, so nothing is cached."""
+    """Noise keyed by (seed, prompt key, position). Coupled drafts read a position's noise before the target draws
+    there, and the next step's drafts read it again, so the last ``MEMO`` (key, position) rows drawn are kept: each
+    is computed once however often a step reads it."""
+
+    MEMO = 512  # rows kept (each [V] float32 on the device: 100 MB at V = 49152)
 
     def __init__(self, seed: int, vocab: int, device: torch.device):
         self.seed, self.vocab, self.device = seed, vocab, device
+        self._memo: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
 
     def gumbel(self, keys: list[int], positions: list[int]) -> torch.Tensor:
         """keys, positions: one per row -> [rows, V] on the device."""
-        rows = [keyed_gumbel(self.seed, key, position, self.vocab) for key, position in zip(keys, positions)]
-        return torch.stack(rows).to(self.device)
+        return torch.stack([self._row(key, position) for key, position in zip(keys, positions)])
+
+    def _row(self, key: int, position: int) -> torch.Tensor:
+        row = self._memo.get((key, position))
+        if row is None:
+            row = self._memo[(key, position)] = keyed_gumbel(self.seed, key, position, self.vocab).to(self.device)
+            if len(self._memo) > self.MEMO:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end((key, position))
+        return row
 
 
 class FreshNoise:

@@ -41,6 +41,7 @@ import copy
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ from .layout import frozen_linear, pack_linears, weight_version
 from .prefix import KEY_PREFIX, PrefixAttention
 
 
+Order = Callable[[torch.Tensor], torch.Tensor]  # logits [..., V'] -> the scores guesses are ranked by
 ENGINES = {"medusa": "upstream Medusa", "trtllm": "TensorRT-LLM"}  # engines that take exported trees, and run Medusa heads
 
 
@@ -254,20 +256,22 @@ class MedusaHeads(nn.Module):
             features, weight = head[:-1](x), head[-1].weight
         return F.linear(features, weight) if self.draft_vocab is None else self._draft_head(weight)(features)
 
-    def _top_tokens(self, logits: torch.Tensor, topk: int) -> torch.Tensor:
-        """Logits as ``guess_logits`` gives them [..., V'] -> the token ids of their top-k [..., topk], best first."""
-        top = logits.topk(topk, dim=-1).indices
+    def top_tokens(self, logits: torch.Tensor, topk: int, order: Order | None = None) -> torch.Tensor:
+        """Logits as ``guess_logits`` gives them [..., V'] -> the token ids of their top-k [..., topk], best first;
+        ``order`` ranks by ``order(logits)`` instead of the logits (coupled drafts, ``drafts.py``)."""
+        top = (logits if order is None else order(logits)).topk(topk, dim=-1).indices
         return top if self.draft_vocab is None else self.draft_vocab[top]
 
     def candidates(self, h: torch.Tensor, topk: int, num_heads: int | None = None, root: torch.Tensor | None = None,
-                   path: torch.Tensor | None = None) -> torch.Tensor:
+                   path: torch.Tensor | None = None, order: Order | None = None) -> torch.Tensor:
         """The token ids each head ranks highest: h [..., H] (root: [...]; path: [..., K-1] true draft tokens for
-        sequential heads) -> [..., K, topk], best first.
+        sequential heads) -> [..., K, topk], best first; ``order`` maps the logits [..., K, V'] to the scores
+        ranked instead (coupled drafts).
 
         Without a draft vocabulary this is ``forward(h).topk(topk)``; with one, only its tokens compete and
         the lm_head product covers only their rows."""
         self._check_topk(topk)
-        return self._top_tokens(self.guess_logits(h, num_heads, root, path), topk)
+        return self.top_tokens(self.guess_logits(h, num_heads, root, path), topk, order)
 
     def guess_logits(self, h: torch.Tensor, num_heads: int | None = None, root: torch.Tensor | None = None,
                      path: torch.Tensor | None = None) -> torch.Tensor:
@@ -280,13 +284,15 @@ class MedusaHeads(nn.Module):
             return self._draft_head(self._shared_lm_head().weight)(self.hidden(h, num_heads, root, path))
         return torch.stack([self._head_logits(head, x) for head, x in zip(self.heads, self._inputs(h, root, num_heads, path))], dim=-2)
 
-    def path_candidates(self, i: int, h: torch.Tensor, root: torch.Tensor, path: torch.Tensor, topk: int) -> torch.Tensor:
+    def path_candidates(self, i: int, h: torch.Tensor, root: torch.Tensor, path: torch.Tensor, topk: int,
+                        order: Order | None = None) -> torch.Tensor:
         """Head i's top-k for several paths at once (sequential heads, one call per tree depth): h [B, 1, H], root
-        [B, 1], path [B, P, i] (the draft tokens at depths 1..i of each of P nodes) -> [B, P, topk]."""
+        [B, 1], path [B, P, i] (the draft tokens at depths 1..i of each of P nodes) -> [B, P, topk]; ``order`` as for
+        ``candidates``, on logits [B, P, V']."""
         self._check_topk(topk)
         x = self.head_input(i, h, root, path)
         x = x.expand(*path.shape[:-1], x.shape[-1])  # head 0 reads no path: [B, 1, H] -> [B, P, H]
-        return self._top_tokens(self._head_logits(self.heads[i], x), topk)
+        return self.top_tokens(self._head_logits(self.heads[i], x), topk, order)
 
     def engine_view(self, engine: str) -> "MedusaHeads":
         """These heads as ``engine`` runs them: the same weights (shared, not copied), ranking the whole vocabulary,

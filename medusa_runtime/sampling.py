@@ -12,15 +12,26 @@ Three rules verify a tree (``acceptance.py`` runs them):
 Draws are Gumbel-max with noise keyed by (``seed``, the row's prompt, the absolute position), so a seed fixes the
 text: the runtime emits exactly what plain sampling with the same key emits (``draws.py``).
 
+Two rules order the heads' guesses (the drafts; ``drafts.py`` runs them). Neither changes the text, only how much
+of it a step keeps:
+
+- ``mode``: by the heads' own logits (a node's first child is the head's most likely token). Greedy always drafts so.
+- ``coupled`` (the default at temperature > 0): by ``logits / tau + G``, with ``G`` the very keyed noise the target
+  draws the token of that position with and ``tau`` the head temperature (one for all heads or one per head; by
+  default the sampling temperature). The top-k of that order is a sample without replacement from the head's
+  distribution that lands on the target's draw far more often than the head's mode does (Gumbel coupling).
+
 No torch here, so the CLI can check options and show defaults without importing the runtime.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ACCEPTANCE_RULES = ("greedy", "sample", "typical")
 LOSSLESS_RULES = ("greedy", "sample")
+DRAFT_RULES = ("mode", "coupled")
+SAMPLED_DRAFTS = "coupled"  # the draft rule at temperature > 0 unless --drafts says otherwise
 
 
 class SamplingError(ValueError):
@@ -37,6 +48,8 @@ class SamplingConfig:
     keyed: bool = True  # False: fresh noise at every node and step from a generator seeded with ``seed`` (tests)
     posterior_threshold: float = 0.09  # typical acceptance: epsilon
     posterior_alpha: float = 0.3  # typical acceptance: delta
+    drafts: str | None = None  # how heads order their guesses: "mode" or "coupled"; None: coupled above temperature 0
+    head_temperature: tuple[float, ...] | None = None  # coupled drafts: one for all heads or one per head (None: temperature)
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also refuses NaN
@@ -52,6 +65,15 @@ class SamplingConfig:
         if self.temperature > 0 and self.acceptance == "greedy":
             raise SamplingError(f"--acceptance greedy with --temperature {self.temperature}: greedy acceptance is for "
                                 f"temperature 0; use --acceptance sample (lossless) at temperature > 0")
+        if self.drafts is not None and self.drafts not in DRAFT_RULES:
+            raise SamplingError(f"--drafts {self.drafts!r}: use one of {', '.join(DRAFT_RULES)}")
+        if self.head_temperature is not None:
+            object.__setattr__(self, "head_temperature", tuple(float(t) for t in self.head_temperature))
+            if not self.head_temperature or not all(0 < t < float("inf") for t in self.head_temperature):
+                raise SamplingError(f"--head-temperature {','.join(f'{t:g}' for t in self.head_temperature) or '(empty)'}: "
+                                    f"every head temperature must be a finite number > 0 (one for all heads, or one per head)")
+        if self.sampled and self.drafts == "coupled" and not self.keyed:
+            raise SamplingError("coupled drafts share the target's keyed noise: use keyed draws, or --drafts mode")
 
     @property
     def rule(self) -> str:
@@ -59,6 +81,38 @@ class SamplingConfig:
         if self.temperature == 0:
             return "greedy"
         return self.acceptance or "sample"
+
+    @property
+    def draft_rule(self) -> str:
+        """How the heads order their guesses: ``mode`` at temperature 0, else ``drafts`` or coupled (mode under unkeyed
+        noise, which has no draw of a position to couple with)."""
+        if not self.sampled:
+            return "mode"
+        return self.drafts or (SAMPLED_DRAFTS if self.keyed else "mode")
+
+    def head_temperatures(self, num_heads: int) -> list[float]:
+        """Coupled drafts: the temperature of each of ``num_heads`` heads (SamplingError for a count that fits neither)."""
+        taus = self.head_temperature or (self.temperature,)
+        if len(taus) == 1:
+            return list(taus) * num_heads
+        if len(taus) < num_heads:
+            raise SamplingError(f"--head-temperature lists {len(taus)} temperatures for {num_heads} heads: give one for all "
+                                f"heads or one per head")
+        return list(taus[:num_heads])
+
+    def draft_settings(self) -> dict:
+        """The draft rule as stats, trees and reports record it: {"rule": "mode"} or {"rule": "coupled",
+        "head_temperature": [..] (one per head, or one for all)}."""
+        if self.draft_rule == "mode":
+            return {"rule": "mode"}
+        return {"rule": "coupled", "head_temperature": list(self.head_temperature or (self.temperature,))}
+
+    def with_drafts(self, drafts: dict | None) -> "SamplingConfig":
+        """These settings drafting as ``drafts`` (a ``draft_settings()`` record; None or {} keeps them as they are)."""
+        if not drafts:
+            return self
+        taus = drafts.get("head_temperature")
+        return replace(self, drafts=drafts.get("rule"), head_temperature=tuple(taus) if taus else None)
 
     @property
     def lossless(self) -> bool:
@@ -72,7 +126,9 @@ class SamplingConfig:
         """Options given that greedy decoding does not use (worth a warning, not an error)."""
         if self.sampled:
             return []
-        return [name for name, used in (("--top-k", self.top_k != 0), ("--top-p", self.top_p != 1.0)) if used]
+        return [name for name, used in (("--top-k", self.top_k != 0), ("--top-p", self.top_p != 1.0),
+                                        ("--drafts coupled", self.drafts == "coupled"),
+                                        ("--head-temperature", self.head_temperature is not None)) if used]
 
     def settings(self) -> dict:
         """The settings that decide the text a prompt gets (what calibration records and trees carry)."""
@@ -89,6 +145,15 @@ class SamplingConfig:
         settings = settings or {}
         return cls(temperature=settings.get("temperature", 0.0), top_k=settings.get("top_k", 0),
                    top_p=settings.get("top_p", 1.0), seed=settings.get("seed", 0))
+
+
+def describe_drafts(drafts: dict | None) -> str:
+    """'mode drafts' or 'coupled drafts (head temperature 0.7)' (None: mode, what stats before the field drafted)."""
+    drafts = drafts or {"rule": "mode"}
+    if drafts.get("rule") != "coupled":
+        return "mode drafts"
+    taus = drafts.get("head_temperature") or []
+    return f"coupled drafts (head temperature {','.join(f'{t:g}' for t in taus)})" if taus else "coupled drafts"
 
 
 def describe_settings(settings: dict | None) -> str:

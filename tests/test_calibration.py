@@ -62,15 +62,20 @@ def test_replay_of_a_built_tree_equals_runtime(setup):
 SAMPLED = SamplingConfig(temperature=1.0, top_p=0.9, seed=5)
 
 
-@pytest.fixture(scope="module", params=["plain/runtime", "sequential+lookup/batched"])
+@pytest.fixture(scope="module", params=["plain/runtime/coupled", "sequential+lookup/batched/coupled", "plain/runtime/mode",
+                                        "sequential/batched/coupled 0.5,2,1"])
 def sampled(request):
-    """Stats calibrated for sampling at temperature 1.0, top-p 0.9 (rollouts with the runtime's keyed draws)."""
+    """Stats calibrated for sampling at temperature 1.0, top-p 0.9 (rollouts with the runtime's keyed draws), the
+    guesses ranked as coupled drafts (the head temperature fitted, or given) or mode drafts."""
     model = tiny_model("llama", seed=3)
-    kinds, rollout = request.param.split("/")
+    kinds, rollout, drafts = request.param.split("/")
     kind, extra = kinds.partition("+")[::2]
+    rule, _, taus = drafts.partition(" ")
     heads = tiny_heads(model, num_heads=3, std=0.3, sequential=kind == "sequential", lookup=ContextLookup(1, 3) if extra else None)
     loaded = loaded_tiny(model)
-    stats = calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False, rollout=rollout, sampling=SAMPLED)
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, seed=5, drafts=rule,
+                              head_temperature=tuple(map(float, taus.split(","))) if taus else None)
+    stats = calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False, rollout=rollout, sampling=sampling)
     return loaded, heads, stats
 
 
@@ -80,7 +85,7 @@ def test_replay_of_sampled_stats_equals_the_sampled_runtime(sampled, tree):
     any tree on sampled stats is exactly what the runtime measures at that temperature and seed."""
     loaded, heads, stats = sampled
     assert stats.sampling() == SAMPLED.settings() == stats.provenance["sampling"]
-    decoder = MedusaDecoder(loaded.model, heads, tree, loaded.eos_token_ids, SAMPLED)
+    decoder = MedusaDecoder(loaded.model, heads, tree, loaded.eos_token_ids, SAMPLED.with_drafts(stats.provenance["drafts"]))
     results = [decoder.generate(p, 30) for p in PROMPTS]
     assert replay_steps(stats, tree.paths) == (sum(len(r.tokens) for r in results), sum(r.steps for r in results))
     greedy = MedusaDecoder(loaded.model, heads, tree, loaded.eos_token_ids)
@@ -107,3 +112,32 @@ def test_chain_conditionals_count_top1_paths():
     stats = CalibrationStats(num_heads=3, topk=4, rollouts=[rows], new_tokens=[6])
     assert stats.chain_conditionals() == [2 / 4, 1 / 2]
     assert CalibrationStats(num_heads=2, topk=4, rollouts=[[[1, 0]]], new_tokens=[1]).chain_conditionals() == [0.0]
+
+
+def test_coupled_stats_record_the_rule_and_the_fitted_head_temperature(sampled):
+    """Coupled calibration without a head temperature fits one on its own prompts and records it with the figures
+    behind the choice; a given one is recorded as given; mode drafts record the rule only."""
+    _, _, stats = sampled
+    drafts = stats.provenance["drafts"]
+    assert drafts["rule"] in ("coupled", "mode")
+    if drafts["rule"] == "mode":
+        assert drafts == {"rule": "mode"}
+    elif "fit" in drafts:
+        fit = drafts["fit"]
+        assert len(fit["temperatures"]) == stats.num_heads and set(fit["temperatures"]) <= set(fit["grid"])
+        assert drafts["head_temperature"] == (fit["temperatures"] if fit["per_head"] else fit["temperatures"][:1])
+        assert set(fit["held_out"]) == {"one", "per_head"} and fit["scores"]["chosen"] >= max(
+            v for k, v in fit["scores"].items() if k != "chosen") - 1e-9
+    else:
+        assert drafts["head_temperature"] == [0.5, 2.0, 1.0]
+
+
+def test_coupled_ranks_differ_from_mode_ranks(sampled):
+    """The coupled order is another order: on the same rollouts its ranks are not the mode ranks."""
+    loaded, heads, stats = sampled
+    if stats.provenance["drafts"]["rule"] != "coupled":
+        pytest.skip("mode drafts")
+    sampling = SAMPLED.with_drafts({"rule": "mode"})
+    mode = calibrate(loaded, heads, PROMPTS, max_new_tokens=30, topk=4, progress=False,
+                     rollout=stats.provenance["rollout"], sampling=sampling)
+    assert mode.new_tokens == stats.new_tokens and mode.rollouts != stats.rollouts

@@ -509,6 +509,50 @@ def test_sampled_calibrate_build_bench_and_their_warnings(tiny_folder, stats_fil
     assert r.exit_code == 2 and "--top-p" in r.output and not (tmp_path / "x.json").exists()
 
 
+def test_coupled_drafts_from_calibration_to_bench_and_their_warnings(tiny_folder, stats_file, tmp_path):
+    """calibrate at T > 0 ranks coupled drafts and fits their head temperature; the tree carries it and bench drafts
+    with it (lossless, silent, the replay's steps); bench with mode drafts warns; bad draft options are one line."""
+    model, heads, prompts = tiny_folder / "model", tiny_folder / "heads", tiny_folder / "prompts.jsonl"
+    stats, tree, report = tmp_path / "c.json", tmp_path / "tc.json", tmp_path / "r.json"
+    answers = tmp_path / "answers.jsonl"
+    calibrate = ("calibrate", "--model", model, "--heads", heads, "--prompts", prompts, "--max-new-tokens", 24, "--topk", 4,
+                 "--temperature", 1.0, "--seed", 2, "--answers", answers)
+    r = invoke(*calibrate, "--out", stats)
+    assert r.exit_code == 0, r.output
+    assert "coupled drafts (head temperature" in r.output and "head temperature fitted on these prompts" in r.output
+    kept = answers.read_text()
+    r = invoke(*calibrate, "--drafts", "mode", "--out", tmp_path / "mode.json")  # the same rollouts, ranked by the logits
+    assert r.exit_code == 0 and answers.read_text() == kept and "mode drafts" in r.output, r.output
+    mode = json.loads((tmp_path / "mode.json").read_text())
+    assert mode["new_tokens"] == json.loads(stats.read_text())["new_tokens"] and mode["provenance"]["drafts"] == {"rule": "mode"}
+    r = invoke(*calibrate[:-6], "--temperature", 0.5, "--answers", answers, "--out", tmp_path / "x.json")
+    assert r.exit_code == 2 and "--answers" in r.output and "delete this one" in r.output
+    drafts = json.loads(stats.read_text())["provenance"]["drafts"]
+    assert drafts["rule"] == "coupled" and drafts["fit"]["grid"]
+    assert invoke("build", stats, "--budget", 4, "--out", tree).exit_code == 0
+    common = ("--model", model, "--heads", heads, "--prompts", prompts, "--max-new-tokens", 24, "--tree", tree)
+    r = invoke("bench", *common, "--temperature", 1.0, "--seed", 2, "--json", report)
+    assert r.exit_code == 0 and "warning" not in r.output and "coupled drafts (head temperature" in r.output, r.output
+    out = json.loads(report.read_text())
+    assert out["identical"] == 1.0 and out["drafts"] == {k: drafts[k] for k in ("rule", "head_temperature")}
+    from treeopt.stats import load_stats, replay_per_prompt
+
+    replayed = replay_per_prompt(load_stats(stats), [tuple(p) for p in json.loads(tree.read_text())["paths"]])
+    assert [(p["new_tokens"], p["steps"]) for p in out["per_prompt"]] == replayed
+    r = invoke("bench", *common, "--temperature", 1.0, "--seed", 2, "--drafts", "mode", "--json", report)
+    assert r.exit_code == 0 and "ranked with coupled drafts" in r.output and "runs with mode drafts" in r.output
+    assert json.loads(report.read_text())["identical"] == 1.0 and json.loads(report.read_text())["drafts"] == {"rule": "mode"}
+    r = invoke("bench", "--model", model, "--heads", heads, "--prompts", prompts, "--select", "0:1", "--max-new-tokens", 4,
+               "--drafts", "coupled")
+    assert r.exit_code == 0 and "--drafts coupled has no effect at --temperature 0" in r.output
+    for bad in (("--head-temperature", 0), ("--head-temperature", "hot"), ("--drafts", "best")):
+        r = invoke("bench", *common, "--temperature", 1.0, *bad)
+        assert r.exit_code == 2 and bad[0] in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = invoke("calibrate", "--model", model, "--heads", heads, "--prompts", prompts, "--temperature", 1.0, "--shard", "0/2",
+               "--out", tmp_path / "x.json")
+    assert r.exit_code == 2 and "--head-temperature" in r.output and not (tmp_path / "x.json").exists()
+
+
 def test_generate_samples_with_a_seed(tiny_folder):
     common = ("generate", "w1 w2 w3", "--model", tiny_folder / "model", "--heads", tiny_folder / "heads", "--max-new-tokens", 8)
     runs = [invoke(*common, "--temperature", 1.0, "--seed", seed) for seed in (1, 1, 2)]

@@ -163,12 +163,12 @@ def test_batch_input_errors_are_clear():
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(tree=random_trees(), prompt=st.lists(st.integers(4, 63), min_size=1, max_size=12), oracle=st.booleans(),
        temperature=st.sampled_from([0.3, 0.7, 1.0, 1.5]), top_k=st.sampled_from([0, 1, 5]), top_p=st.sampled_from([1.0, 0.9, 0.5]),
-       seed=st.integers(0, 2**31))
-def test_sampled_tree_decoding_equals_plain_keyed_sampling(arch, tree, prompt, oracle, temperature, top_k, top_p, seed):
-    """Whatever the tree, the heads and the warpers, the runtime emits exactly the text that plain sampling with the
-    same keyed draws (Hugging Face generate with the same warpers and noise) emits for this seed."""
+       seed=st.integers(0, 2**31), drafts=st.sampled_from(["mode", "coupled"]), tau=st.sampled_from([None, (0.5,), (2.0, 0.7, 1.0)]))
+def test_sampled_tree_decoding_equals_plain_keyed_sampling(arch, tree, prompt, oracle, temperature, top_k, top_p, seed, drafts, tau):
+    """Whatever the tree, the heads, the warpers and the draft order, the runtime emits exactly the text that plain
+    sampling with the same keyed draws (Hugging Face generate with the same warpers and noise) emits for this seed."""
     model = MODELS[arch]
-    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, drafts=drafts, head_temperature=tau)
     reference = hf_reference(model, prompt, 24, [], sampling)
     decoder = MedusaDecoder(model, HEADS[arch], tree, [], sampling)
     result = decoder.generate(prompt, 24, oracle=reference if oracle else None)

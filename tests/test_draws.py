@@ -78,3 +78,14 @@ def test_plain_sampling_baseline_is_seeded_and_leaves_the_global_generator_alone
     a = hf_generate(model, [[4, 5]], 10, [], s)
     assert torch.equal(torch.rand(1), before)
     assert a == hf_generate(model, [[4, 5]], 10, [], s)
+
+
+def test_keyed_noise_is_bit_for_bit_the_torch_formula_it_replaced():
+    """keyed_gumbel takes its logs in numpy (single-threaded); the noise, and so every seed's text, must stay what
+    -log(-log(u)) in torch gave for the same generator draws."""
+    from medusa_runtime.draws import _position_seed
+
+    for position in range(20):
+        generator = torch.Generator().manual_seed(_position_seed(5, 77, position))
+        uniform = torch.rand(4096, generator=generator, dtype=torch.float64)
+        assert torch.equal(keyed_gumbel(5, 77, position, 4096), (-torch.log(-torch.log(uniform))).float())

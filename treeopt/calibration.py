@@ -14,12 +14,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.drafts import DraftOrder
+from medusa_runtime.draws import KeyedNoise, prompt_key
 from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.checkpoint import DRAFT_VOCAB_FILE, WEIGHT_FILES, read_heads_config
 from medusa_runtime.heads import true_path
@@ -29,6 +32,7 @@ from medusa_runtime.models import dtype_name
 from medusa_runtime.spec import chain_tree
 
 from . import __version__
+from .head_temperature import GRID, MIN_PROMPTS, combine, fit_head_temperatures
 from .stats import CalibrationStats
 
 ROLLOUT_BATCH = 8  # prompts answered together by the batched rollout; shards split the prompts in these blocks
@@ -87,7 +91,8 @@ def stats_provenance(heads, heads_path: str | Path | None, prompt_source: str, s
         "heads": None if heads_path is None else str(heads_path), "heads_sha256": heads_fingerprint(heads_path),
         "head_kind": config.kind, "draft_vocab": None if heads.draft_vocab is None else len(heads.draft_vocab),
         "prompt_source": prompt_source, "select": select, "prompts_total": prompts_total,
-        "sampling": (sampling or SamplingConfig()).settings(), "command": command,
+        "sampling": (sampling or SamplingConfig()).settings(), "drafts": (sampling or SamplingConfig()).draft_settings(),
+        "command": command,
     }
     if config.context_lookup is not None:  # engines that take the tree do not do the lookup: export warns
         provenance["context_lookup"] = config.context_lookup.to_config()
@@ -96,9 +101,23 @@ def stats_provenance(heads, heads_path: str | Path | None, prompt_source: str, s
     return provenance
 
 
+@dataclass
+class AnswerGuesses:
+    """What the heads see along one answer: their logits at every new-token position, the true future tokens and the
+    context lookup's proposals (teacher forcing), and where the answer's noise is keyed (coupled drafts)."""
+
+    logits: torch.Tensor  # [R, K, V'] head k at new-token position t (0 = the last prompt token), draft columns
+    future: torch.Tensor  # [R, K] the token head k should guess there: new token t+k+2 (-1: past the answer)
+    proposals: torch.Tensor | None  # [R, K] the lookup's proposal (-1: none); None for heads without the lookup
+    key: int  # the prompt's key (draws.prompt_key)
+    first: int  # absolute position that row 0's head 0 guesses (row t's head k guesses first + t + k)
+
+
 @torch.inference_mode()
-def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: int) -> list[list[int]]:
-    """rows[t][k]: rank of new token t+k+2 in head k's top-k at new-token position t (0 = last prompt token)."""
+def answer_guesses(loaded, heads, prompt_ids: list[int], response: list[int]) -> AnswerGuesses:
+    """One forward over prompt + answer, then every head at every new-token position (sequential heads read the true
+    path before them: exactly what the runtime feeds them on the one path that can be accepted, so ranks along it
+    replay the runtime; past the answer's end nothing is counted)."""
     ids = torch.tensor([prompt_ids + response], device=loaded.device)
     hidden = loaded.model.base_model(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(response)]
     resp = torch.tensor(response, dtype=torch.long)
@@ -108,47 +127,89 @@ def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: i
     for k in range(K):  # head k at t guesses new token t+k+2, i.e. response[t+k+1]
         n = max(R - (k + 1), 0)
         future[:n, k] = resp[k + 1 : k + 1 + n]
-    # sequential heads read the true path before them (teacher forcing): exactly what the runtime feeds them on the
-    # one path that can be accepted, so ranks along it replay the runtime; past the answer's end nothing is counted
     path = true_path(future).to(loaded.device)  # [R, K-1]
     hidden = heads.read_context(hidden[None])[0]  # with prefix attention: its layer over the answer, as the runtime grows it
-    top = heads.candidates(hidden, topk, root=roots, path=path).cpu()  # [R, K, topk], the runtime's own guesses (draft vocabulary included)
+    logits = heads.guess_logits(hidden, root=roots, path=path).float()  # [R, K, V'], the runtime's own (draft vocabulary included)
     lookup = heads.config.context_lookup
-    if lookup is not None:  # the runtime's proposal over the same text; past the answer nothing is counted anyway
-        top = merge(top, true_path_proposals(ids[0].cpu(), len(prompt_ids), R, K, lookup))
-    match = top == future[..., None]  # [R, K, topk]
+    proposals = None if lookup is None else true_path_proposals(ids[0].cpu(), len(prompt_ids), R, K, lookup)
+    return AnswerGuesses(logits, future, proposals, prompt_key(prompt_ids), len(prompt_ids) + 1)
+
+
+def ranks_of(guesses: AnswerGuesses, heads, topk: int, drafts: DraftOrder, noise) -> list[list[int]]:
+    """rows[t][k]: rank of the true token among head k's top-k at new-token position t in ``drafts``' order (the
+    lookup's proposal first, as the runtime puts it), -1 for a miss or past the answer."""
+    R, K = guesses.future.shape
+    order = drafts.along(noise, guesses.key, guesses.first, R, K)
+    top = heads.top_tokens(guesses.logits, topk, order).cpu()  # [R, K, topk]
+    if guesses.proposals is not None:
+        top = merge(top, guesses.proposals)
+    match = top == guesses.future[..., None]  # [R, K, topk]
     ranks = torch.where(match.any(-1), match.float().argmax(-1), torch.full((R, K), -1))
     return ranks.tolist()
 
 
+def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: int,
+              sampling: SamplingConfig | None = None) -> list[list[int]]:
+    """rows[t][k]: rank of new token t+k+2 in head k's top-k at new-token position t (0 = last prompt token), the
+    guesses ordered as the runtime orders them at ``sampling`` (mode drafts by default)."""
+    sampling = sampling or SamplingConfig()
+    drafts = DraftOrder(sampling, heads.num_heads, heads.draft_vocab, loaded.device)
+    noise = KeyedNoise(sampling.seed, loaded.model.config.vocab_size, loaded.device)
+    return ranks_of(answer_guesses(loaded, heads, prompt_ids, response), heads, topk, drafts, noise)
+
+
 def rollout_answers(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int, rollout: str, progress: bool,
-             sampling: SamplingConfig | None = None) -> list[list[int]]:
+                    sampling: SamplingConfig | None = None, answers: Path | None = None) -> list[list[int]]:
     """The base model's answers, greedy or (temperature > 0) sampled with keyed draws. ``runtime``: one prompt at a
     time through the Medusa runtime (exactly the tokens the runtime will produce); ``batched``: Hugging Face
-    ``generate`` on batches of prompts (several times faster on CPU; left padding can flip a rare near-tie)."""
+    ``generate`` on batches of prompts (several times faster on CPU; left padding can flip a rare near-tie).
+    ``answers`` (batched only): a JSONL file the answers are appended to as they are made and read back from, so an
+    interrupted calibration resumes and another draft rule reuses the same text; its settings are kept beside it
+    (``FILE.settings.json``) and a file made with other settings is refused."""
     sampling = sampling or SamplingConfig()
     if rollout == "runtime":
+        if answers is not None:
+            raise ValueError("--answers keeps batched rollouts; use --rollout batched or leave out --answers")
         decoder = MedusaDecoder(loaded.model, heads, chain_tree(heads.num_heads), loaded.eos_token_ids, sampling)
         return [decoder.generate(ids, max_new_tokens).tokens
                 for ids in tqdm(prompt_ids, desc="calibrate: rollouts", disable=not progress)]
-    if rollout == "batched":
-        import tempfile
+    if rollout != "batched":
+        raise ValueError(f"--rollout {rollout!r}: use 'batched' or 'runtime'")
+    import tempfile
 
-        from .distill import generate_trajectories
+    from .distill import generate_trajectories
 
-        with tempfile.TemporaryDirectory() as tmp:
-            done = generate_trajectories(loaded, prompt_ids, Path(tmp) / "rollouts.jsonl", max_new_tokens,
-                                         batch_size=ROLLOUT_BATCH, sampling=sampling)
-        by_prompt = {tuple(t.prompt_ids): t.response_ids for t in done}
-        return [by_prompt[tuple(ids)] for ids in prompt_ids]
-    raise ValueError(f"--rollout {rollout!r}: use 'batched' or 'runtime'")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(answers) if answers is not None else Path(tmp) / "rollouts.jsonl"
+        if answers is not None:
+            _check_answers_settings(path, {"model": loaded.name, "dtype": dtype_name(loaded.dtype), "max_new_tokens": max_new_tokens,
+                                           "sampling": sampling.settings(), "batch": ROLLOUT_BATCH})
+        done = generate_trajectories(loaded, prompt_ids, path, max_new_tokens, batch_size=ROLLOUT_BATCH, sampling=sampling)
+    by_prompt = {tuple(t.prompt_ids): t.response_ids for t in done}
+    return [by_prompt[tuple(ids)] for ids in prompt_ids]
+
+
+def _check_answers_settings(path: Path, settings: dict) -> None:
+    """Write ``path``'s settings beside it, or check that the answers already there were made with these."""
+    stamp = path.with_name(path.name + ".settings.json")
+    if path.exists() and path.stat().st_size > 0:
+        made = json.loads(stamp.read_text(encoding="utf-8")) if stamp.exists() else None
+        if made != settings:
+            raise ValueError(f"--answers {path}: made with {made} (from {stamp.name}), not {settings}; "
+                             f"pass another file or delete this one")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(settings) + "\n", encoding="utf-8")
 
 
 def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 128, topk: int = 10,
               provenance: dict | None = None, progress: bool = True, rollout: str = "runtime",
-              prompt_indices: list[int] | None = None, sampling: SamplingConfig | None = None) -> CalibrationStats:
-    """Stats of these prompts; ``prompt_indices``: their places in the full prompt list (for shards); ``sampling``:
-    the settings the rollouts are drawn with (greedy by default; they must equal ``provenance['sampling']``)."""
+              prompt_indices: list[int] | None = None, sampling: SamplingConfig | None = None,
+              answers: Path | None = None) -> CalibrationStats:
+    """Stats of these prompts (``answers``: see ``rollout_answers``); ``prompt_indices``: their places in the full prompt list (for shards); ``sampling``:
+    the settings the rollouts are drawn with (greedy by default; they must equal ``provenance['sampling']``) and the
+    draft order the heads' guesses are ranked in. Coupled drafts without a head temperature get one fitted on these
+    prompts (``head_temperature.py``), recorded in the provenance with the figures behind it."""
     sampling = sampling or SamplingConfig()
     if provenance is not None and provenance.get("sampling", sampling.settings()) != sampling.settings():
         raise ValueError(f"provenance says {provenance['sampling']} but the rollouts are drawn with {sampling.settings()}")
@@ -156,11 +217,19 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
         raise ValueError(f"--topk {topk}: must be >= 1")
     vocab = loaded.model.config.vocab_size
     topk = min(topk, vocab)
-    responses = rollout_answers(loaded, heads, prompt_ids, max_new_tokens, rollout, progress, sampling)
-    rollouts, new_tokens = [], []
+    sampling.head_temperatures(heads.num_heads)  # a count that fits neither one nor every head: refused before any work
+    fit = sampling.draft_rule == "coupled" and sampling.head_temperature is None
+    grid = [round(m * sampling.temperature, 6) for m in GRID] if fit else [None]
+    orders = [DraftOrder(sampling if tau is None else replace(sampling, head_temperature=(tau,)), heads.num_heads,
+                         heads.draft_vocab, loaded.device) for tau in grid]
+    noise = KeyedNoise(sampling.seed, vocab, loaded.device)
+    responses = rollout_answers(loaded, heads, prompt_ids, max_new_tokens, rollout, progress, sampling, answers)
+    tables: list[list] = [[] for _ in grid]  # per grid point: each prompt's rank rows
     for ids, response in zip(tqdm(prompt_ids, desc="calibrate: head ranks", disable=not progress), responses):
-        rollouts.append(rank_rows(loaded, heads, ids, response, topk))
-        new_tokens.append(len(response))
+        guesses = answer_guesses(loaded, heads, ids, response)
+        for table, order in zip(tables, orders):
+            table.append(ranks_of(guesses, heads, topk, order, noise))
+    new_tokens = [len(r) for r in responses]
     meta = {
         "tool": f"treeopt {__version__}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -173,4 +242,19 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
         "sampling": sampling.settings(),
         **(provenance or {}),
     }
-    return CalibrationStats(heads.num_heads, topk, rollouts, new_tokens, meta, prompt_indices, [len(ids) for ids in prompt_ids])
+    lengths = [len(ids) for ids in prompt_ids]
+    stats = [CalibrationStats(heads.num_heads, topk, table, new_tokens, dict(meta), prompt_indices, lengths) for table in tables]
+    live = sum(1 for n in new_tokens if n > 0)
+    if fit and live < MIN_PROMPTS:  # too few prompts to hold any out: the head drafts at the sampling temperature
+        stats = stats[grid.index(round(sampling.temperature, 6)):][:1]
+        stats[0].provenance["drafts"] = {**sampling.draft_settings(), "fit": None,
+                                         "not_fitted": f"{live} prompts generated tokens; fitting needs >= {MIN_PROMPTS}"}
+        return stats[0]
+    if not fit:
+        stats[0].provenance["drafts"] = sampling.draft_settings()
+        return stats[0]
+    result = fit_head_temperatures(stats, grid)
+    chosen = combine(stats, [grid.index(tau) for tau in result.temperatures])
+    taus = result.temperatures if result.per_head else result.temperatures[:1]
+    chosen.provenance["drafts"] = {**replace(sampling, head_temperature=tuple(taus)).draft_settings(), "fit": result.to_json()}
+    return chosen

@@ -47,6 +47,10 @@ ThresholdOpt = typer.Option(SamplingConfig.posterior_threshold, "--posterior-thr
 AlphaOpt = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta")
 EngineOpt = typer.Option(None, "--engine", help="medusa | trtllm: run the heads as that engine does (plain heads, whole "
                          "vocabulary, no context lookup, no prefix attention); default: as treeopt's runtime runs them")
+DraftsOpt = typer.Option(None, "--drafts", help="mode | coupled: rank the heads' guesses by their logits, or coupled with the "
+                         "target's keyed draws (the default at temperature > 0; bench and generate: the tree's)")
+HeadTemperatureOpt = typer.Option(None, "--head-temperature", help="coupled drafts: T for all heads or T1,T2,.. per head "
+                                  "(calibrate fits it when left out; bench and generate: the tree's)")
 AcceptanceOpt = typer.Option(None, "--acceptance", help=f"{' | '.join(ACCEPTANCE_RULES)}: default greedy at temperature 0, "
                              "sample (sample-and-match, lossless) above; typical is upstream Medusa's, lossy")
 
@@ -67,15 +71,43 @@ def write_output(path: Path, text: str) -> None:
 
 def sampling_or_fail(temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int = 0, acceptance: Optional[str] = None,
                      posterior_threshold: float = SamplingConfig.posterior_threshold,
-                     posterior_alpha: float = SamplingConfig.posterior_alpha) -> SamplingConfig:
+                     posterior_alpha: float = SamplingConfig.posterior_alpha, drafts: Optional[str] = None,
+                     head_temperature: Optional[str] = None) -> SamplingConfig:
     """The sampling settings of a command, or a one-line error naming the option; options greedy ignores get a warning."""
     try:
+        taus = None if head_temperature is None else tuple(float(t) for t in head_temperature.split(","))
+    except ValueError:
+        fail(f"--head-temperature {head_temperature!r}: write one number for all heads or one per head, e.g. 0.7 or 0.7,0.8,1,1")
+    try:
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, acceptance=acceptance,
-                                  posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha)
+                                  posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha, drafts=drafts,
+                                  head_temperature=taus)
     except SamplingError as err:
         fail(str(err))
     for option in sampling.ignored_options():
         typer.secho(f"warning: {option} has no effect at --temperature 0 (greedy decoding)", fg=typer.colors.YELLOW, err=True)
+    return sampling
+
+
+def drafts_of_tree(spec, sampling: SamplingConfig, where: str) -> SamplingConfig:
+    """Sampled decoding drafts as the tree's stats were ranked (its draft rule and head temperatures) unless the
+    command said otherwise; a warning when it runs with another rule than its stats were calibrated with."""
+    from medusa_runtime.sampling import describe_drafts, same_distribution
+
+    provenance = spec.meta.get("stats_provenance") or {}
+    built_for = spec.meta.get("sampling") or provenance.get("sampling")
+    if not (sampling.sampled and spec.paths and provenance and same_distribution(built_for, sampling.settings())):
+        return sampling
+    recorded = provenance.get("drafts") or {"rule": "mode"}  # stats before the field were ranked by the heads' logits
+    if sampling.drafts is None and sampling.head_temperature is None:
+        try:
+            return sampling.with_drafts(recorded)
+        except SamplingError as err:
+            fail(f"{where}: stats_provenance.drafts: {err}; build the tree again from new stats")
+    if sampling.draft_rule != recorded.get("rule"):
+        typer.secho(f"warning: {where} was built from stats ranked with {describe_drafts(recorded)} but runs with "
+                    f"{describe_drafts(sampling.draft_settings())}; its predicted tokens/step does not apply (calibrate with "
+                    f"--drafts {sampling.draft_rule} and build again, or leave out --drafts)", fg=typer.colors.YELLOW, err=True)
     return sampling
 
 
@@ -200,6 +232,8 @@ def generate(
     posterior_threshold: float = ThresholdOpt,
     posterior_alpha: float = AlphaOpt,
     oracle: bool = typer.Option(False, "--oracle", help="guesses from the base model's own run (greedy, or keyed sampling): a ceiling"),
+    drafts: Optional[str] = DraftsOpt,
+    head_temperature: Optional[str] = HeadTemperatureOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -210,8 +244,9 @@ def generate(
     from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError
     from medusa_runtime.prompts import render_chat
 
-    sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance, posterior_threshold, posterior_alpha)
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance, posterior_threshold, posterior_alpha, drafts, head_temperature)
     loaded, medusa_heads, _, spec = load_runtime(model, heads, tree, oracle, dtype, device)
+    sampling = drafts_of_tree(spec, sampling, str(tree))
     ids = render_chat(loaded.tokenizer, prompt)
     decoder = MedusaDecoder(loaded.model, None if oracle else medusa_heads, spec, loaded.eos_token_ids, sampling)
     reference = hf_reference(loaded.model, ids, max_new_tokens, loaded.eos_token_ids, sampling) if oracle else None
@@ -233,6 +268,7 @@ def generate(
     typer.echo("")
     typer.secho(f"[{len(result.tokens)} tokens in {result.steps} steps: {result.tokens_per_step:.2f} tokens/step, "
                 f"{len(result.tokens) / seconds:.1f} tokens/s, {spec.nodes}-node tree, {sampling.rule} acceptance, "
+                f"{sampling.draft_rule} drafts, "
                 f"stop: {result.stop_reason}]", err=True, fg=typer.colors.BLUE)
 
 
@@ -262,6 +298,8 @@ def bench(
     min_new_tokens: Optional[int] = typer.Option(None, "--min-new-tokens", help="with --batching continuous: each request's "
                                                  "token limit is drawn from [this, --max-new-tokens] (default: all the same)"),
     rounds: int = typer.Option(1, "--rounds", help="with --batching continuous: times the queue runs through each arm"),
+    drafts: Optional[str] = DraftsOpt,
+    head_temperature: Optional[str] = HeadTemperatureOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -272,11 +310,12 @@ def bench(
 
     if batch_size < 1:
         fail(f"--batch-size {batch_size}: use an integer >= 1")
-    sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance, posterior_threshold, posterior_alpha)
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance, posterior_threshold, posterior_alpha, drafts, head_temperature)
     loaded, medusa_heads, heads_path, spec = load_runtime(model, heads, tree, oracle, dtype, device, engine)
     warn_if_built_for_other_heads(spec, model, heads_path if not oracle else None, str(tree), engine)
     if not oracle:
         warn_if_calibrated_for_other_sampling(spec, sampling, str(tree))
+        sampling = drafts_of_tree(spec, sampling, str(tree))
     planned_for = spec.meta.get("batch_size") if spec.meta.get("budget_auto") else None
     if planned_for is not None and planned_for != batch_size:
         typer.secho(f"note: {tree} was sized for batch size {planned_for}, benchmarked at {batch_size}", err=True, fg=typer.colors.YELLOW)
@@ -431,16 +470,25 @@ def calibrate(
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: calibrate only shard I of N (numbered from 0); "
                                         "merge the N outputs with 'treeopt merge-stats'"),
     engine: Optional[str] = EngineOpt,
+    drafts: Optional[str] = DraftsOpt,
+    head_temperature: Optional[str] = HeadTemperatureOpt,
+    answers: Optional[Path] = typer.Option(None, "--answers", help="JSONL file that keeps the rollouts: an interrupted run "
+                                           "resumes, and another --drafts rule reuses the same text"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Roll out the base model (greedy, or sampled at --temperature) and measure each head's rank-r accuracy and the
     joint path statistics."""
+    from medusa_runtime.sampling import describe_drafts
+
     from .calibration import ROLLOUT_BATCH, ShardError, calibrate as run_calibration, parse_shard, shard_prompts, stats_provenance
 
     if topk < 1:
         fail(f"--topk {topk}: must be >= 1")
-    sampling = sampling_or_fail(temperature, top_k, top_p, seed)
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed, drafts=drafts, head_temperature=head_temperature)
+    if shard and sampling.draft_rule == "coupled" and sampling.head_temperature is None:
+        fail("--shard with coupled drafts: the head temperature is fitted on all prompts at once; pass --head-temperature "
+             "(e.g. what a calibration of all prompts chose) or --drafts mode")
     try:
         shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
     except ShardError as err:
@@ -457,14 +505,21 @@ def calibrate(
                  f"use fewer shards")
     try:
         stats = run_calibration(loaded, medusa_heads, [ids[i] for i in indices], max_new_tokens, topk, provenance,
-                                rollout=rollout, prompt_indices=indices, sampling=sampling)
+                                rollout=rollout, prompt_indices=indices, sampling=sampling, answers=answers)
     except ValueError as err:
         fail(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)
     stats.save(out)
     acc = stats.accuracy()
-    typer.echo(f"{stats.positions} positions from {len(indices)} prompts ({sampling.describe()}); top-1 accuracy per head: "
-               + " ".join(f"{a[0]:.3f}" for a in acc))
+    typer.echo(f"{stats.positions} positions from {len(indices)} prompts ({sampling.describe()}, "
+               f"{describe_drafts(stats.provenance['drafts'])}); top-1 accuracy per head: " + " ".join(f"{a[0]:.3f}" for a in acc))
+    fit = stats.provenance["drafts"].get("fit")
+    if "not_fitted" in stats.provenance["drafts"]:
+        typer.secho(f"note: head temperature not fitted ({stats.provenance['drafts']['not_fitted']}): the sampling "
+                    f"temperature is used", err=True, fg=typer.colors.YELLOW)
+    if fit:
+        typer.echo(f"head temperature fitted on these prompts ({'one per head' if fit['per_head'] else 'one for all heads'}; "
+                   f"held-out tokens/step one {fit['held_out']['one']:.4f}, per head {fit['held_out']['per_head']:.4f})")
     if stats.num_heads > 1:
         typer.echo("P(head k right | heads before it right), rank 0 along the path, k = 2..: "
                    + " ".join(f"{c:.3f}" for c in stats.chain_conditionals()))
@@ -840,6 +895,8 @@ def tune(
     from medusa_runtime.files import one_line
     from sqlalchemy.exc import SQLAlchemyError
 
+    from medusa_runtime.sampling import same_distribution
+
     from .calibration import calibrate as run_calibration, stats_provenance
     from .tune import TuneSpace, best_tree, run_study, tuned_sampling
 
@@ -855,6 +912,8 @@ def tune(
         stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, 10,
                                 stats_provenance(medusa_heads, heads_path, prompts, select, len(ids), sampling, command_line()),
                                 sampling=sampling)
+    if sampling.sampled and same_distribution(stats.sampling(), sampling.settings()):
+        sampling = sampling.with_drafts(stats.provenance.get("drafts"))  # draft as the stats were ranked
     out.parent.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out.parent.resolve() / 'treeopt-tune.db'}"
     try:
@@ -894,13 +953,15 @@ def demo(
     top_k: int = TopKOpt,
     top_p: float = TopPOpt,
     seed: int = SeedOpt,
+    drafts: Optional[str] = DraftsOpt,
+    head_temperature: Optional[str] = HeadTemperatureOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
     """Calibrate -> profile -> build auto -> bench on held-out MT-Bench prompts, on the embedded default."""
     from .demo import DemoConfig, run_demo
 
-    sampling = sampling_or_fail(temperature, top_k, top_p, seed)
+    sampling = sampling_or_fail(temperature, top_k, top_p, seed, drafts=drafts, head_temperature=head_temperature)
     loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
     report = run_demo(loaded, medusa_heads, heads_path,
                       DemoConfig(calibrate_select=calibrate_select, bench_select=bench_select, max_new_tokens=max_new_tokens,
@@ -1007,7 +1068,7 @@ def sweep(
     if rounds < 1:
         fail(f"--rounds {rounds}: use an integer >= 1")
     try:
-        sampling = SamplingConfig.from_settings(stats.sampling())  # decode at the settings the stats were calibrated at
+        sampling = SamplingConfig.from_settings(stats.sampling()).with_drafts(stats.provenance.get("drafts"))  # as calibrated
     except SamplingError as err:
         fail(f"{stats_file}: provenance.sampling: {err}; re-run 'treeopt calibrate'")
     loaded, medusa_heads, _ = load_everything(model, heads, dtype, device, need_heads=True)

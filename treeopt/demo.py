@@ -2,7 +2,8 @@
 
 Every stage writes its file to ``--out`` and is skipped when a file from the same settings is already
 there, so an interrupted demo resumes where it stopped. ``sampling`` runs the whole job at a temperature:
-sampled calibration rollouts, the verify step profiled with its draws, and a bench against HF sampling.
+sampled calibration rollouts (coupled drafts by default, their head temperature fitted there), the verify step
+profiled with its draws, and a bench against HF sampling drafting as calibration ranked.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     stats_path = out / "stats.json"
     sampling = cfg.sampling
     settings = {**base, "prompts": cfg.prompts, "select": cfg.calibrate_select, "max_new_tokens": cfg.max_new_tokens, "topk": cfg.topk,
-                **({"sampling": sampling.settings()} if sampling.sampled else {})}
+                **({"sampling": sampling.settings(), "drafts": sampling.draft_settings()} if sampling.sampled else {})}
     if _fresh(stats_path, settings):
         echo(f"[1/4] calibrate: reusing {stats_path}")
         stats = load_stats(stats_path)
@@ -73,9 +74,11 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
                           rollout="batched", sampling=sampling)
         stats.save(stats_path)
         _stamp(stats_path, settings)
+    sampling = sampling.with_drafts(stats.provenance.get("drafts"))  # draft as calibration ranked (its fitted head temperature)
     # 2. profile
     latency_path = out / "latency.json"
-    settings = {**base, "sizes": list(cfg.sizes), "repeats": cfg.repeats, **({"rule": sampling.rule} if sampling.sampled else {})}
+    settings = {**base, "sizes": list(cfg.sizes), "repeats": cfg.repeats,
+                **({"rule": sampling.rule, "drafts": sampling.draft_settings()} if sampling.sampled else {})}
     if _fresh(latency_path, settings):
         echo(f"[2/4] profile: reusing {latency_path}")
     else:

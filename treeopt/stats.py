@@ -206,7 +206,7 @@ def subset(stats: CalibrationStats, prompts: list[int]) -> CalibrationStats:
 
 # provenance that every shard of one run shares (and the merged stats keep)
 SHARD_INVARIANTS = ("model", "heads_sha256", "dtype", "device", "tool", "max_new_tokens", "prompt_source", "select",
-                    "rollout", "prompts_total", "sampling")
+                    "rollout", "prompts_total", "sampling", "drafts")
 
 
 def shard_of(name: str, stats: CalibrationStats) -> tuple[int, int]:
