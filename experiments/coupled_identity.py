@@ -4,9 +4,10 @@ batch as `bench` would), and the tokens/step each measures. Tokens/step and iden
 runs beside other work; speed is `bench`'s job.
 
     python experiments/coupled_identity.py STATS.json --trees T6.json,T64.json --batch-sizes 1,4 [--drafts mode]
-        [--select 1:80:4] [--json OUT]
+        [--mode-trees M16.json,M64.json] [--select 1:80:4] [--json OUT]
 
-Decodes at the stats' sampling settings and draft rule (their fitted head temperature), unless --drafts says otherwise.
+Decodes at the stats' sampling settings and draft rule (their fitted head temperature), unless --drafts says otherwise;
+--mode-trees are decoded with mode drafts at batch 1 against the same references (trees from mode-draft stats).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--select", default="1:80:4")
     parser.add_argument("--drafts", default=None, choices=["mode", "coupled"])
+    parser.add_argument("--mode-trees", default="")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -45,10 +47,12 @@ def main() -> None:
     references = hf_references(loaded.model, prompts, args.max_new_tokens, loaded.eos_token_ids, sampling)
     print(f"{sampling.describe()}, {describe_drafts(sampling.draft_settings())}, {len(prompts)} prompts ({args.select})")
     rows = []
-    for tree_file in args.trees.split(","):
+    runs = [(t, sampling, args.batch_sizes) for t in args.trees.split(",")]
+    runs += [(t, sampling.with_drafts({"rule": "mode"}), "1") for t in args.mode_trees.split(",") if t]
+    for tree_file, decoding, batch_sizes in runs:
         spec = load_tree(tree_file)
-        decoder = MedusaDecoder(loaded.model, heads, spec, loaded.eos_token_ids, sampling)
-        for b in map(int, args.batch_sizes.split(",")):
+        decoder = MedusaDecoder(loaded.model, heads, spec, loaded.eos_token_ids, decoding)
+        for b in map(int, batch_sizes.split(",")):
             tokens = steps = same = 0
             counted: set[int] = set()  # a filled-up last batch repeats the first prompts: count each prompt once
             for batch in batches_of(len(prompts), b):
@@ -59,9 +63,10 @@ def main() -> None:
                         tokens, steps = tokens + len(result.tokens), steps + result.steps
                         same += result.tokens == references[i]
             row = {"tree": tree_file, "nodes": spec.nodes, "batch_size": b, "tokens_per_step": tokens / steps,
-                   "identical": same / len(prompts), "drafts": sampling.draft_settings(), "sampling": sampling.settings()}
+                   "identical": same / len(prompts), "drafts": decoding.draft_settings(), "sampling": decoding.settings()}
             rows.append(row)
-            print(f"{spec.nodes:>3} nodes  batch {b}: tokens/step {row['tokens_per_step']:.3f}  identical {row['identical']:.2f}", flush=True)
+            print(f"{tree_file}: {spec.nodes:>3} nodes, {decoding.draft_rule} drafts, batch {b}: tokens/step "
+                  f"{row['tokens_per_step']:.3f}  identical {row['identical']:.2f}", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(rows, out, indent=1)

@@ -133,18 +133,20 @@ def tree_png(spec: TreeSpec, out: str | Path, probabilities: dict[tuple[int, ...
 
 def trees_png(trees: list[tuple[TreeSpec, dict[tuple[int, ...], float] | None]], out: str | Path, gap_in: float = 0.3) -> None:
     """Several trees (each with its P(path) labels or None) side by side in one PNG, tops aligned, on white; each
-    titled with its size, the sampling settings it was calibrated for and its predicted tokens/step."""
+    titled with its size, the sampling settings (and draft rule) it was calibrated for and its predicted tokens/step."""
     import io
 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from medusa_runtime.sampling import describe_settings
+    from medusa_runtime.sampling import describe_drafts, describe_settings
 
     images = []
     for spec, probabilities in trees:
         predicted = spec.meta.get("expected_tokens_per_step")
+        drafts = (spec.meta.get("stats_provenance") or {}).get("drafts") or {}
         title = (f"{spec.nodes} nodes, {describe_settings(spec.meta.get('sampling'))}"
+                 + (f", {describe_drafts(drafts)}" if spec.meta.get("sampling", {}).get("temperature") and drafts else "")
                  + (f": {predicted:.3f} tokens/step" if predicted is not None else ""))
         fig = tree_figure(spec, probabilities, title)
         buffer = io.BytesIO()
