@@ -34,8 +34,8 @@ RELEASES = {
         "upstream Medusa", "FasterDecoding/Medusa at any commit (it publishes no releases)", current=True,
         source="medusa/model/medusa_choices.py, medusa/model/utils.py"),
     "vllm": EngineReleases(
-        "vLLM", "releases with the V1 engine's Medusa proposer (vllm/v1/spec_decode/medusa.py), current ones included",
-        current=True, source="vllm/v1/spec_decode/medusa.py, vllm/model_executor/models/medusa.py, "
+        "vLLM", "releases since its V1 engine's Medusa proposer (PR #17956, merged 2025-05), current ones included",
+        current=True, source="PR #17956; vllm/v1/spec_decode/medusa.py, vllm/model_executor/models/medusa.py, "
                              "vllm/transformers_utils/configs/medusa.py, vllm/config/speculative.py"),
 }
 
