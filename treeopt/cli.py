@@ -763,6 +763,8 @@ def export_heads(
         write_vllm_checkpoint(checkpoint, out)
     except EngineError as err:
         fail(str(err))
+    except OSError as err:
+        fail(f"{out}: cannot be written ({err.strerror or err.__class__.__name__}); choose another folder")
     config = checkpoint.config
     typer.echo(f"vllm: {config['num_heads']} heads ({config['truncated_vocab_size']} of {config['vocab_size']} tokens) "
                f"written to {out}; export a chain for them with 'treeopt export TREE --format vllm --heads-dir {out}'")

@@ -40,8 +40,10 @@ WEIGHTS_FILE = "model.safetensors"  # vLLM's loader reads every *.safetensors of
 CONFIG_FILE = "config.json"
 
 
-def _render(spec: TreeSpec, settings: ExportSettings) -> str:  # the text is written by speculative_config_text
-    raise NotImplementedError
+def _render(spec: TreeSpec, settings: ExportSettings) -> str:
+    """Never called: ``check_export`` reads only the format's limits and consumer; ``speculative_config_text`` writes
+    the text, since it names the heads folder, which ExportSettings does not carry."""
+    raise NotImplementedError("use speculative_config_text")
 
 
 SPECULATIVE_FORMAT = ExportFormat("vllm", "vLLM (speculative_config, method medusa)", VLLM_TARGET, _render)
