@@ -26,12 +26,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from medusa_runtime.files import read_json_object, write_text_atomic
-from medusa_runtime.heads import EngineError, MedusaHeads
 from medusa_runtime.spec import TreeSpec, TreeSpecError
+
+if TYPE_CHECKING:  # torch and the heads load only where heads are written: 'treeopt export' starts without them
+    import torch
+
+    from medusa_runtime.heads import MedusaHeads
 
 from .formats import ExportFormat, ExportSettings, check_export
 
@@ -51,6 +54,8 @@ SPECULATIVE_FORMAT = ExportFormat("vllm", "vLLM (speculative_config, method medu
 
 def check_runs_on_vllm(heads: MedusaHeads, where: str) -> None:
     """Raise EngineError (one line) for heads vLLM's Medusa model cannot run as they were trained."""
+    from medusa_runtime.heads import EngineError
+
     if heads.config.kind != "plain":
         raise EngineError(f"{where}: vLLM runs plain Medusa heads (they read the last hidden state only) and these are "
                           f"{heads.config.kind} heads; export plain heads (treeopt train-heads --kind plain)")
@@ -75,6 +80,10 @@ def vllm_checkpoint(heads: MedusaHeads, base_lm_head: torch.Tensor | None, where
     """``heads`` (plain) under vLLM's config fields and weight names. ``base_lm_head``: the base model's lm_head
     weight [V, H], needed by heads that share it (written once, as ``lm_head.weight`` with ``original_lm_head``).
     A draft vocabulary becomes ``token_map`` with ``truncated_vocab_size``, and only its rows of the lm_heads."""
+    import torch
+
+    from medusa_runtime.heads import EngineError
+
     check_runs_on_vllm(heads, where)
     config = heads.config
     state = heads.checkpoint_state()
@@ -116,6 +125,8 @@ def write_vllm_checkpoint(checkpoint: VllmCheckpoint, folder: Path) -> None:
     """Write config.json and model.safetensors into ``folder``; refuse a folder with other weight files, since vLLM
     would load those too (raises EngineError before writing anything)."""
     from safetensors.torch import save_file
+
+    from medusa_runtime.heads import EngineError
 
     others = sorted(p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pt") and p.name != WEIGHTS_FILE) \
         if folder.is_dir() else []
