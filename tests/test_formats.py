@@ -232,7 +232,7 @@ def test_cli_export_names_the_releases_of_tensorrt_llm_formats_and_writes_the_fi
     """TensorRT-LLM dropped the backend these formats are for: one line names the releases that run them."""
     r = invoke("export", tree_file, "--format", fmt, "--out", tmp_path / "x")
     notes = [line for line in r.output.splitlines() if line.startswith("note:")]
-    assert r.exit_code == 0 and len(notes) == 1 and "TensorRT-LLM releases up to v1.3.0rc20" in notes[0]
+    assert r.exit_code == 0 and len(notes) == 1 and "TensorRT-LLM runs this format only in releases up to v1.3.0rc20" in notes[0]
     assert (tmp_path / "x").read_text() == export_tree(SPEC, fmt)
     r = invoke("export", tree_file, "--format", "medusa")
     assert "note:" not in r.output

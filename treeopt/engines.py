@@ -27,7 +27,7 @@ class EngineReleases:
 
 RELEASES = {
     "trtllm": EngineReleases(
-        "TensorRT-LLM", f"releases up to {TRTLLM_LAST_RELEASE} (2026-06-30), TensorRT engine backend only", current=False,
+        "TensorRT-LLM", f"releases up to {TRTLLM_LAST_RELEASE} (2026-06-30), on its TensorRT engine backend", current=False,
         source=f"TensorRT-LLM {TRTLLM_LAST_RELEASE} release notes ('the last one supporting the TensorRT backend'); "
                "PRs #15763, #15767, #15907, #15918 removed it"),
     "medusa": EngineReleases(
@@ -45,5 +45,5 @@ def release_note(target: str | None) -> str | None:
     releases = RELEASES.get(target) if target is not None else None
     if releases is None or releases.current:
         return None
-    return (f"note: only {releases.engine} {releases.releases} run this format; later releases removed that backend "
-            f"(source: {releases.source}; see docs/engines.md). The file is written all the same.")
+    return (f"note: {releases.engine} runs this format only in {releases.releases}, which later releases removed "
+            f"(source: {releases.source}; see docs/engines.md); the file is written all the same")
