@@ -30,9 +30,11 @@ kind, no keys): each node's ranking starts with the token its own text predicts 
 the runtime expands such trees depth by depth too. Upstream loaders ignore the field, and a tree built for
 these heads assumes it.
 
-Engines (``ENGINES``: upstream Medusa, TensorRT-LLM) run plain Medusa heads only, ranking the whole vocabulary with
-the heads' own layers over the last hidden state: no draft vocabulary, no context lookup, no prefix attention.
-``engine_view`` gives the same weights run that way, so calibration and bench can measure what an engine runs.
+Engines (``ENGINES``: upstream Medusa, TensorRT-LLM, vLLM) run plain Medusa heads only, with the heads' own layers
+over the last hidden state: no context lookup, no prefix attention; they rank the whole vocabulary, except vLLM,
+which ranks a truncated vocabulary (its ``token_map``) when the checkpoint has one (``DRAFT_VOCAB_ENGINES``), so
+that heads with a draft vocabulary keep it there. ``engine_view`` gives the same weights run that way, so
+calibration and bench can measure what an engine runs.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from .prefix import KEY_PREFIX, PrefixAttention
 
 
 Order = Callable[[torch.Tensor], torch.Tensor]  # logits [..., V'] -> the scores guesses are ranked by
-ENGINES = {"medusa": "upstream Medusa", "trtllm": "TensorRT-LLM"}  # engines that take exported trees, and run Medusa heads
+ENGINES = {"medusa": "upstream Medusa", "trtllm": "TensorRT-LLM", "vllm": "vLLM"}  # engines that run Medusa heads
+DRAFT_VOCAB_ENGINES = frozenset({"vllm"})  # engines that run a draft vocabulary (vLLM: truncated_vocab_size + token_map)
 
 
 class EngineError(ValueError):
@@ -295,8 +298,9 @@ class MedusaHeads(nn.Module):
         return self.top_tokens(self._head_logits(self.heads[i], x), topk, order)
 
     def engine_view(self, engine: str) -> "MedusaHeads":
-        """These heads as ``engine`` runs them: the same weights (shared, not copied), ranking the whole vocabulary,
-        with no context lookup and no prefix attention. EngineError for heads the engine cannot run at all."""
+        """These heads as ``engine`` runs them: the same weights (shared, not copied), with no context lookup and no
+        prefix attention, ranking the whole vocabulary (the draft vocabulary kept for ``DRAFT_VOCAB_ENGINES``).
+        EngineError for heads the engine cannot run at all."""
         if engine not in ENGINES:
             raise EngineError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
         if self.config.kind != "plain":
@@ -307,6 +311,8 @@ class MedusaHeads(nn.Module):
         view.__dict__ = {**self.__dict__, "config": replace(self.config, context_lookup=None, prefix_attention=None),
                          "_modules": {**self._modules, "prefix": None}, "_buffers": {**self._buffers, "draft_vocab": None},
                          "_parameters": dict(self._parameters), "draft_vocab_meta": {}, "_frozen_linears": {}}
+        if engine in DRAFT_VOCAB_ENGINES and self.draft_vocab is not None:
+            view.set_draft_vocab(self.draft_vocab, self.draft_vocab_meta)
         return view
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

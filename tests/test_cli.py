@@ -644,3 +644,57 @@ def test_bench_continuous_batching_runs_four_arms_losslessly(tiny_folder, stats_
         r = invoke(*common, *options)
         errors = [line for line in r.output.splitlines() if line.startswith("error:")]
         assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output
+
+
+def test_vllm_chain_calibrated_built_exported_and_benched(tiny_folder, tmp_path):
+    """calibrate --engine vllm keeps the heads' draft vocabulary (vLLM's token_map); build --for vllm writes the chain
+    whose prediction is the chain's replay; export-heads and export --format vllm write what vLLM loads, without a
+    warning; bench --engine vllm measures the replay, losslessly; sequential heads are refused in one line, nothing
+    written."""
+    import shutil
+
+    from conftest import tiny_heads
+    from transformers import AutoModelForCausalLM
+
+    from treeopt.stats import load_stats, replay_steps, replay_tokens_per_step
+
+    model, prompts = tiny_folder / "model", tiny_folder / "prompts.jsonl"
+    heads = tmp_path / "heads"
+    shutil.copytree(tiny_folder / "heads", heads)
+    (heads / "draft_vocab.json").write_text(json.dumps({"format": "medusa-draft-vocab", "version": 1, "tokens": list(range(2, 64))}))
+    stats, tree, report = tmp_path / "v.json", tmp_path / "chain.json", tmp_path / "r.json"
+    r = invoke("calibrate", "--model", model, "--heads", heads, "--prompts", prompts, "--max-new-tokens", 24, "--topk", 4,
+               "--engine", "vllm", "--out", stats)
+    assert r.exit_code == 0, r.output
+    provenance = json.loads(stats.read_text())["provenance"]
+    assert provenance["engine"] == "vllm" and provenance["draft_vocab"] == 62
+    r = invoke("build", stats, "--budget", 2, "--for", "vllm", "--out", tree)
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    spec = json.loads(tree.read_text())
+    assert spec["paths"] == [[0], [0, 0]]
+    assert spec["meta"]["expected_tokens_per_step"] == pytest.approx(replay_tokens_per_step(load_stats(stats), [(0,), (0, 0)]), abs=1e-4)
+    # the checkpoint and the speculative_config
+    out = tmp_path / "vllm_heads"
+    r = invoke("export-heads", heads, "--format", "vllm", "--model", model, "--out", out)
+    assert r.exit_code == 0 and "3 heads (62 of 64 tokens)" in r.output, r.output
+    r = invoke("export", tree, "--format", "vllm", "--heads-dir", out)
+    assert r.exit_code == 0 and "warning" not in r.output and "note:" not in r.output, r.output
+    assert json.loads(r.output) == {"method": "medusa", "model": str(out.resolve()), "num_speculative_tokens": 2}
+    # bench as vLLM runs the heads: the replay of the stats is what it measures
+    r = invoke("bench", "--model", model, "--heads", heads, "--tree", tree, "--prompts", prompts, "--max-new-tokens", 24,
+               "--engine", "vllm", "--json", report)
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    measured = json.loads(report.read_text())
+    assert measured["identical"] == 1.0 and measured["engine"] == "vllm" and measured["draft_vocab"] == 62
+    assert replay_steps(load_stats(stats), [(0,), (0, 0)]) == (sum(p["new_tokens"] for p in measured["per_prompt"]),
+                                                               sum(p["steps"] for p in measured["per_prompt"]))
+    # a tree with ranks > 0 is not what vLLM runs; sequential heads are not either
+    wide = tmp_path / "wide.json"
+    assert invoke("build", stats, "--budget", 3, "--out", wide).exit_code == 0
+    r = invoke("export", wide, "--format", "vllm", "--heads-dir", out)
+    assert r.exit_code == 2 and "ranks < 1" in r.output
+    seq = tmp_path / "seq_heads"
+    tiny_heads(AutoModelForCausalLM.from_pretrained(model), sequential=True).save(seq)
+    r = invoke("export-heads", seq, "--format", "vllm", "--model", model, "--out", tmp_path / "no")
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "sequential heads" in errors[0] and not (tmp_path / "no").exists()

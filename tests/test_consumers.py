@@ -650,3 +650,196 @@ def test_llmapi_writes_max_draft_len_and_refuses_a_smaller_one():
     assert (config["max_draft_len"], config["num_medusa_heads"]) == (10, 5)
     with pytest.raises(TreeSpecError, match=r"6 paths, but max_draft_len is 5 \(--max-draft-len\)"):
         export_tree(FIXED_TREES[2], "trtllm-llmapi", max_draft_len=5)
+
+
+# --------------------------------------------------------------------------- vLLM's Medusa (checkpoint + speculative_config)
+VLLM_SOURCE = "vllm-project/vllm (main, 2026-12)"
+
+
+def vllm_medusa_config(folder: Path, num_speculative_tokens: int | None) -> dict:
+    """What vLLM makes of the heads folder's config.json ({VLLM_SOURCE}: vllm/transformers_utils/configs/medusa.py
+    MedusaConfig.from_pretrained, then vllm/config/speculative.py).
+
+    Keys holding "num" and "heads" become num_heads, "num" and "layers" num_hidden_layers; truncated_vocab_size
+    defaults to vocab_size; a given num_speculative_tokens is written through the num_lookahead_tokens setter,
+    which sets num_heads. Without num_speculative_tokens (MedusaConfig has no n_predict) vLLM raises."""
+    raw = json.loads((folder / "config.json").read_text())
+    config = {}
+    for key, value in raw.items():
+        if "num" in key and "heads" in key:
+            key = "num_heads"
+        elif "num" in key and "layers" in key:
+            key = "num_hidden_layers"
+        config[key] = value
+    defaults = {"hidden_size": 4096, "vocab_size": 32001, "num_heads": 5, "num_hidden_layers": 1}
+    config = {**defaults, **config}
+    if config.get("truncated_vocab_size") is None:
+        config["truncated_vocab_size"] = config["vocab_size"]
+    assert config.get("model_type") == "medusa"  # what makes vLLM pick MedusaConfig and detect method medusa
+    if num_speculative_tokens is None:
+        raise ValueError("A speculative model was provided, but `num_speculative_tokens` was not provided")
+    config["num_heads"] = num_speculative_tokens
+    return config
+
+
+@dataclass
+class VllmMedusa:
+    """vLLM's Medusa model as loaded ({VLLM_SOURCE}: vllm/model_executor/models/medusa.py): ``params`` by name."""
+
+    config: dict
+    params: dict
+    token_map: Optional["torch.Tensor"]
+
+    def propose(self, hidden: "torch.Tensor") -> "torch.Tensor":
+        """vllm/v1/spec_decode/medusa.py MedusaProposer.propose: per head, the residual blocks, the (truncated) lm_head,
+        logits scattered into the whole vocabulary with -inf elsewhere when a token_map is set, argmax. [B, H] -> [B, K]."""
+        import torch
+
+        drafts = []
+        for i in range(self.config["num_heads"]):
+            x = hidden
+            for j in range(self.config["num_hidden_layers"]):
+                weight = self.params[f"blocks.{i}.layers.{j}.weight"]
+                bias = self.params.get(f"blocks.{i}.layers.{j}.bias")
+                x = x + torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))
+            lm = self.params["lm_head.weight"] if self.config.get("original_lm_head") else self.params[f"lm_heads.{i}.weight"]
+            logits = x @ lm.T
+            if self.token_map is not None:
+                full = torch.full((*logits.shape[:-1], self.config["vocab_size"]), -torch.inf)
+                full[..., self.token_map] = logits
+                logits = full
+            drafts.append(logits.argmax(-1))
+        return torch.stack(drafts, dim=1)
+
+
+def vllm_load(folder: Path, num_speculative_tokens: int) -> VllmMedusa:
+    """vLLM's Medusa.__init__ and load_weights on every *.safetensors of the folder ({VLLM_SOURCE}:
+    vllm/model_executor/models/medusa.py; the loader reads every weight file of the folder).
+
+    Parameters: blocks.{i}.layers.{j}.weight [H, H] (+ .bias with medusa_fc_bias) for the num_heads heads vLLM
+    builds; one lm_head.weight with original_lm_head, else lm_heads.{i}.weight, [truncated_vocab_size, H]. Loading
+    strips "medusa_heads.", keeps token_map only when truncated_vocab_size < vocab_size, maps lm_heads.0.weight to
+    lm_head.weight under original_lm_head, ignores names it has no parameter for, takes the token_map's rows of a
+    larger lm_head, and asserts a token_map wherever the vocabulary is truncated. The weight loader copies a tensor
+    into its parameter, whose shape must match. Parameters no file supplied stay unloaded (returned as None)."""
+    import torch
+    from safetensors.torch import load_file
+
+    config = vllm_medusa_config(folder, num_speculative_tokens)
+    hidden, truncated = config["hidden_size"], config["truncated_vocab_size"]
+    shapes = {}
+    for i in range(config["num_heads"]):
+        for j in range(config["num_hidden_layers"]):
+            shapes[f"blocks.{i}.layers.{j}.weight"] = (hidden, hidden)
+            if config.get("medusa_fc_bias", False):
+                shapes[f"blocks.{i}.layers.{j}.bias"] = (hidden,)
+        if not config.get("original_lm_head", False):
+            shapes[f"lm_heads.{i}.weight"] = (truncated, hidden)
+    if config.get("original_lm_head", False):
+        shapes["lm_head.weight"] = (truncated, hidden)
+    weights = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(file))
+    token_map, chosen = None, {}
+    for name, tensor in weights.items():
+        name = name.replace("medusa_heads.", "")
+        if name == "token_map":
+            if truncated < config["vocab_size"]:
+                token_map = tensor
+        elif name in shapes:
+            chosen[name] = tensor
+        elif config.get("original_lm_head", False) and name == "lm_heads.0.weight":
+            chosen["lm_head.weight"] = tensor
+    params = dict.fromkeys(shapes)
+    for name, tensor in chosen.items():
+        if "lm_head" in name and token_map is not None and tensor.shape[0] > token_map.shape[0]:
+            tensor = tensor[token_map]
+        assert tuple(tensor.shape) == shapes[name], (name, tuple(tensor.shape), shapes[name])
+        params[name] = tensor.float()
+    assert truncated == config["vocab_size"] or token_map is not None
+    return VllmMedusa(config, params, token_map)
+
+
+def vllm_speculative_config(text: str) -> dict:
+    """``--speculative-config`` JSON as vLLM's SpeculativeConfig reads the fields treeopt writes ({VLLM_SOURCE}:
+    vllm/config/speculative.py): method one of its methods, model the draft (heads) folder, num_speculative_tokens > 0."""
+    config = json.loads(text)
+    assert config["method"] == "medusa"
+    assert isinstance(config["num_speculative_tokens"], int) and config["num_speculative_tokens"] > 0
+    assert set(config) <= {"method", "model", "num_speculative_tokens"}
+    return config
+
+
+def _vllm_heads(shared: bool, draft: bool):
+    """Random plain heads of the tiny model (a draft vocabulary of its odd tokens, in a scrambled order, if asked)."""
+    import torch
+
+    from conftest import tiny_heads, tiny_model
+
+    model = tiny_model()
+    heads = tiny_heads(model, num_heads=3, shared=shared)
+    if draft:
+        heads.set_draft_vocab(torch.randperm(32, generator=torch.Generator().manual_seed(0)) * 2 + 1)
+    return model, heads
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("draft", [False, True])
+def test_vllm_loads_the_exported_heads_and_proposes_what_the_engine_view_guesses(tmp_path, shared, draft):
+    """export-heads' checkpoint through vLLM's config parsing and weight-name mapping: every tensor lands on the
+    parameter it came from, and vLLM's proposals (each head's argmax, over the token_map's tokens when the heads have
+    a draft vocabulary) are the top-1 guesses of the heads as ``calibrate --engine vllm`` runs them."""
+    import torch
+
+    from treeopt.vllm import vllm_checkpoint, write_vllm_checkpoint
+
+    model, heads = _vllm_heads(shared, draft)
+    base = model.get_output_embeddings().weight
+    write_vllm_checkpoint(vllm_checkpoint(heads, base, "heads"), tmp_path)
+    loaded = vllm_load(tmp_path, num_speculative_tokens=3)
+    assert all(v is not None for v in loaded.params.values())
+    state = heads.checkpoint_state()
+    for i in range(3):
+        assert torch.equal(loaded.params[f"blocks.{i}.layers.0.weight"], state[f"{i}.0.linear.weight"])
+        assert torch.equal(loaded.params[f"blocks.{i}.layers.0.bias"], state[f"{i}.0.linear.bias"])
+        lm = base if shared else state[f"{i}.1.weight"]
+        rows = lm if not draft else lm[heads.draft_vocab]
+        assert torch.equal(loaded.params["lm_head.weight" if shared else f"lm_heads.{i}.weight"], rows)
+    assert (loaded.token_map is not None) == draft
+    h = torch.randn(64, model.config.hidden_size)
+    proposed = loaded.propose(h)
+    assert torch.equal(proposed, heads.engine_view("vllm").candidates(h, 1)[..., 0])
+    if draft:
+        assert (proposed % 2 == 1).all()  # only the draft vocabulary's (odd) tokens
+    # fewer speculative tokens: vLLM builds that many heads and loads the first ones
+    assert torch.equal(vllm_load(tmp_path, num_speculative_tokens=2).propose(h), proposed[:, :2])
+
+
+def test_vllm_leaves_heads_the_checkpoint_lacks_unloaded(tmp_path):
+    """Why export refuses a chain deeper than the folder's heads: vLLM builds num_speculative_tokens heads and loads
+    what the checkpoint has, leaving the others as they were allocated, without an error."""
+    from treeopt.vllm import vllm_checkpoint, write_vllm_checkpoint
+
+    model, heads = _vllm_heads(True, False)
+    write_vllm_checkpoint(vllm_checkpoint(heads, model.get_output_embeddings().weight, "heads"), tmp_path)
+    loaded = vllm_load(tmp_path, num_speculative_tokens=4)
+    assert loaded.params["blocks.3.layers.0.weight"] is None and loaded.params["blocks.2.layers.0.weight"] is not None
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3))
+def test_vllm_speculative_config_runs_the_chain_treeopt_evaluated(tmp_path_factory, depth):
+    """export --format vllm: vLLM reads method medusa, the folder export-heads wrote, and a chain as deep as the tree,
+    which is the tree treeopt evaluated (a chain of rank-0 guesses: each head's argmax)."""
+    from treeopt.vllm import export_text, vllm_checkpoint, write_vllm_checkpoint
+
+    folder = tmp_path_factory.mktemp("vllm")
+    model, heads = _vllm_heads(True, True)
+    write_vllm_checkpoint(vllm_checkpoint(heads, model.get_output_embeddings().weight, "heads"), folder)
+    chain = TreeSpec([(0,) * d for d in range(1, depth + 1)])
+    config = vllm_speculative_config(export_text(chain, "vllm", folder, "t.json"))
+    assert Path(config["model"]) == folder.resolve()
+    loaded = vllm_load(Path(config["model"]), config["num_speculative_tokens"])
+    assert [(0,) * (k + 1) for k in range(loaded.config["num_heads"])] == chain.paths  # head k: depth k+1, rank 0
+    with pytest.raises(TreeSpecError, match="rank 1.*ranks < 1.*--for vllm"):
+        export_text(TreeSpec(chain.paths + [(1,)]), "vllm", folder, "t.json")

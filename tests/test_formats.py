@@ -61,8 +61,8 @@ def test_every_export_ends_in_one_newline():
 
 
 def test_unknown_format_lists_the_formats():
-    with pytest.raises(TreeSpecError, match="--format 'vllm': use one of medusa, medusa-list, trtllm"):
-        export_tree(SPEC, "vllm")
+    with pytest.raises(TreeSpecError, match="--format 'sglang': use one of medusa, medusa-list, trtllm"):
+        export_tree(SPEC, "sglang")
 
 
 def test_options_that_do_not_apply_are_refused():
@@ -106,6 +106,7 @@ def test_build_targets_keep_their_fields():
     """``treeopt build --for TARGET`` reads max_rank and gap_free_depth."""
     assert (BUILD_TARGETS["medusa"].max_rank, BUILD_TARGETS["medusa"].gap_free_depth) == (10, 0)
     assert (BUILD_TARGETS["trtllm"].max_rank, BUILD_TARGETS["trtllm"].gap_free_depth) == (16, 1)
+    assert (BUILD_TARGETS["vllm"].max_rank, BUILD_TARGETS["vllm"].gap_free_depth) == (1, 0)  # a chain; export in vllm.py
     assert {f.target for f in FORMATS.values()} == {"medusa", "trtllm", None}
     assert DEFAULT_NAME.isidentifier()
 
@@ -210,7 +211,9 @@ def test_cli_export_help_lists_every_format():
 @pytest.mark.parametrize("args, message", [
     (("--format", "trtllm", "--max-draft-len", 3), "6 paths, but max_draft_len is 3"),
     (("--format", "medusa", "--num-heads", 2), "has depth 3 but --num-heads is 2"),
-    (("--format", "vllm"), "--format 'vllm': use one of"),
+    (("--format", "sglang"), "--format 'sglang': use one of"),
+    (("--format", "vllm"), "pass --heads-dir DIR"),
+    (("--format", "trtllm", "--heads-dir", "x"), "--heads-dir applies to --format vllm only"),
     (("--format", "json", "--name", "x"), "--name applies to --format medusa only"),
 ])
 def test_cli_export_errors_leave_out_untouched(tree_file, tmp_path, args, message):
@@ -222,6 +225,17 @@ def test_cli_export_errors_leave_out_untouched(tree_file, tmp_path, args, messag
         assert r.output.startswith("error: ") and r.output.count("\n") == 1  # one line
     assert not fresh.exists() and existing.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.txt", "tree.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("fmt", [f for f in EXPORT_FORMATS if FORMATS[f].target == "trtllm"])
+def test_cli_export_names_the_releases_of_tensorrt_llm_formats_and_writes_the_file(tree_file, tmp_path, fmt):
+    """TensorRT-LLM dropped the backend these formats are for: one line names the releases that run them."""
+    r = invoke("export", tree_file, "--format", fmt, "--out", tmp_path / "x")
+    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    assert r.exit_code == 0 and len(notes) == 1 and "TensorRT-LLM runs this format only in releases up to v1.3.0rc20" in notes[0]
+    assert (tmp_path / "x").read_text() == export_tree(SPEC, fmt)
+    r = invoke("export", tree_file, "--format", "medusa")
+    assert "note:" not in r.output
 
 
 def test_cli_export_refuses_the_empty_tree(tmp_path):

@@ -356,5 +356,9 @@ def test_engine_view_runs_the_same_weights_as_an_engine_does():
     assert view.candidates(h, 5).max() > 1 and (view.candidates(h, 5) % 2 == 1).any()  # odd tokens: outside the draft vocabulary
     with pytest.raises(EngineError, match="sequential heads.*--kind plain"):
         tiny_heads(model, sequential=True).engine_view("medusa")
-    with pytest.raises(EngineError, match="--engine 'vllm'"):
-        heads.engine_view("vllm")
+    with pytest.raises(EngineError, match="--engine 'sglang'"):
+        heads.engine_view("sglang")
+    # vLLM runs a draft vocabulary (its token_map): its view keeps it, and still drops the lookup and the prefix layer
+    vllm = heads.engine_view("vllm")
+    assert torch.equal(vllm.draft_vocab, heads.draft_vocab) and vllm.config.context_lookup is None and vllm.prefix is None
+    assert torch.equal(vllm.candidates(h, 5), heads.draft_vocab[expected[..., heads.draft_vocab].topk(5, dim=-1).indices])

@@ -45,8 +45,9 @@ TopPOpt = typer.Option(1.0, "--top-p", help="with --temperature > 0: sample from
 SeedOpt = typer.Option(0, "--seed", help="keys the draws: a seed and a prompt fix the text")
 ThresholdOpt = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon")
 AlphaOpt = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta")
-EngineOpt = typer.Option(None, "--engine", help="medusa | trtllm: run the heads as that engine does (plain heads, whole "
-                         "vocabulary, no context lookup, no prefix attention); default: as treeopt's runtime runs them")
+EngineOpt = typer.Option(None, "--engine", help="medusa | trtllm | vllm: run the heads as that engine does (plain heads, "
+                         "whole vocabulary (vllm: or the draft vocabulary), no context lookup, no prefix attention); "
+                         "default: as treeopt's runtime runs them")
 DraftsOpt = typer.Option(None, "--drafts", help="mode | coupled: rank the heads' guesses by their logits, or coupled with the "
                          "target's keyed draws (the default at temperature > 0; bench and generate: the tree's)")
 HeadTemperatureOpt = typer.Option(None, "--head-temperature", help="coupled drafts: T for all heads or T1,T2,.. per head "
@@ -562,8 +563,8 @@ def build(
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="shrunk (path frequencies shrunk towards the "
                                   "per-head accuracies, strength by cross-validation) | empirical (raw path frequencies) | "
                                   "independent (product of a[k][r])"),
-    target: Optional[str] = typer.Option(None, "--for", help="medusa | trtllm: build only trees that engine runs as they are "
-                                         "(its rank limit; trtllm: siblings ranked 0..k-1)"),
+    target: Optional[str] = typer.Option(None, "--for", help="medusa | trtllm | vllm: build only trees that engine runs as "
+                                         "they are (its rank limit; trtllm: siblings ranked 0..k-1; vllm: a chain of rank 0)"),
     folds: int = typer.Option(DEFAULT_FOLDS, "--folds", help="cross-validation folds over prompts for the prediction "
                               "and the shrinkage strength (0: in-sample replay, no cross-validation)"),
     latency: Optional[Path] = typer.Option(None, "--latency", help="latency JSON from 'treeopt profile' (for --budget auto)"),
@@ -752,25 +753,33 @@ def show(
 def export(
     tree: Path = typer.Argument(..., help="tree spec JSON (or any form 'treeopt import' reads)"),
     fmt: str = typer.Option("medusa", "--format", help="medusa | medusa-list | trtllm | trtllm-yaml | trtllm-llmapi | "
-                                                       "triton | triton-pbtxt | json"),
+                                                       "triton | triton-pbtxt | json | vllm (speculative_config)"),
     num_heads: Optional[int] = typer.Option(None, "--num-heads", help="the engine's Medusa heads: refuse deeper trees "
                                             "(trtllm-llmapi writes it; default: the tree's depth)"),
     max_draft_len: Optional[int] = typer.Option(None, "--max-draft-len", help="TensorRT-LLM formats: the engine's "
                                                 "max_draft_len (default 63; trtllm-llmapi: the number of paths)"),
     name: Optional[str] = typer.Option(None, "--name", help="--format medusa: the Python variable (default treeopt_tree)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write here instead of stdout (nothing is written on error)"),
+    heads_dir: Optional[Path] = typer.Option(None, "--heads-dir", help="--format vllm: the heads folder 'treeopt "
+                                             "export-heads --format vllm' wrote (the speculative_config names it)"),
 ):
-    """Write the tree for an engine, after checking that engine's limits (ranks, depth, draft tokens, sibling gaps)."""
+    """Write the tree for an engine, after checking that engine's limits (ranks, depth, draft tokens, sibling gaps);
+    formats of an engine that has dropped them get one line naming the releases that run them (docs/engines.md)."""
     from medusa_runtime.spec import TreeSpecError
 
-    from .formats import export_tree
+    from .engines import release_note
+    from .formats import FORMATS
+    from .vllm import export_text
 
     spec = load_any_tree(tree)
     warn_for_engine(str(tree), spec.meta.get("stats_provenance") or {}, fmt)
     try:
-        text = export_tree(spec, fmt, num_heads=num_heads, max_draft_len=max_draft_len, name=name, where=str(tree))
+        text = export_text(spec, fmt, heads_dir, str(tree), num_heads=num_heads, max_draft_len=max_draft_len, name=name)
     except TreeSpecError as err:
         fail(str(err))
+    note = release_note(getattr(FORMATS.get(fmt), "target", None))
+    if note:
+        typer.secho(note, fg=typer.colors.YELLOW, err=True)
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -786,6 +795,34 @@ def warn_for_engine(where: str, provenance: dict, fmt_or_target: str) -> None:
     warning = mismatch_warning(where, provenance, target) if target is not None else None
     if warning:
         typer.secho(warning, fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("export-heads")
+def export_heads(
+    heads: Path = typer.Argument(..., help="Medusa heads folder (plain heads)"),
+    fmt: str = typer.Option("vllm", "--format", help="vllm: the checkpoint vLLM's Medusa model loads"),
+    out: Path = typer.Option(..., "--out", help="folder to write (config.json, model.safetensors); nothing on error"),
+    model: str = ModelOpt,
+):
+    """Write plain heads as an engine's checkpoint: vLLM's config fields and weight names, a draft vocabulary as its
+    token_map; heads it cannot run (sequential, root-conditioned, context lookup, prefix attention) are refused."""
+    from medusa_runtime.heads import EngineError
+
+    from .vllm import VLLM_TARGET, vllm_checkpoint, write_vllm_checkpoint
+
+    if fmt != VLLM_TARGET:
+        fail(f"--format {fmt!r}: use vllm (upstream Medusa and TensorRT-LLM read the heads folder as it is)")
+    loaded, medusa_heads, _ = load_everything(model, str(heads), "float32", "cpu", need_heads=True)
+    try:
+        checkpoint = vllm_checkpoint(medusa_heads, loaded.model.get_output_embeddings().weight, str(heads))
+        write_vllm_checkpoint(checkpoint, out)
+    except EngineError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"{out}: cannot be written ({err.strerror or err.__class__.__name__}); choose another folder")
+    config = checkpoint.config
+    typer.echo(f"vllm: {config['num_heads']} heads ({config['truncated_vocab_size']} of {config['vocab_size']} tokens) "
+               f"written to {out}; export a chain for them with 'treeopt export TREE --format vllm --heads-dir {out}'")
 
 
 @app.command("import")
@@ -991,7 +1028,7 @@ def plan(
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="as for build"),
     max_depth: Optional[int] = typer.Option(None, "--max-depth"),
     max_children: Optional[int] = typer.Option(None, "--max-children"),
-    target: Optional[str] = typer.Option(None, "--for", help="medusa | trtllm: only trees that engine runs as they are"),
+    target: Optional[str] = typer.Option(None, "--for", help="medusa | trtllm | vllm: only trees that engine runs as they are"),
     folds: int = typer.Option(DEFAULT_FOLDS, "--folds"),
     batching: str = BatchingOpt,
 ):

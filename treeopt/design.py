@@ -135,7 +135,8 @@ def build(stats: CalibrationStats, budget: int | None, *, objective: str = DEFAU
           max_depth: int | None = None, max_children: int | None = None, folds: int = DEFAULT_FOLDS,
           latency: LatencyProfile | None = None) -> TreeSpec:
     """The tree ``treeopt build`` writes: ``budget`` paths (nodes - 1), or None with ``latency`` for the size with the
-    best predicted tokens/s; ``target`` ("medusa" | "trtllm") builds only trees that engine runs as they are."""
+    best predicted tokens/s; ``target`` ("medusa" | "trtllm" | "vllm": a chain) builds only trees that engine runs as
+    they are."""
     return design_tree(stats, TreeRequest(budget, objective, max_depth, max_children, target, folds), latency).spec
 
 

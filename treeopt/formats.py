@@ -61,12 +61,16 @@ BUILD_TARGETS = {
                            gap_free_depth=1,  # the C++ runtime lays out deeper gaps correctly
                            gap_source="tensorrt_llm/runtime/medusa_utils.py lays out ranks 0..k-1 at the first level",
                            max_depth=16),  # a path is packed in a uint64, 4 bits per rank
+    "vllm": EngineLimits("vLLM", max_rank=1,
+                         rank_source="vllm/v1/spec_decode/medusa.py drafts each head's argmax: one chain of rank-0 guesses"),
 }
+DRAFT_VOCAB_TARGETS = ("vllm",)  # engines whose checkpoint carries a draft vocabulary (vLLM: token_map)
 
 def calibration_mismatches(provenance: dict, target: str) -> list[str]:
     """What the stats behind a tree measured that ``target``'s engine does not run (empty: the prediction applies there).
-    Engines run plain Medusa heads over the whole vocabulary: no draft vocabulary, no context lookup, no prefix
-    attention. Stats that say nothing of a field are taken to agree (older stats, trees without provenance)."""
+    Engines run plain Medusa heads over the whole vocabulary (vLLM: or the draft vocabulary its checkpoint carries),
+    no context lookup, no prefix attention. Stats that say nothing of a field are taken to agree (older stats, trees
+    without provenance)."""
     found = []
     engine = provenance.get("engine")
     if engine is not None and engine != target:
@@ -77,7 +81,7 @@ def calibration_mismatches(provenance: dict, target: str) -> list[str]:
         found.append("context lookup")
     if provenance.get("prefix_attention"):
         found.append("prefix attention")
-    if provenance.get("draft_vocab"):
+    if provenance.get("draft_vocab") and target not in DRAFT_VOCAB_TARGETS:
         found.append(f"a draft vocabulary of {provenance['draft_vocab']} tokens")
     return found
 
@@ -87,8 +91,9 @@ def mismatch_warning(where: str, provenance: dict, target: str) -> str | None:
     found = calibration_mismatches(provenance, target)
     if not found:
         return None
+    vocabulary = "the draft vocabulary of its checkpoint" if target in DRAFT_VOCAB_TARGETS else "the whole vocabulary"
     return (f"warning: {where} comes from stats of {', '.join(found)}; {BUILD_TARGETS[target].name} runs plain Medusa heads "
-            f"over the whole vocabulary with none of that, so the predicted tokens/step does not apply there: calibrate what "
+            f"over {vocabulary} with none of that, so the predicted tokens/step does not apply there: calibrate what "
             f"it runs with 'treeopt calibrate --engine {target} --heads PLAIN_HEADS' and build again")
 
 
