@@ -243,7 +243,7 @@ def run_bench(
     baseline_s = sum(b for b, _ in batch_seconds)
     medusa_s = sum(m for _, m in batch_seconds)
     predicted = tree.meta.get("expected_tokens_per_step")
-    planned = tree.meta.get("predicted_tokens_per_s") if tree.meta.get("batch_size", 1) == batch_size else None
+    planned = tree.planned_tokens_per_s(batch_size, "static")
     tokens_per_s, baseline_tokens_per_s = new_tokens / medusa_s, baseline_tokens / baseline_s
     return BenchReport(
         tokens_per_step=new_tokens / sum(r.steps for r in runs),
@@ -271,7 +271,7 @@ def run_bench(
         top_k=sampling.top_k,
         top_p=sampling.top_p,
         seed=sampling.seed,
-        predicted_tokens_per_s=float(planned) if planned is not None else None,
+        predicted_tokens_per_s=planned,
         per_prompt=[asdict(r) for r in runs],
     )
 

@@ -46,6 +46,15 @@ class TreeSpec:
         """Candidates needed per head: one more than the largest rank used."""
         return max((r for p in self.paths for r in p), default=-1) + 1
 
+    def planned_tokens_per_s(self, batch_size: int, batching: str) -> float | None:
+        """The tokens/s the plan predicted for this tree at ``batch_size`` under ``batching`` (static | continuous),
+        or None when it was planned for another batch size or batching mode (or not planned): the one rule both
+        benches read a prediction by. Trees planned before the field was written were planned for static batches."""
+        planned = self.meta.get("predicted_tokens_per_s")
+        if planned is None or self.meta.get("batch_size", 1) != batch_size or self.meta.get("batching", "static") != batching:
+            return None
+        return float(planned)
+
     def prefix(self, n: int) -> "TreeSpec":
         """The first n paths (a valid tree when the spec is in insertion order)."""
         return TreeSpec(self.paths[:n], dict(self.meta))

@@ -48,3 +48,20 @@ def test_chain_and_prefix():
 def test_paths_given_as_lists_become_tuples():
     spec = TreeSpec([[0], [0, 1]])
     assert spec.paths == [(0,), (0, 1)] and spec.depth == 2 and spec.topk == 2
+
+
+def test_a_static_bench_never_reads_a_prediction_made_for_in_flight_batching():
+    """A plan's tokens/s belongs to its batch size and its batching mode; bench (static) reads it through the same
+    rule as bench --batching continuous, so a tree planned for in-flight batching shows no static prediction."""
+    from conftest import loaded_tiny, tiny_model
+    from medusa_runtime.bench import run_bench
+
+    continuous = TreeSpec([], {"predicted_tokens_per_s": 50.0, "batch_size": 1, "batching": "continuous"})
+    assert continuous.planned_tokens_per_s(1, "static") is None and continuous.planned_tokens_per_s(1, "continuous") == 50.0
+    assert continuous.planned_tokens_per_s(2, "continuous") is None
+    assert TreeSpec([], {"predicted_tokens_per_s": 40.0, "batch_size": 1}).planned_tokens_per_s(1, "static") == 40.0  # older plans
+    loaded = loaded_tiny(tiny_model("llama"))
+    report = run_bench(loaded, None, continuous, [[4, 5, 6]], 4, progress=False, warmup=False)
+    assert report.predicted_tokens_per_s is None
+    static = TreeSpec([], {**continuous.meta, "batching": "static"})
+    assert run_bench(loaded, None, static, [[4, 5, 6]], 4, progress=False, warmup=False).predicted_tokens_per_s == 50.0

@@ -353,9 +353,7 @@ def bench_served(loaded, heads, spec, ids, max_new_tokens: int, min_new_tokens: 
         report = run_serve_bench(loaded, heads, spec, ids, limits, batch_size, sampling, rounds)
     except (ValueError, PromptTooLongError) as err:
         fail(str(err))
-    planned = spec.meta.get("predicted_tokens_per_s") if (spec.meta.get("batch_size") == batch_size
-                                                          and spec.meta.get("batching") == "continuous") else None
-    report.predicted_tokens_per_s = float(planned) if planned is not None else None
+    report.predicted_tokens_per_s = spec.planned_tokens_per_s(batch_size, "continuous")
     typer.echo(format_serve_report(report))
     if json_out:
         write_output(json_out, json.dumps(report.to_json(), indent=1) + "\n")
