@@ -6,14 +6,7 @@ set -uo pipefail
 T=${T:-.venv/bin/treeopt}
 E=runs/e
 mkdir -p $E
-# plain heads: the last plain (upstream-format) heads this repository shipped, 3 ResBlocks trained on 280k tokens
-# (commit 06289b2); a fresh 'treeopt train-heads --kind plain' spends an hour on this VM's 2 cores in features alone
-if [ ! -f runs/plain_heads/medusa_lm_head.safetensors ]; then
-  mkdir -p runs/plain_heads
-  for f in config.json medusa_lm_head.safetensors draft_vocab.json README.md; do
-    git show 06289b2:data/heads/smollm2-135m/$f > runs/plain_heads/$f
-  done
-fi
+source "$(dirname "$0")/plain_heads.sh"  # runs/plain_heads/: the last plain heads shipped (commit 06289b2)
 for sel in 0:80:2 1:80:4 3:80:4; do
   n=$(echo $sel | tr ':' '_')
   [ -f $E/trt_$n.json ] || $T calibrate --engine trtllm --heads runs/plain_heads --select $sel --out $E/trt_$n.json > $E/cal_$n.log 2>&1

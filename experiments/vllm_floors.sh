@@ -8,12 +8,7 @@ set -uo pipefail
 T=${T:-.venv/bin/treeopt}
 V=runs/v
 mkdir -p $V
-if [ ! -f runs/plain_heads/medusa_lm_head.safetensors ]; then
-  mkdir -p runs/plain_heads
-  for f in config.json medusa_lm_head.safetensors draft_vocab.json README.md; do
-    git show 06289b2:data/heads/smollm2-135m/$f > runs/plain_heads/$f
-  done
-fi
+source "$(dirname "$0")/plain_heads.sh"  # runs/plain_heads/: the last plain heads shipped (commit 06289b2)
 [ -f $V/vllm_0_80_2.json ] || $T calibrate --engine vllm --heads runs/plain_heads --select 0:80:2 --out $V/vllm_0_80_2.json > $V/cal_0_80_2.log 2>&1
 tail -2 $V/cal_0_80_2.log
 [ -f $V/latency.json ] || $T profile --heads runs/plain_heads --sizes 1,2,3,4,5 --passes 1 --out $V/latency.json > $V/profile.log 2>&1
