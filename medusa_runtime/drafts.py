@@ -35,8 +35,7 @@ class DraftOrder:
 
     def _noise(self, noise, keys: list[int], positions: list[int]) -> torch.Tensor:
         """The target's noise at each (key, position), the draft columns only -> [rows, V']."""
-        rows = noise.gumbel(keys, positions)  # [rows, V]
-        return rows if self.columns is None else rows[:, self.columns]
+        return noise.gumbel(keys, positions, self.columns)
 
     def heads(self, noise, keys: list[int], roots: list[int], count: int) -> Order | None:
         """For ``candidates`` over each row's first ``count`` heads, whose head k guesses position ``roots[b] + k + 1``

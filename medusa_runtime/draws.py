@@ -95,9 +95,11 @@ class KeyedNoise:
         self.seed, self.vocab, self.device = seed, vocab, device
         self._memo: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
 
-    def gumbel(self, keys: list[int], positions: list[int]) -> torch.Tensor:
-        """keys, positions: one per row -> [rows, V] on the device."""
-        return torch.stack([self._row(key, position) for key, position in zip(keys, positions)])
+    def gumbel(self, keys: list[int], positions: list[int], columns: torch.Tensor | None = None) -> torch.Tensor:
+        """keys, positions: one per row -> [rows, V] on the device; ``columns`` [V'] (coupled drafts' draft
+        vocabulary): only those columns of each row -> [rows, V']."""
+        rows = (self._row(key, position) for key, position in zip(keys, positions))
+        return torch.stack(list(rows) if columns is None else [row[columns] for row in rows])
 
     def _row(self, key: int, position: int) -> torch.Tensor:
         row = self._memo.get((key, position))

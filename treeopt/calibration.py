@@ -148,16 +148,6 @@ def ranks_of(guesses: AnswerGuesses, heads, topk: int, drafts: DraftOrder, noise
     return ranks.tolist()
 
 
-def rank_rows(loaded, heads, prompt_ids: list[int], response: list[int], topk: int,
-              sampling: SamplingConfig | None = None) -> list[list[int]]:
-    """rows[t][k]: rank of new token t+k+2 in head k's top-k at new-token position t (0 = last prompt token), the
-    guesses ordered as the runtime orders them at ``sampling`` (mode drafts by default)."""
-    sampling = sampling or SamplingConfig()
-    drafts = DraftOrder(sampling, heads.num_heads, heads.draft_vocab, loaded.device)
-    noise = KeyedNoise(sampling.seed, loaded.model.config.vocab_size, loaded.device)
-    return ranks_of(answer_guesses(loaded, heads, prompt_ids, response), heads, topk, drafts, noise)
-
-
 def rollout_answers(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int, rollout: str, progress: bool,
                     sampling: SamplingConfig | None = None, answers: Path | None = None) -> list[list[int]]:
     """The base model's answers, greedy or (temperature > 0) sampled with keyed draws. ``runtime``: one prompt at a
@@ -206,8 +196,8 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
               provenance: dict | None = None, progress: bool = True, rollout: str = "runtime",
               prompt_indices: list[int] | None = None, sampling: SamplingConfig | None = None,
               answers: Path | None = None) -> CalibrationStats:
-    """Stats of these prompts (``answers``: see ``rollout_answers``); ``prompt_indices``: their places in the full prompt list (for shards); ``sampling``:
-    the settings the rollouts are drawn with (greedy by default; they must equal ``provenance['sampling']``) and the
+    """Stats of these prompts (``answers``: see ``rollout_answers``); ``prompt_indices``: their places in the full
+    prompt list (for shards); ``sampling``: the settings the rollouts are drawn with (greedy by default; they must equal ``provenance['sampling']``) and the
     draft order the heads' guesses are ranked in. Coupled drafts without a head temperature get one fitted on these
     prompts (``head_temperature.py``), recorded in the provenance with the figures behind it."""
     sampling = sampling or SamplingConfig()
@@ -244,17 +234,24 @@ def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 
     }
     lengths = [len(ids) for ids in prompt_ids]
     stats = [CalibrationStats(heads.num_heads, topk, table, new_tokens, dict(meta), prompt_indices, lengths) for table in tables]
-    live = sum(1 for n in new_tokens if n > 0)
-    if fit and live < MIN_PROMPTS:  # too few prompts to hold any out: the head drafts at the sampling temperature
-        stats = stats[grid.index(round(sampling.temperature, 6)):][:1]
-        stats[0].provenance["drafts"] = {**sampling.draft_settings(), "fit": None,
-                                         "not_fitted": f"{live} prompts generated tokens; fitting needs >= {MIN_PROMPTS}"}
-        return stats[0]
     if not fit:
         stats[0].provenance["drafts"] = sampling.draft_settings()
         return stats[0]
-    result = fit_head_temperatures(stats, grid)
-    chosen = combine(stats, [grid.index(tau) for tau in result.temperatures])
+    return _fitted_stats(stats, grid, sampling)
+
+
+def _fitted_stats(tables: list[CalibrationStats], grid: list[float], sampling: SamplingConfig) -> CalibrationStats:
+    """The stats of the head temperatures fitted on these prompts (``tables[j]``: every head at ``grid[j]``), their
+    fit recorded under ``provenance.drafts``; with too few prompts to hold any out, those of the sampling temperature,
+    and a note saying so."""
+    live = sum(1 for n in tables[0].new_tokens if n > 0)
+    if live < MIN_PROMPTS:
+        stats = tables[grid.index(round(sampling.temperature, 6))]
+        stats.provenance["drafts"] = {**sampling.draft_settings(), "fit": None,
+                                      "not_fitted": f"{live} prompts generated tokens; fitting needs >= {MIN_PROMPTS}"}
+        return stats
+    result = fit_head_temperatures(tables, grid)
+    stats = combine(tables, [grid.index(tau) for tau in result.temperatures])
     taus = result.temperatures if result.per_head else result.temperatures[:1]
-    chosen.provenance["drafts"] = {**replace(sampling, head_temperature=tuple(taus)).draft_settings(), "fit": result.to_json()}
-    return chosen
+    stats.provenance["drafts"] = {**replace(sampling, head_temperature=tuple(taus)).draft_settings(), "fit": result.to_json()}
+    return stats
