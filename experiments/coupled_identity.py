@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from medusa_runtime.bench import batches_of, hf_references
+from medusa_runtime.harness import batches_of
+from medusa_runtime.hf_decode import hf_references
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import load_heads
 from medusa_runtime.models import load_model

@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 
-from medusa_runtime.bench import hf_references
+from medusa_runtime.hf_decode import hf_references
 from medusa_runtime.prompts import render_chat, select_prompts
 
 from plan_gap import load_decoder  # experiments/, beside this file

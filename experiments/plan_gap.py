@@ -17,7 +17,7 @@ import json
 import statistics
 import time
 
-from medusa_runtime.bench import batches_of
+from medusa_runtime.harness import batches_of
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import load_heads
 from medusa_runtime.models import load_model

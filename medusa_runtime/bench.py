@@ -1,8 +1,9 @@
 """Benchmark: Hugging Face ``generate`` vs the Medusa runtime on the same prompts, at a batch size.
 
-Prompts run in batches of ``batch_size`` (the last batch is filled up with the first prompts again, so
-every batch has that many rows, as on a loaded server). For each batch the baseline and the runtime run
-back to back (so machine noise hits both alike). The baseline is what a user would run: ``generate`` on
+Prompts run in static batches of ``batch_size`` (``harness.batches_of``: the last batch is filled up with the
+first prompts again, so every batch has that many rows, as on a loaded server). For each batch the baseline and
+the runtime run back to back, who goes first alternating (so machine noise hits both alike); the loop, the
+timing and the identity check are ``harness.py``'s. The baseline is what a user would run: ``generate`` on
 the batch with left padding (at batch size 1, on the prompt alone), greedy at temperature 0 and
 ``do_sample=True`` with the same temperature, top-k and top-p above it. Every row of the runtime is checked
 token for token against that prompt's own reference decode: ``generate`` on the prompt alone, greedy, or at
@@ -12,27 +13,20 @@ the baseline itself; otherwise it is decoded untimed. A divergence records the f
 top-2 margin of the scores the token was chosen by there (the base model's logits, or warped logits plus noise):
 near-ties are the known, benign cause (batched matmuls round differently); typical acceptance diverges by design.
 ``tokens_per_step`` counts every forward pass that produced a row's tokens, prefill included, and
-includes the bonus token. This module measures; it does not build trees or load models.
+includes the bonus token. This module sets up the two arms and reports; it does not build trees or load models.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 
-import torch
-from tqdm import tqdm
-
-from transformers import LogitsProcessorList
-
-from .decoding import MedusaDecoder, SamplingConfig
-from .sampling import describe_drafts
-from .draws import KeyedSampler, keyed_gumbel, prompt_key, warp
-from .layout import prepare_kernels
+from .decoding import MedusaDecoder
+from .harness import (HFArm, Queue, References, Run, RuntimeArm, arm_totals, batches_of, check, device_name, measure,
+                      warm_up)
 from .models import dtype_name
+from .sampling import SamplingConfig, describe_drafts
 from .spec import TreeSpec
 
 
@@ -91,96 +85,6 @@ class BenchReport:
         return asdict(self)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def hf_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_token_ids: list[int],
-                sampling: SamplingConfig | None = None, keyed: bool = False) -> list[list[int]]:
-    """What a user would otherwise run: ``generate`` with the model's own cache, the prompts left-padded to one
-    batch: greedy, or at temperature > 0 ``do_sample=True`` with the same warpers (seeded from ``sampling.seed``
-    without touching the global generator). ``keyed``: plain sampling with the runtime's keyed draws instead (the
-    reference a lossless runtime must equal). Each row is cut after its first EOS (``generate`` pads finished rows)."""
-    sampling = sampling or SamplingConfig()
-    device = next(model.parameters()).device
-    pad = eos_token_ids[0] if eos_token_ids else 0
-    longest = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=device)  # [B, L]
-    attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
-    common = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                  eos_token_id=eos_token_ids or None, pad_token_id=pad)
-    if not sampling.sampled or keyed:
-        processors = LogitsProcessorList([KeyedSampler(sampling, prompts, longest)] if sampling.sampled else [])
-        out = model.generate(**common, do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=processors)
-    else:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(sampling.seed)
-            out = model.generate(**common, do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k,
-                                 top_p=sampling.top_p)
-    rows = []
-    eos = set(eos_token_ids)
-    for row in out[:, longest:].tolist():
-        end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        rows.append(row[:end])
-    return rows
-
-
-def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_token_ids: list[int]) -> list[int]:
-    """One prompt's own greedy decode with ``generate`` (no padding)."""
-    return hf_generate(model, [prompt_ids], max_new_tokens, eos_token_ids)[0]
-
-
-def hf_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_token_ids: list[int], sampling: SamplingConfig) -> list[int]:
-    """One prompt's own reference decode (no padding): greedy, or keyed sampling at temperature > 0."""
-    return hf_generate(model, [prompt_ids], max_new_tokens, eos_token_ids, sampling, keyed=True)[0]
-
-
-def hf_references(model, prompt_ids: list[list[int]], max_new_tokens: int | list[int], eos_token_ids: list[int],
-                  sampling: SamplingConfig, progress: bool = True, desc: str = "references") -> list[list[int]]:
-    """Every prompt's own reference decode (``hf_reference``), with a progress bar; one limit for all or one per prompt."""
-    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompt_ids)
-    return [hf_reference(model, p, n, eos_token_ids, sampling)
-            for p, n in tqdm(list(zip(prompt_ids, limits)), desc=desc, disable=not progress)]
-
-
-def batches_of(count: int, batch_size: int) -> list[list[int]]:
-    """Prompt indices per batch: consecutive prompts, the last batch filled up with the first prompts again."""
-    if count < 1 or batch_size < 1:
-        raise ValueError(f"need at least one prompt and a batch size >= 1 (got {count} prompts, batch size {batch_size})")
-    batches = -(-count // batch_size)
-    return [[(b * batch_size + i) % count for i in range(batch_size)] for b in range(batches)]
-
-
-@torch.inference_mode()
-def top2_margin(model, prompt_ids: list[int], tokens: list[int], position: int, sampling: SamplingConfig | None = None) -> float:
-    """Top-1 minus top-2 of the scores new token ``position`` is chosen by (sequential forward): the base model's
-    logits, or at temperature > 0 its warped logits plus that position's keyed noise."""
-    sampling = sampling or SamplingConfig()
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids + tokens[:position]], device=device)
-    scores = model(input_ids=ids).logits[0, -1].float()
-    if sampling.sampled:
-        noise = keyed_gumbel(sampling.seed, prompt_key(prompt_ids), len(prompt_ids) + position, scores.shape[-1])
-        scores = warp(scores, sampling) + noise.to(device)
-    top = scores.topk(2).values
-    return float(top[0] - top[1])
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def run_bench(
     loaded,
     heads,
@@ -193,86 +97,79 @@ def run_bench(
     warmup: bool = True,
     batch_size: int = 1,
 ) -> BenchReport:
+    """HF ``generate`` and the runtime on each static batch (``harness.batches_of``), back to back; every row checked."""
     model, eos = loaded.model, loaded.eos_token_ids
     sampling = sampling or SamplingConfig()
-    decoder = MedusaDecoder(model, heads, tree, eos, sampling)
-    batches = batches_of(len(prompt_ids), batch_size)
-    if warmup:  # first calls pay for allocator and kernel warm-up; keep that out of both timings
-        prepare_kernels(model, range(1, batch_size + 1))  # HF generate's row counts (the runtime's: its prefill)
-        first = [prompt_ids[i] for i in batches[0]]
-        refs = hf_generate(model, first, 8, eos)
-        decoder.generate_batch(first, 8, oracles=refs if oracle else None)
-    own: dict[int, list[int]] = {}  # each prompt's own reference decode (at batch size 1, greedy: the baseline itself)
-    baseline_is_reference = batch_size == 1 and not sampling.sampled
-    runs: list[PromptRun] = []
-    batch_seconds: list[tuple[float, float]] = []  # (baseline, runtime) per batch
-    batch_speedups = []
-    bar = tqdm(batches, desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''}, batch {batch_size}, {sampling.rule})",
-               disable=not progress)
-    for k, indices in enumerate(bar):
-        rows = [prompt_ids[i] for i in indices]
-        if not baseline_is_reference:
-            for i in indices:
-                if i not in own:  # untimed
-                    own[i] = hf_reference(model, prompt_ids[i], max_new_tokens, eos, sampling)
-        sync_device(loaded.device)
-        t0 = time.perf_counter()
-        baseline = hf_generate(model, rows, max_new_tokens, eos, sampling)
-        sync_device(loaded.device)
-        t1 = time.perf_counter()
-        if baseline_is_reference:
-            own[indices[0]] = baseline[0]
-        references = [own[i] for i in indices]
-        results = decoder.generate_batch(rows, max_new_tokens, oracles=references if oracle else None)
-        sync_device(loaded.device)
-        t2 = time.perf_counter()
-        for i, ids, result, reference, base in zip(indices, rows, results, references, baseline):
-            same = result.tokens == reference
-            divergence = None
-            if not same:
-                pos = first_difference(result.tokens, reference)
-                divergence = {"prompt": i, "batch": k, "position": pos, "top2_margin": top2_margin(model, ids, reference, pos, sampling)}
-            runs.append(PromptRun(i, len(ids), len(result.tokens), len(base), t1 - t0, t2 - t1, result.steps, same, divergence,
-                                  k, None if sampling.sampled else base == reference))
-        batch_seconds.append((t1 - t0, t2 - t1))
-        batch_speedups.append((sum(len(r.tokens) for r in results) / (t2 - t1)) / (sum(map(len, baseline)) / (t1 - t0)))
-        bar.set_postfix(tok_per_step=f"{sum(r.new_tokens for r in runs) / sum(r.steps for r in runs):.2f}",
-                        speedup=f"{statistics.median(batch_speedups):.2f}")
-    new_tokens = sum(r.new_tokens for r in runs)
-    baseline_tokens = sum(r.baseline_tokens for r in runs)
-    baseline_s = sum(b for b, _ in batch_seconds)
-    medusa_s = sum(m for _, m in batch_seconds)
+    queue = Queue.of(prompt_ids, max_new_tokens)
+    batches = batches_of(len(queue), batch_size)
+    references = References(model, eos, queue, sampling)
+    if oracle:  # the oracle decodes read the references: fetch them before anything is timed
+        references.fetch(range(len(queue)), progress, "bench: references")
+    baseline = HFArm("baseline", model, eos, sampling)
+    medusa = RuntimeArm("medusa", MedusaDecoder(model, heads, tree, eos, sampling), oracles=references if oracle else None)
+    if warmup:
+        warm_up(model, [baseline, medusa], queue, batches[0], batch_size)
+    runs = measure([baseline, medusa], queue, batches, loaded.device, progress=progress, postfix=_progress,
+                   desc=f"bench ({tree.nodes} nodes{', oracle' if oracle else ''}, batch {batch_size}, {sampling.rule})")
+    if batch_size == 1 and not sampling.sampled:
+        references.adopt(runs, "baseline")  # each baseline row is then the prompt's own greedy decode
+    divergences = {(d.unit, d.prompt): d for d in check(runs, [baseline, medusa], references) if d.arm == "medusa"}
+    by_unit = {(run.arm, run.unit): run for run in runs}
+    rows: list[PromptRun] = []
+    for k in range(len(batches)):
+        base, mine = by_unit["baseline", k], by_unit["medusa", k]
+        for b, m in zip(base.rows, mine.rows):
+            d = divergences.get((k, m.prompt))
+            rows.append(PromptRun(m.prompt, len(queue.prompts[m.prompt]), len(m.tokens), len(b.tokens), base.seconds,
+                                  mine.seconds, m.steps, bool(m.identical),
+                                  {"prompt": d.prompt, "batch": k, "position": d.position, "top2_margin": d.top2_margin} if d else None,
+                                  k, b.identical))
+    return _report(loaded, heads, tree, queue, oracle, sampling, batch_size, len(batches), runs, rows)
+
+
+def _progress(runs: list[Run]) -> dict:
+    mine, base = arm_totals(runs, "medusa"), arm_totals(runs, "baseline")
+    return {"tok_per_step": f"{mine.tokens_per_step:.2f}" if mine.steps else "-",
+            "speedup": f"{statistics.median(_batch_speedups(runs)):.2f}" if mine.runs and len(base.runs) == len(mine.runs) else "-"}
+
+
+def _batch_speedups(runs: list[Run]) -> list[float]:
+    mine, base = arm_totals(runs, "medusa").runs, arm_totals(runs, "baseline").runs
+    return [(m[0] / m[1]) / (b[0] / b[1]) for m, b in zip(mine, base)]
+
+
+def _report(loaded, heads, tree: TreeSpec, queue: Queue, oracle: bool, sampling: SamplingConfig, batch_size: int,
+            batches: int, runs: list[Run], rows: list[PromptRun]) -> BenchReport:
+    mine, base = arm_totals(runs, "medusa"), arm_totals(runs, "baseline")
     predicted = tree.meta.get("expected_tokens_per_step")
-    planned = tree.planned_tokens_per_s(batch_size, "static")
-    tokens_per_s, baseline_tokens_per_s = new_tokens / medusa_s, baseline_tokens / baseline_s
     return BenchReport(
-        tokens_per_step=new_tokens / sum(r.steps for r in runs),
-        tokens_per_s=tokens_per_s,
-        baseline_tokens_per_s=baseline_tokens_per_s,
-        speedup=tokens_per_s / baseline_tokens_per_s,
-        identical=sum(r.identical for r in runs) / len(runs),
-        divergences=[r.divergence for r in runs if r.divergence],
+        tokens_per_step=mine.tokens_per_step,
+        tokens_per_s=mine.tokens_per_s,
+        baseline_tokens_per_s=base.tokens_per_s,
+        speedup=mine.tokens_per_s / base.tokens_per_s,
+        identical=sum(r.identical for r in rows) / len(rows),
+        divergences=[r.divergence for r in rows if r.divergence],
         predicted_tokens_per_step=float(predicted) if predicted is not None else None,
-        prompts=len(prompt_ids),
+        prompts=len(queue),
         nodes=tree.nodes,
         device=device_name(loaded.device),
         dtype=dtype_name(loaded.dtype),
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max(queue.limits),
         oracle=oracle,
         temperature=sampling.temperature,
-        median_speedup_per_prompt=statistics.median(batch_speedups),
+        median_speedup_per_prompt=statistics.median(_batch_speedups(runs)),
         draft_vocab=None if oracle or heads is None or heads.draft_vocab is None else len(heads.draft_vocab),
         batch_size=batch_size,
-        batches=len(batches),
-        baseline_identical=None if sampling.sampled else sum(r.baseline_identical for r in runs) / len(runs),
+        batches=batches,
+        baseline_identical=None if sampling.sampled else sum(bool(r.baseline_identical) for r in rows) / len(rows),
         acceptance=sampling.rule,
         drafts=sampling.draft_settings(),
         lossless=sampling.lossless,
         top_k=sampling.top_k,
         top_p=sampling.top_p,
         seed=sampling.seed,
-        predicted_tokens_per_s=planned,
-        per_prompt=[asdict(r) for r in runs],
+        predicted_tokens_per_s=tree.planned_tokens_per_s(batch_size, "static"),
+        per_prompt=[asdict(r) for r in rows],
     )
 
 

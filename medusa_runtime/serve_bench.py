@@ -4,7 +4,8 @@ All requests arrive at once (an offline burst). Each arm decodes the whole queue
 
 - ``medusa continuous``: the runtime with the tree, a request prefilled into a slot as soon as one frees (``serve``);
 - ``plain continuous``: the same scheduler with the tree switched off (the fair baseline for "switch Medusa off");
-- ``medusa static``: the runtime on consecutive batches of B requests (a batch starts when the previous one ends);
+- ``medusa static``: the runtime on consecutive static batches of B requests (``harness.batches_of``: the last one
+  filled up with the first requests again, whose second decode is discarded; a batch starts when the previous ends);
 - ``hf static``: Hugging Face ``generate`` on the same batches, left-padded, run to the batch's largest limit and each
   row cut at its own (what a plain HF user runs; it returns a batch at once, so a request's first and last token
   arrive when its batch ends).
@@ -14,23 +15,23 @@ for its longest row, a continuous one refills the row at once. Per arm: tokens/s
 included), each request's latency (from the burst to its last token: queueing included) and time to first token,
 as median and 90th percentile, and every request checked token for token against its own reference decode (greedy,
 or keyed plain sampling). Arms run one after another, in an order rotated every round (``rounds``), so that the
-machine's drift does not favour one. This module measures; it builds no trees and loads no models.
+machine's drift does not favour one; the loop, timing and checks are ``harness.py``'s. This module sets up the
+arms and reports; it builds no trees and loads no models.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm import tqdm
 
-from .bench import device_name, hf_generate, hf_references, sync_device
-from .decoding import MedusaDecoder, SamplingConfig
-from .layout import prepare_kernels
+from .decoding import MedusaDecoder
+from .harness import (HFArm, Queue, References, Run, RuntimeArm, StaticBatches, arm_totals, check, device_name,
+                      identical_fraction, measure, warm_up)
 from .models import dtype_name
+from .sampling import SamplingConfig
 from .spec import TreeSpec
 
 ARMS = ("medusa continuous", "plain continuous", "medusa static", "hf static")
@@ -98,75 +99,30 @@ def run_serve_bench(loaded, heads, tree: TreeSpec, prompt_ids: list[list[int]], 
                          f"prompts or a smaller batch size")
     model, eos = loaded.model, loaded.eos_token_ids
     sampling = sampling or SamplingConfig()
+    queue = Queue.of(prompt_ids, limits)
     medusa = MedusaDecoder(model, heads, tree, eos, sampling)
     plain = MedusaDecoder(model, None, TreeSpec([]), eos, sampling)
     medusa.check_prompts(prompt_ids, max(limits))  # a prompt past the context: one line before anything runs
-    references = hf_references(model, prompt_ids, limits, eos, sampling, progress, "serve bench: references")
-    count = len(prompt_ids)
-    batches = [list(range(s, min(s + batch_size, count))) for s in range(0, count, batch_size)]  # the last one may be short
-    prepare_kernels(model, range(1, batch_size + 1))  # HF generate's row counts (the runtime's: its prefills)
-    medusa.serve(prompt_ids[:batch_size], 4, batch_size)  # warm-up
-    plain.serve(prompt_ids[:batch_size], 4, batch_size)
-    results: dict[str, list[dict]] = {arm: [] for arm in ARMS}  # per request and round: tokens, steps, finished, first
-    seconds = {arm: 0.0 for arm in ARMS}
-    clock = time.perf_counter
+    references = References(model, eos, queue, sampling)
+    references.fetch(range(len(queue)), progress, "serve bench: references")
+    arms = [RuntimeArm(ARMS[0], medusa, batch_size), RuntimeArm(ARMS[1], plain, batch_size),
+            StaticBatches(RuntimeArm(ARMS[2], medusa), batch_size), StaticBatches(HFArm(ARMS[3], model, eos, sampling), batch_size)]
+    everything = list(range(len(queue)))
+    warm_up(model, arms[:2], queue, everything[:batch_size], batch_size, limit=4)
+    runs = measure(arms, queue, [everything], loaded.device, rounds, progress,
+                   f"serve bench ({tree.nodes} nodes, batch {batch_size})")
+    divergences = check(runs, arms, references, margins=False)
+    return ServeReport(batch_size, len(queue), rounds, tree.nodes, limits, device_name(loaded.device),
+                       dtype_name(loaded.dtype), sampling.temperature, [_arm_report(runs, arm) for arm in arms],
+                       divergences=[{"arm": d.arm, "prompt": d.prompt} for d in divergences if d.arm != "hf static"])
 
-    def timed(run) -> tuple[list[dict], float]:
-        sync_device(loaded.device)
-        start = clock()
-        rows = run(start)
-        sync_device(loaded.device)
-        return rows, clock() - start
 
-    def served(decoder: MedusaDecoder):
-        def run(start: float) -> list[dict]:
-            out = decoder.serve(prompt_ids, limits, batch_size, clock=clock)
-            return [{"tokens": r.tokens, "steps": r.steps, "finished": r.finished_s, "first": r.first_token_s} for r in out]
-        return run
-
-    def static_medusa(start: float) -> list[dict]:
-        rows: dict[int, dict] = {}
-        for batch in batches:
-            offset = clock() - start
-            out = medusa.serve([prompt_ids[i] for i in batch], [limits[i] for i in batch], clock=clock)
-            for i, r in zip(batch, out):
-                rows[i] = {"tokens": r.tokens, "steps": r.steps, "finished": offset + r.finished_s, "first": offset + r.first_token_s}
-        return [rows[i] for i in range(len(prompt_ids))]
-
-    def static_hf(start: float) -> list[dict]:
-        rows: dict[int, dict] = {}
-        for batch in batches:
-            out = hf_generate(model, [prompt_ids[i] for i in batch], max(limits[i] for i in batch), eos, sampling)
-            done = clock() - start
-            for i, tokens in zip(batch, out):
-                rows[i] = {"tokens": tokens[: limits[i]], "steps": None, "finished": done, "first": done}
-        return [rows[i] for i in range(len(prompt_ids))]
-
-    runs = {"medusa continuous": served(medusa), "plain continuous": served(plain), "medusa static": static_medusa,
-            "hf static": static_hf}
-    bar = tqdm(total=rounds * len(ARMS), desc=f"serve bench ({tree.nodes} nodes, batch {batch_size})", disable=not progress)
-    for k in range(rounds):
-        for arm in ARMS[k % len(ARMS):] + ARMS[: k % len(ARMS)]:  # rotated: no arm always runs first
-            rows, secs = timed(runs[arm])
-            results[arm] += rows
-            seconds[arm] += secs
-            bar.update()
-    bar.close()
-    arms, divergences = [], []
-    for arm in ARMS:
-        rows = results[arm]
-        same = [r["tokens"] == references[i % count] for i, r in enumerate(rows)]
-        if arm != "hf static":  # HF's sampled rows are draws of their own, not the keyed reference
-            divergences += [{"arm": arm, "prompt": i % count} for i, ok in enumerate(same) if not ok]
-        tokens = sum(len(r["tokens"]) for r in rows)
-        steps = sum(r["steps"] for r in rows) if rows[0]["steps"] is not None else None
-        arms.append(ArmReport(
-            arm, tokens, seconds[arm], tokens / seconds[arm],
-            statistics.median(r["finished"] for r in rows), percentile([r["finished"] for r in rows], 0.9),
-            statistics.median(r["first"] for r in rows), percentile([r["first"] for r in rows], 0.9),
-            tokens / steps if steps else None, None if arm == "hf static" and sampling.sampled else sum(same) / len(same)))
-    return ServeReport(batch_size, len(prompt_ids), rounds, tree.nodes, limits, device_name(loaded.device),
-                       dtype_name(loaded.dtype), sampling.temperature, arms, divergences=divergences)
+def _arm_report(runs: list[Run], arm) -> ArmReport:
+    totals = arm_totals(runs, arm.name)
+    finished, first = [r.finished_s for r in totals.rows], [r.first_s for r in totals.rows]
+    return ArmReport(arm.name, totals.tokens, totals.seconds, totals.tokens_per_s, statistics.median(finished),
+                     percentile(finished, 0.9), statistics.median(first), percentile(first, 0.9), totals.tokens_per_step,
+                     identical_fraction(runs, arm.name))
 
 
 def format_serve_report(report: ServeReport) -> str:

@@ -95,6 +95,13 @@ def tiny_heads(model, num_heads: int = 3, seed: int = 0, shared: bool = True, st
     return heads
 
 
+def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_token_ids: list[int]) -> list[int]:
+    """One prompt's own greedy decode with ``generate`` (no padding): the reference the tests compare against."""
+    from medusa_runtime.hf_decode import hf_generate
+
+    return hf_generate(model, [prompt_ids], max_new_tokens, eos_token_ids)[0]
+
+
 def loaded_tiny(model, tokenizer=None, eos=(1,)) -> LoadedModel:
     model.generation_config.eos_token_id = list(eos) or None
     return LoadedModel(model=model, tokenizer=tokenizer or tiny_tokenizer(), name="tiny", source="tiny",
@@ -107,7 +114,6 @@ def trained_tiny_heads(model, num_heads: int = 3, work=None) -> MedusaHeads:
     import random
     import tempfile
 
-    from medusa_runtime.bench import hf_greedy
     from treeopt.distill import Trajectory
     from treeopt.train_heads import TrainConfig, compute_features, train_heads
 

@@ -30,3 +30,14 @@ def test_every_api_name_resolves_and_import_is_light():
         assert getattr(treeopt, name) is not None, name
     code = "import sys, treeopt; treeopt.build; treeopt.export_tree; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_the_api_and_the_cli_calibrate_with_the_same_rollout_by_default():
+    import inspect
+
+    from treeopt.calibration import ROLLOUTS, calibrate
+    from treeopt.cli import calibrate as calibrate_command
+
+    api = inspect.signature(calibrate).parameters["rollout"].default
+    cli = inspect.signature(calibrate_command).parameters["rollout"].default.default
+    assert api == cli == ROLLOUTS[0] == "batched"

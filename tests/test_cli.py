@@ -284,7 +284,7 @@ def greedy_text_rows(tiny_folder, tmp_path):
     """Training rows of the tiny model's own greedy text, so that every head has targets along its path."""
     from transformers import AutoModelForCausalLM
 
-    from medusa_runtime.bench import hf_greedy
+    from conftest import hf_greedy
 
     model = AutoModelForCausalLM.from_pretrained(tiny_folder / "model")
     rows = tmp_path / "rows.jsonl"

@@ -5,8 +5,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cases import HEADS, MODELS, random_trees
-from medusa_runtime.bench import hf_greedy, hf_reference
-from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError, SamplingConfig
+from conftest import hf_greedy
+from medusa_runtime.hf_decode import hf_reference
+from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError
+from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec, chain_tree
 
 

@@ -5,7 +5,7 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from cases import MODELS
-from medusa_runtime.bench import hf_generate, hf_reference
+from medusa_runtime.hf_decode import hf_generate, hf_reference
 from medusa_runtime.draws import FreshNoise, KeyedNoise, TOP_P_FIRST, keyed_gumbel, prompt_key, warp
 from medusa_runtime.sampling import SamplingConfig
 

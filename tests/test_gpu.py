@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import tiny_heads, tiny_model
-from medusa_runtime.bench import hf_greedy, hf_reference
+from conftest import hf_greedy
+from medusa_runtime.hf_decode import hf_reference
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec

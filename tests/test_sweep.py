@@ -5,7 +5,7 @@ import pytest
 
 from cases import HEADS, MODELS
 from conftest import loaded_tiny
-from medusa_runtime.bench import hf_references
+from medusa_runtime.hf_decode import hf_references
 from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 from treeopt.stats import CalibrationStats

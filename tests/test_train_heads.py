@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import VOCAB, loaded_tiny, tiny_model
-from medusa_runtime.bench import hf_greedy
+from conftest import hf_greedy
 from medusa_runtime.heads import HeadsConfig, MedusaHeads, load_heads, true_path
 from medusa_runtime.prefix import PrefixConfig
 from treeopt.distill import Trajectory

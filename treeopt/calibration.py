@@ -36,6 +36,7 @@ from .head_temperature import GRID, MIN_PROMPTS, combine, fit_head_temperatures
 from .stats import CalibrationStats
 
 ROLLOUT_BATCH = 8  # prompts answered together by the batched rollout; shards split the prompts in these blocks
+ROLLOUTS = ("batched", "runtime")  # the first is the default, for the API and the CLI alike
 
 
 class ShardError(ValueError):
@@ -193,7 +194,7 @@ def _check_answers_settings(path: Path, settings: dict) -> None:
 
 
 def calibrate(loaded, heads, prompt_ids: list[list[int]], max_new_tokens: int = 128, topk: int = 10,
-              provenance: dict | None = None, progress: bool = True, rollout: str = "runtime",
+              provenance: dict | None = None, progress: bool = True, rollout: str = ROLLOUTS[0],
               prompt_indices: list[int] | None = None, sampling: SamplingConfig | None = None,
               answers: Path | None = None) -> CalibrationStats:
     """Stats of these prompts (``answers``: see ``rollout_answers``); ``prompt_indices``: their places in the full

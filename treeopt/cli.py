@@ -241,7 +241,7 @@ def generate(
     """Generate an answer with Medusa tree decoding, streaming the text."""
     import time
 
-    from medusa_runtime.bench import hf_reference
+    from medusa_runtime.hf_decode import hf_reference
     from medusa_runtime.decoding import MedusaDecoder, PromptTooLongError
     from medusa_runtime.prompts import render_chat
 
@@ -1085,7 +1085,7 @@ def sweep(
 ):
     """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts,
     at one or more batch sizes, at the sampling settings the stats were calibrated at."""
-    from medusa_runtime.bench import hf_references
+    from medusa_runtime.hf_decode import hf_references
 
     from .builder import BuildError
     from .sweep import format_auto_vs, format_sweep, run_sweep, sweep_summary, sweep_trees

@@ -30,7 +30,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from medusa_runtime.bench import sync_device, device_name
+from medusa_runtime.harness import device_name, sync_device
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.models import dtype_name
 from medusa_runtime.sampling import SamplingConfig

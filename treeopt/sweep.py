@@ -1,6 +1,6 @@
 """Measured tokens/s of trees of several budgets built from the same stats, side by side, at a batch size.
 
-Static batches (the default): for each batch of prompts (``bench.batches_of``: the last batch is filled up with the
+Static batches (the default): for each batch of prompts (``harness.batches_of``: the last batch is filled up with the
 first prompts again) every tree decodes it in turn (round robin), so machine noise is spread evenly across the
 trees; each tree's tokens/s is its total tokens over its total time. Continuous batches: every tree serves the whole
 queue through ``batch_size`` slots (``MedusaDecoder.serve``), the trees one after another, ``rounds`` times with the
@@ -15,13 +15,10 @@ differ). A tree that appears twice (the planned one is also a listed budget) is 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
-from tqdm import tqdm
-
-from medusa_runtime.bench import batches_of, sync_device
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.harness import Queue, References, RuntimeArm, arm_totals, batches_of, check, identical_fraction, measure, warm_up
 from medusa_runtime.files import read_json_object
 from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
@@ -88,44 +85,28 @@ def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tok
     """``predicted_tokens_per_s``: per tree label, what the latency profile predicts at this batch size (``plan.py``);
     ``batching``: static | continuous; ``references``: per prompt, the tokens every tree must decode; ``rounds``: times
     every batch (continuous: the whole queue) is decoded by every tree, the trees' order rotated each time."""
-    if rounds < 1:
-        raise ValueError(f"--rounds {rounds}: use an integer >= 1")
     distinct: dict[str, str] = {}  # label -> the first label with the same tree
     for label, spec in trees.items():
         distinct[label] = next(first for first, other in trees.items() if other.paths == spec.paths)
-    decoders = {label: MedusaDecoder(loaded.model, heads if spec.paths else None, spec, loaded.eos_token_ids, sampling)
-                for label, spec in trees.items() if distinct[label] == label}
-    batches = batches_of(len(prompt_ids), batch_size)  # prompt indices per batch
-    for decoder in decoders.values():
-        decoder.generate_batch([prompt_ids[i] for i in batches[0]], 4)  # warm-up
-    totals = {label: [0, 0, 0.0, 0, 0] for label in decoders}  # tokens, steps (summed over rows), seconds, rows, identical
-    runs: dict[str, list[list[float]]] = {label: [] for label in decoders}  # [tokens, seconds] per batch
-    # continuous: one "batch" holds the whole queue, which each tree serves through batch_size slots
-    queues = ([list(range(len(prompt_ids)))] if batching == "continuous" else batches) * rounds
     slots = batch_size if batching == "continuous" else None
-    labels = list(decoders)
-    for k, rows in enumerate(tqdm(queues, desc=f"sweep ({len(decoders)} trees, batch {batch_size}, {batching})", disable=not progress)):
-        for label in labels[k % len(labels):] + labels[: k % len(labels)]:  # who goes first rotates: drift spreads evenly
-            decoder = decoders[label]
-            sync_device(loaded.device)
-            t0 = time.perf_counter()
-            results = decoder.serve([prompt_ids[i] for i in rows], max_new_tokens, slots)
-            sync_device(loaded.device)
-            total = totals[label]
-            runs[label].append([sum(len(r.tokens) for r in results), time.perf_counter() - t0])
-            total[2] += runs[label][-1][1]
-            total[0] += runs[label][-1][0]
-            total[1] += sum(r.steps for r in results)
-            total[3] += len(results)
-            if references is not None:
-                total[4] += sum(r.tokens == references[i] for i, r in zip(rows, results))
+    arms = [RuntimeArm(label, MedusaDecoder(loaded.model, heads if spec.paths else None, spec, loaded.eos_token_ids, sampling), slots)
+            for label, spec in trees.items() if distinct[label] == label]
+    queue = Queue.of(prompt_ids, max_new_tokens)
+    batches = batches_of(len(queue), batch_size)
+    # continuous: one unit holds the whole queue, which each tree serves through batch_size slots
+    units = [list(range(len(queue)))] if batching == "continuous" else batches
+    warm_up(loaded.model, arms, queue, batches[0], batch_size, limit=4)
+    runs = measure(arms, queue, units, loaded.device, rounds, progress, f"sweep ({len(arms)} trees, batch {batch_size}, {batching})")
+    if references is not None:
+        check(runs, arms, References(loaded.model, loaded.eos_token_ids, queue, sampling or SamplingConfig(), references),
+              margins=False)
     out = []
     for label, spec in trees.items():
-        t, s, sec, n, same = totals[distinct[label]]
-        out.append(SweepRow(label, len(spec.paths), t / s, t / sec, spec.meta.get("expected_tokens_per_step"),
+        totals = arm_totals(runs, distinct[label])
+        out.append(SweepRow(label, len(spec.paths), totals.tokens_per_step, totals.tokens_per_s, spec.meta.get("expected_tokens_per_step"),
                             spec.meta.get("in_sample_tokens_per_step"), (predicted_tokens_per_s or {}).get(label), batch_size,
-                            same / n if references is not None else None,
-                            distinct[label] if distinct[label] != label else None, runs[distinct[label]]))
+                            identical_fraction(runs, distinct[label]) if references is not None else None,
+                            distinct[label] if distinct[label] != label else None, totals.runs))
     return out
 
 

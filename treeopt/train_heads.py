@@ -663,7 +663,7 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
             draft["mtbench_coverage"] = token_coverage(chosen[0], traj)
     heads.save(out, {"treeopt_train": {"data": desc, "config": asdict(cfg)}}, weight_dtype=resolve_dtype(cfg.save_dtype))
     tokens_seen = result["steps"] * cfg.batch_size
-    from medusa_runtime.bench import device_name
+    from medusa_runtime.harness import device_name
 
     write_readme(out, command, desc, cfg, result, mtbench, time.time() - started, device_name(loaded.device), tokens_seen, draft)
     return {"held_out": result["held_out"], "mtbench": mtbench and mtbench["accuracy"], "out": str(out)}

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import optuna
 
-from medusa_runtime.decoding import MedusaDecoder, SamplingConfig
+from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
 from .builder import OBJECTIVES, BuildError
