@@ -7,7 +7,7 @@ from medusa_runtime.heads import load_heads
 from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.spec import TreeSpec, chain_tree
-from treeopt.cli import DEFAULT_HEADS
+from treeopt.cli_inputs import DEFAULT_HEADS
 
 pytestmark = pytest.mark.slow
 

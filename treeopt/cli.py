@@ -1,5 +1,6 @@
-"""The ``treeopt`` command line (typer).
+"""The ``treeopt`` command line (typer): each command parses its options, calls one function and prints.
 
+Options, loading and the one-line errors the commands share are in ``cli_inputs.py``.
 Commands that need a model import torch lazily inside the command, so that ``build``, ``evaluate``,
 ``export``, ``import`` and ``show`` start in a fraction of a second.
 """
@@ -7,214 +8,28 @@ Commands that need a model import torch lazily inside the command, so that ``bui
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from medusa_runtime.files import write_text_atomic
-from medusa_runtime.sampling import ACCEPTANCE_RULES, SamplingConfig, SamplingError
+from medusa_runtime.sampling import SamplingConfig, SamplingError
 
 from .builder import DEFAULT_OBJECTIVE
+from .cli_heads import export_heads, pack_answers_cmd, train_heads_cmd
+from .cli_inputs import (AcceptanceOpt, AlphaOpt, BatchingOpt, DeviceOpt, DraftsOpt, DtypeOpt, EngineOpt,
+                         HeadsOpt, HeadTemperatureOpt, ModelOpt, PromptsOpt, SeedOpt, SelectOpt, TemperatureOpt, ThresholdOpt,
+                         TopKOpt, TopPOpt, command_line, drafts_of_tree, fail, load_any_tree, load_everything,
+                         load_latency_batches_or_fail, load_latency_or_fail, load_prompt_ids, load_runtime, load_stats_or_fail,
+                         parse_int_list, sampling_or_fail, warn_for_engine, warn_if_built_for_other_heads,
+                         warn_if_calibrated_for_other_sampling, write_output)
 from .crossval import DEFAULT_FOLDS
 from .design import DEFAULT_MAX_BUDGET
-from .plan import BATCHING, DEFAULT_BATCHING
-from .train_config import TrainConfig, TrainError
+from .plan import BATCHING
 from .tuning import PROFILE_SIZES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Calibrate Medusa heads, build the optimal tree for your device, export it, and benchmark it.")
-
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_HEADS = {"smollm2-135m": REPO_DATA / "heads" / "smollm2-135m"}
-
-ModelOpt = typer.Option("smollm2-135m", "--model", help="alias smollm2-135m, a HF folder, a .gguf file or a hub id")
-HeadsOpt = typer.Option(None, "--heads", help="Medusa heads folder; default: the shipped heads of the default model; 'none' for no heads")
-DtypeOpt = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16")
-BatchingOpt = typer.Option(DEFAULT_BATCHING, "--batching", help=f"{' | '.join(BATCHING)}: rows leave a batch when done "
-                           "and none join, or finished rows are replaced at once (in-flight batching, as servers run); "
-                           "bench and sweep run either")
-DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present) | cpu | cuda | cuda:N")
-PromptsOpt = typer.Option("mt-bench", "--prompts", help="mt-bench | sharegpt | humaneval | FILE.jsonl")
-SelectOpt = typer.Option(None, "--select", help="Python slice START:STOP[:STEP] over the prompts")
-TemperatureOpt = typer.Option(0.0, "--temperature", help="0: greedy; > 0: sample (lossless sample-and-match by default)")
-TopKOpt = typer.Option(0, "--top-k", help="with --temperature > 0: sample from the k most likely tokens (0: all)")
-TopPOpt = typer.Option(1.0, "--top-p", help="with --temperature > 0: sample from the most likely tokens holding this mass (1: all)")
-SeedOpt = typer.Option(0, "--seed", help="keys the draws: a seed and a prompt fix the text")
-ThresholdOpt = typer.Option(SamplingConfig.posterior_threshold, "--posterior-threshold", help="typical acceptance epsilon")
-AlphaOpt = typer.Option(SamplingConfig.posterior_alpha, "--posterior-alpha", help="typical acceptance delta")
-EngineOpt = typer.Option(None, "--engine", help="medusa | trtllm | vllm: run the heads as that engine does (plain heads, "
-                         "whole vocabulary (vllm: or the draft vocabulary), no context lookup, no prefix attention); "
-                         "default: as treeopt's runtime runs them")
-DraftsOpt = typer.Option(None, "--drafts", help="mode | coupled: rank the heads' guesses by their logits, or coupled with the "
-                         "target's keyed draws (the default at temperature > 0; bench and generate: the tree's)")
-HeadTemperatureOpt = typer.Option(None, "--head-temperature", help="coupled drafts: T for all heads or T1,T2,.. per head "
-                                  "(calibrate fits it when left out; bench and generate: the tree's)")
-AcceptanceOpt = typer.Option(None, "--acceptance", help=f"{' | '.join(ACCEPTANCE_RULES)}: default greedy at temperature 0, "
-                             "sample (sample-and-match, lossless) above; typical is upstream Medusa's, lossy")
-
-
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def write_output(path: Path, text: str) -> None:
-    """A command's output file: its folder created, written atomically, an OSError turned into a CLI error."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, text)
-    except OSError as err:
-        fail(f"{path}: cannot be written ({err.strerror or err.__class__.__name__}); choose another path")
-
-
-def sampling_or_fail(temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int = 0, acceptance: Optional[str] = None,
-                     posterior_threshold: float = SamplingConfig.posterior_threshold,
-                     posterior_alpha: float = SamplingConfig.posterior_alpha, drafts: Optional[str] = None,
-                     head_temperature: Optional[str] = None) -> SamplingConfig:
-    """The sampling settings of a command, or a one-line error naming the option; options greedy ignores get a warning."""
-    try:
-        taus = None if head_temperature is None else tuple(float(t) for t in head_temperature.split(","))
-    except ValueError:
-        fail(f"--head-temperature {head_temperature!r}: write one number for all heads or one per head, e.g. 0.7 or 0.7,0.8,1,1")
-    try:
-        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, acceptance=acceptance,
-                                  posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha, drafts=drafts,
-                                  head_temperature=taus)
-    except SamplingError as err:
-        fail(str(err))
-    for option in sampling.ignored_options():
-        typer.secho(f"warning: {option} has no effect at --temperature 0 (greedy decoding)", fg=typer.colors.YELLOW, err=True)
-    return sampling
-
-
-def drafts_of_tree(spec, sampling: SamplingConfig, where: str) -> SamplingConfig:
-    """Sampled decoding drafts as the tree's stats were ranked (its draft rule and head temperatures) unless the
-    command said otherwise; a warning when it runs with another rule than its stats were calibrated with."""
-    from medusa_runtime.sampling import describe_drafts, same_distribution
-
-    provenance = spec.meta.get("stats_provenance") or {}
-    built_for = spec.meta.get("sampling") or provenance.get("sampling")
-    if not (sampling.sampled and spec.paths and provenance and same_distribution(built_for, sampling.settings())):
-        return sampling
-    recorded = provenance.get("drafts") or {"rule": "mode"}  # stats before the field were ranked by the heads' logits
-    if sampling.drafts is None and sampling.head_temperature is None:
-        try:
-            return sampling.with_drafts(recorded)
-        except SamplingError as err:
-            fail(f"{where}: stats_provenance.drafts: {err}; build the tree again from new stats")
-    if sampling.draft_rule != recorded.get("rule"):
-        typer.secho(f"warning: {where} was built from stats ranked with {describe_drafts(recorded)} but runs with "
-                    f"{describe_drafts(sampling.draft_settings())}; its predicted tokens/step does not apply (calibrate with "
-                    f"--drafts {sampling.draft_rule} and build again, or leave out --drafts)", fg=typer.colors.YELLOW, err=True)
-    return sampling
-
-
-def warn_if_calibrated_for_other_sampling(spec, sampling: SamplingConfig, where: str) -> None:
-    """A tree runs at any sampling settings, but its predicted tokens/step is for the settings it was calibrated at."""
-    from medusa_runtime.sampling import describe_settings, same_distribution, settings_options
-
-    built_for = spec.meta.get("sampling") or (spec.meta.get("stats_provenance") or {}).get("sampling")
-    if not spec.paths or (built_for is None and not spec.meta.get("stats_provenance")):
-        return  # no calibration behind the tree: nothing to compare
-    if not same_distribution(built_for, sampling.settings()):
-        options = settings_options(sampling.settings())
-        typer.secho(f"warning: {where} was built from stats calibrated at {describe_settings(built_for)} but runs at "
-                    f"{sampling.describe()}; its predicted tokens/step does not apply (calibrate with "
-                    f"'treeopt calibrate{' ' + options if options else ''}' and build again)", fg=typer.colors.YELLOW, err=True)
-
-
-def command_line() -> str:
-    return "treeopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def resolve_heads_path(model: str, heads: Optional[str]) -> Optional[Path]:
-    if heads is not None:
-        return None if heads.lower() == "none" else Path(heads)
-    default = DEFAULT_HEADS.get(model)
-    return default if default is not None and default.exists() else None
-
-
-def load_everything(model: str, heads: Optional[str], dtype: str, device: str, need_heads: bool = False,
-                    engine: Optional[str] = None):
-    """Model + heads (as ``engine`` runs them, when given), with errors turned into CLI messages."""
-    from medusa_runtime.checkpoint import HeadsFormatError
-    from medusa_runtime.heads import ENGINES, EngineError, load_heads
-
-    if engine is not None and engine not in ENGINES:
-        fail(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
-    from medusa_runtime.models import load_model
-
-    try:
-        loaded = load_model(model, device=device, dtype=dtype)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        fail(str(err))
-    heads_path = resolve_heads_path(model, heads)
-    if heads_path is None:
-        if need_heads:
-            fail(f"no Medusa heads for --model {model}: pass --heads DIR (train some with 'treeopt train-heads')")
-        return loaded, None, None
-    try:
-        medusa_heads = load_heads(heads_path, loaded.model)
-        return loaded, medusa_heads if engine is None else medusa_heads.engine_view(engine), str(heads_path)
-    except (HeadsFormatError, EngineError) as err:
-        fail(str(err))
-
-
-def load_tree_or_fail(tree: Optional[Path], num_heads: Optional[int]):
-    from medusa_runtime.spec import TreeSpec, TreeSpecError, load_tree
-
-    if tree is None:
-        return TreeSpec([], {"builder": "empty"})
-    try:
-        return load_tree(tree, num_heads)
-    except TreeSpecError as err:
-        fail(str(err))
-
-
-def warn_if_built_for_other_heads(spec, model: str, heads_path: Optional[str], where: str, engine: Optional[str] = None) -> None:
-    """A tree built from stats of another model, other heads or the heads run another way (``--engine``) still runs,
-    but its prediction is off."""
-    from .calibration import heads_fingerprint
-
-    built_for = spec.meta.get("stats_provenance") or {}
-    if not built_for or heads_path is None:
-        return
-    now = {"model": model, "heads_sha256": heads_fingerprint(heads_path), "engine": engine}
-    then = {"model": built_for.get("model"), "heads_sha256": built_for.get("heads_sha256"), "engine": built_for.get("engine")}
-    if now != then:
-        typer.secho(f"warning: {where} was built from stats of {then} but runs with {now}; its predicted "
-                    f"tokens/step does not apply (re-run calibrate and build for these heads)", fg=typer.colors.YELLOW, err=True)
-
-
-def load_runtime(model: str, heads: Optional[str], tree: Optional[Path], oracle: bool, dtype: str, device: str,
-                 engine: Optional[str] = None):
-    """Model, heads (none needed with --oracle; as ``engine`` runs them, when given), and a tree checked against them."""
-    loaded, medusa_heads, heads_path = load_everything(model, None if oracle and heads is None else heads, dtype, device,
-                                                       engine=None if oracle else engine)
-    spec = load_tree_or_fail(tree, medusa_heads.num_heads if medusa_heads is not None and not oracle else None)
-    if spec.paths and medusa_heads is None and not oracle:
-        fail("a tree needs Medusa heads: pass --heads DIR, or --oracle to measure the ceiling")
-    if medusa_heads is not None and not oracle:
-        from medusa_runtime.decoding import check_tree_fits_heads
-
-        try:
-            check_tree_fits_heads(spec, medusa_heads, loaded.model.config.vocab_size)
-        except ValueError as err:
-            fail(f"{tree}: {err}")
-    return loaded, medusa_heads, heads_path, spec
-
-
-def load_prompt_ids(loaded, prompts: str, select: Optional[str]) -> list[list[int]]:
-    from medusa_runtime.prompts import render_chat, select_prompts
-
-    try:
-        texts = select_prompts(prompts, select)
-    except (ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    return [render_chat(loaded.tokenizer, t) for t in texts]
 
 
 # --------------------------------------------------------------------------- runtime commands
@@ -360,96 +175,6 @@ def bench_served(loaded, heads, spec, ids, max_new_tokens: int, min_new_tokens: 
     typer.echo(serve_json_line(report))
 
 
-@app.command("pack-answers")
-def pack_answers_cmd(
-    source: Path = typer.Argument(..., help="a train-heads --out folder (its .work/trajectories.jsonl) or such a JSONL file"),
-    out: Path = typer.Option(..., "--out", help=".npz to write (e.g. data/answers/smollm2-135m.npz)"),
-    model: str = ModelOpt,
-    gen_dtype: str = typer.Option(..., "--gen-dtype", help="dtype that wrote the answers (what train-heads was given)"),
-    max_new_tokens: int = typer.Option(TrainConfig.max_new_tokens, "--max-new-tokens", help="the answer length limit they were written with"),
-    source_note: str = typer.Option("", "--note", help="where the prompts came from, kept in the pack's meta"),
-):
-    """Pack self-distilled answers as compact token ids, so that train-heads (--answers) starts from them."""
-    from .answers import write_answers
-    from .distill import read_trajectories
-
-    jsonl = source / ".work" / "trajectories.jsonl" if source.is_dir() else source
-    if not jsonl.is_file():
-        fail(f"{jsonl}: no such file; pass a train-heads --out folder or its trajectories.jsonl")
-    try:
-        trajectories = read_trajectories(jsonl)
-    except ValueError as err:
-        fail(str(err))
-    if not trajectories:
-        fail(f"{jsonl}: holds no answers yet")
-    meta = {"model": model, "gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens, "note": source_note}
-    write_answers(trajectories, out, meta)
-    tokens = sum(len(t.response_ids) for t in trajectories)
-    typer.echo(f"{len(trajectories)} answers ({tokens} answer tokens) packed into {out} ({out.stat().st_size / 1e6:.2f} MB)")
-
-
-@app.command("train-heads")
-def train_heads_cmd(
-    out: Path = typer.Option(..., "--out", help="output folder (upstream Medusa checkpoint format)"),
-    model: str = ModelOpt,
-    data: str = typer.Option("sharegpt", "--data", help="sharegpt | FILE.jsonl of {\"prompt\": ...} or {\"text\": ...} rows"),
-    num_heads: int = typer.Option(TrainConfig.num_heads, "--num-heads"),
-    num_layers: int = typer.Option(TrainConfig.num_layers, "--num-layers", help="ResBlocks per head"),
-    shared_lm_head: bool = typer.Option(TrainConfig.shared_lm_head, "--shared-lm-head/--own-lm-head", help="v2 (reuse the base lm_head) or v1"),
-    kind: str = typer.Option(TrainConfig.kind, "--kind", help="plain (upstream Medusa heads) | root-conditioned (heads also read the root "
-                             "token) | sequential (and the draft tokens earlier on their path); the last two extend the format"),
-    answers: str = typer.Option("auto", "--answers", help="answers pack to start from instead of generating them (auto: the "
-                                "shipped pack of the default model when --gen-dtype bfloat16 and --max-new-tokens 128 fit it; none)"),
-    init_from: str = typer.Option("", "--init-from", help="heads folder to start from (same sizes; e.g. the shipped heads): "
-                                  "its weights and draft vocabulary, new tensors at zero"),
-    tokens: int = typer.Option(TrainConfig.tokens, "--tokens", help="response tokens of self-distillation data"),
-    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
-    target: str = typer.Option(TrainConfig.target, "--target", help="greedy (cross-entropy to the base model's argmax) | "
-                               "distribution (KL to its whole distribution over the guessable tokens: Hydra++'s teacher loss)"),
-    lr: float = typer.Option(TrainConfig.lr, "--lr"),
-    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="training positions per step"),
-    gen_batch_size: int = typer.Option(TrainConfig.gen_batch_size, "--gen-batch-size", help="prompts answered together while generating data"),
-    gen_dtype: str = typer.Option(TrainConfig.gen_dtype, "--gen-dtype", help="dtype that writes the answers (bfloat16: faster on CPUs with AVX512-BF16; "
-                                  "targets stay the training dtype's own argmax)"),
-    max_new_tokens: int = typer.Option(TrainConfig.max_new_tokens, "--max-new-tokens", help="length of each generated answer"),
-    max_prompt_tokens: int = typer.Option(TrainConfig.max_prompt_tokens, "--max-prompt-tokens", help="skip longer prompts"),
-    num_prompts: int = typer.Option(TrainConfig.prompts, "--num-prompts", help="prompts drawn (a fixed shuffle) to answer; "
-                                    "answers stop at --tokens or when every drawn prompt is answered"),
-    mtbench_select: str = typer.Option("0:80", "--mtbench-select", help="MT-Bench prompts for the accuracy report ('' to skip)"),
-    draft_vocab: int = typer.Option(TrainConfig.draft_vocab, "--draft-vocab", help="guess only from the N most frequent answer tokens (0: whole vocabulary)"),
-    save_dtype: str = typer.Option(TrainConfig.save_dtype, "--save-dtype", help="dtype the weights are stored in (and evaluated at)"),
-    context_lookup: bool = typer.Option(TrainConfig.context_lookup, "--context-lookup/--no-context-lookup", help="write heads whose "
-                                        "guesses start with a token copied from the text (runtime prompt lookup; engines do not do it)"),
-    prefix_attention: bool = typer.Option(TrainConfig.prefix_attention, "--prefix-attention/--no-prefix-attention", help="heads read one "
-                                          "causal attention layer over the answer's hidden states (Hydra++; trained on whole answers)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
-    dtype: str = DtypeOpt,
-    device: str = DeviceOpt,
-):
-    """Train Medusa-1 heads by self-distillation (base frozen) and write them with a README of figures."""
-    from .answers import AnswersError, resolve_answers
-    from .train_heads import run_train_heads
-
-    cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, kind=kind, init_from=init_from, tokens=tokens,
-                      answers=resolve_answers(answers, model, gen_dtype, max_new_tokens),
-                      epochs=epochs, target=target, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
-                      draft_vocab=draft_vocab, save_dtype=save_dtype, context_lookup=context_lookup, prefix_attention=prefix_attention,
-                      max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, prompts=num_prompts)
-    try:
-        cfg.validate()
-    except TrainError as err:
-        fail(str(err))
-    loaded, _, _ = load_everything(model, "none", dtype, device)
-    try:
-        result = run_train_heads(loaded, data, cfg, out, overwrite, command_line(), mtbench_select or None)
-    except (TrainError, AnswersError) as err:
-        fail(str(err))
-    for name in ("held_out", "mtbench"):
-        if result[name]:
-            typer.echo(f"{name}: top-1 per head " + " ".join(f"{a:.3f}" for a in result[name]["top1"]))
-    typer.echo(f"heads written to {out} (see {out}/README.md)")
-
-
 # --------------------------------------------------------------------------- calibration and trees
 @app.command()
 def calibrate(
@@ -542,15 +267,6 @@ def merge_stats(
     typer.echo(f"{merged.positions} positions from {len(merged.rollouts)} prompts in {len(shards)} shards; stats written to {out}")
 
 
-def load_stats_or_fail(path: Path):
-    from .stats import StatsError, load_stats
-
-    try:
-        return load_stats(path)
-    except StatsError as err:
-        fail(str(err))
-
-
 @app.command()
 def build(
     stats_file: Path = typer.Argument(..., metavar="STATS", help="stats JSON from 'treeopt calibrate'"),
@@ -639,36 +355,6 @@ def prediction_text(meta: dict) -> str:
             f"in-sample {meta['in_sample_tokens_per_step']:.3f}; 90% range over prompt sets of this size {low:.2f}-{high:.2f})")
 
 
-def load_latency_or_fail(path: Path, batch_size: int = 1):
-    from .tuning import load_latency
-
-    try:
-        return load_latency(path, batch_size)
-    except ValueError as err:
-        fail(str(err))
-
-
-def load_latency_batches_or_fail(path: Path) -> dict:
-    """batch size -> LatencyProfile for every batch size the file holds."""
-    from .tuning import load_latency_batches
-
-    try:
-        return load_latency_batches(path)
-    except ValueError as err:
-        fail(str(err))
-
-
-def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:
-    """'1,2,4' -> [1, 2, 4] (sorted, unique), or a clean error naming the option."""
-    try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        fail(f"{option} {text!r}: a comma-separated list of integers, e.g. 1,2,4,8")
-    if not values or values[0] < minimum:
-        fail(f"{option} {text!r}: every value must be >= {minimum}")
-    return values
-
-
 @app.command()
 def evaluate(
     tree: Path = typer.Argument(..., help="tree spec JSON (or any format 'treeopt import' reads)"),
@@ -696,21 +382,6 @@ def evaluate(
                    f"  cross-validated: {result['cross_validated_tokens_per_step']:.3f} ({result['cross_validation']})\n"
                    f"  estimate from path frequencies: {result['empirical_estimate']:.3f}   "
                    f"under independence: {result['independent_estimate']:.3f}")
-
-
-def load_any_tree(path: Path, num_heads: Optional[int] = None):
-    """A spec JSON, or any medusa_choices form (so upstream trees can be evaluated directly)."""
-    from medusa_runtime.spec import TreeSpecError, validate_paths
-
-    from .formats import import_tree
-
-    try:
-        spec = import_tree(path)
-        if num_heads is not None:
-            validate_paths(spec.paths, num_heads, where=str(path))
-        return spec
-    except TreeSpecError as err:
-        fail(str(err))
 
 
 @app.command()
@@ -783,44 +454,6 @@ def export(
         return
     write_output(out, text)
     typer.echo(f"{fmt}: {spec.nodes}-node tree (depth {spec.depth}) written to {out}")
-
-
-def warn_for_engine(where: str, provenance: dict, fmt_or_target: str) -> None:
-    """Warn when the stats behind a tree measured heads run otherwise than the target engine runs them."""
-    from .formats import BUILD_TARGETS, FORMATS, mismatch_warning
-
-    target = fmt_or_target if fmt_or_target in BUILD_TARGETS else getattr(FORMATS.get(fmt_or_target), "target", None)
-    warning = mismatch_warning(where, provenance, target) if target is not None else None
-    if warning:
-        typer.secho(warning, fg=typer.colors.YELLOW, err=True)
-
-
-@app.command("export-heads")
-def export_heads(
-    heads: Path = typer.Argument(..., help="Medusa heads folder (plain heads)"),
-    fmt: str = typer.Option("vllm", "--format", help="vllm: the checkpoint vLLM's Medusa model loads"),
-    out: Path = typer.Option(..., "--out", help="folder to write (config.json, model.safetensors); nothing on error"),
-    model: str = ModelOpt,
-):
-    """Write plain heads as an engine's checkpoint: vLLM's config fields and weight names, a draft vocabulary as its
-    token_map; heads it cannot run (sequential, root-conditioned, context lookup, prefix attention) are refused."""
-    from medusa_runtime.heads import EngineError
-
-    from .vllm import VLLM_TARGET, vllm_checkpoint, write_vllm_checkpoint
-
-    if fmt != VLLM_TARGET:
-        fail(f"--format {fmt!r}: use vllm (upstream Medusa and TensorRT-LLM read the heads folder as it is)")
-    loaded, medusa_heads, _ = load_everything(model, str(heads), "float32", "cpu", need_heads=True)
-    try:
-        checkpoint = vllm_checkpoint(medusa_heads, loaded.model.get_output_embeddings().weight, str(heads))
-        write_vllm_checkpoint(checkpoint, out)
-    except EngineError as err:
-        fail(str(err))
-    except OSError as err:
-        fail(f"{out}: cannot be written ({err.strerror or err.__class__.__name__}); choose another folder")
-    config = checkpoint.config
-    typer.echo(f"vllm: {config['num_heads']} heads ({config['truncated_vocab_size']} of {config['vocab_size']} tokens) "
-               f"written to {out}; export a chain for them with 'treeopt export TREE --format vllm --heads-dir {out}'")
 
 
 @app.command("import")
@@ -1132,6 +765,11 @@ def sweep(
     if json_out:
         write_output(json_out, json.dumps(summary, indent=1) + "\n")
     typer.echo(json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in results]))
+
+
+app.command("pack-answers")(pack_answers_cmd)
+app.command("train-heads")(train_heads_cmd)
+app.command("export-heads")(export_heads)
 
 
 def main() -> None:  # pragma: no cover
