@@ -16,10 +16,11 @@ import typer
 from medusa_runtime.sampling import SamplingConfig, SamplingError
 
 from .builder import DEFAULT_OBJECTIVE
+from .cli_trees import evaluate, export, import_cmd, show
 from .cli_heads import export_heads, pack_answers_cmd, train_heads_cmd
 from .cli_inputs import (AcceptanceOpt, AlphaOpt, BatchingOpt, DeviceOpt, DraftsOpt, DtypeOpt, EngineOpt,
                          HeadsOpt, HeadTemperatureOpt, ModelOpt, PromptsOpt, SeedOpt, SelectOpt, TemperatureOpt, ThresholdOpt,
-                         TopKOpt, TopPOpt, command_line, drafts_of_tree, fail, load_any_tree, load_everything,
+                         TopKOpt, TopPOpt, command_line, drafts_of_tree, fail, load_everything,
                          load_latency_batches_or_fail, load_latency_or_fail, load_prompt_ids, load_runtime, load_stats_or_fail,
                          parse_int_list, sampling_or_fail, warn_for_engine, warn_if_built_for_other_heads,
                          warn_if_calibrated_for_other_sampling, write_output)
@@ -355,118 +356,6 @@ def prediction_text(meta: dict) -> str:
             f"in-sample {meta['in_sample_tokens_per_step']:.3f}; 90% range over prompt sets of this size {low:.2f}-{high:.2f})")
 
 
-@app.command()
-def evaluate(
-    tree: Path = typer.Argument(..., help="tree spec JSON (or any format 'treeopt import' reads)"),
-    stats_file: Path = typer.Argument(..., metavar="STATS"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
-):
-    """Predicted tokens/step of any tree on any calibration stats: in-sample replay (exact, no independence
-    assumption), its range over prompt sets, and the cross-validated figure of a tree built from these stats."""
-    from .builder import BuildError
-    from .evaluate import evaluate_tree
-
-    stats = load_stats_or_fail(stats_file)
-    spec = load_any_tree(tree, stats.num_heads)
-    try:
-        result = {"tree": str(tree), **evaluate_tree(spec, stats), "stats": str(stats_file)}
-    except BuildError as err:
-        fail(f"{tree}: {err}")
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        low, high = result["interval_90"]
-        typer.echo(f"{tree}: {spec.nodes} nodes, depth {spec.depth}\n"
-                   f"  in-sample tokens/step (replay on {stats.positions} positions, {result['prompts']} prompts): "
-                   f"{result['predicted_tokens_per_step']:.3f}   90% over prompt sets: {low:.3f}-{high:.3f}\n"
-                   f"  cross-validated: {result['cross_validated_tokens_per_step']:.3f} ({result['cross_validation']})\n"
-                   f"  estimate from path frequencies: {result['empirical_estimate']:.3f}   "
-                   f"under independence: {result['independent_estimate']:.3f}")
-
-
-@app.command()
-def show(
-    trees: list[Path] = typer.Argument(..., help="tree spec JSON (several: printed in turn, drawn side by side)"),
-    png: Optional[Path] = typer.Option(None, "--png", help="also draw the tree(s) to this PNG"),
-    stats_file: Optional[Path] = typer.Option(None, "--stats", help="label nodes with P(path) from these stats"),
-):
-    """Print trees as indented text (and draw them; several trees side by side, each titled with its settings)."""
-    from .viz import tree_png, tree_text, trees_png
-
-    prob = None
-    if stats_file is not None:
-        from .builder import path_probability_fn
-
-        prob = path_probability_fn(load_stats_or_fail(stats_file), "empirical")
-    drawn = []
-    for tree in trees:
-        spec = load_any_tree(tree)
-        probabilities = None
-        if prob is not None:
-            probabilities = {p: prob(p) for p in spec.paths}
-        elif len(spec.meta.get("path_probabilities", [])) == len(spec.paths):
-            probabilities = dict(zip(spec.paths, spec.meta["path_probabilities"]))
-        if len(trees) > 1:
-            typer.echo(f"== {tree}")
-        typer.echo(tree_text(spec, probabilities))
-        drawn.append((spec, probabilities))
-    if png:
-        if len(drawn) == 1:
-            tree_png(drawn[0][0], png, drawn[0][1])
-        else:
-            trees_png(drawn, png)
-        typer.echo(f"picture written to {png}")
-
-
-@app.command()
-def export(
-    tree: Path = typer.Argument(..., help="tree spec JSON (or any form 'treeopt import' reads)"),
-    fmt: str = typer.Option("medusa", "--format", help="medusa | medusa-list | trtllm | trtllm-yaml | trtllm-llmapi | "
-                                                       "triton | triton-pbtxt | json | vllm (speculative_config)"),
-    num_heads: Optional[int] = typer.Option(None, "--num-heads", help="the engine's Medusa heads: refuse deeper trees "
-                                            "(trtllm-llmapi writes it; default: the tree's depth)"),
-    max_draft_len: Optional[int] = typer.Option(None, "--max-draft-len", help="TensorRT-LLM formats: the engine's "
-                                                "max_draft_len (default 63; trtllm-llmapi: the number of paths)"),
-    name: Optional[str] = typer.Option(None, "--name", help="--format medusa: the Python variable (default treeopt_tree)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write here instead of stdout (nothing is written on error)"),
-    heads_dir: Optional[Path] = typer.Option(None, "--heads-dir", help="--format vllm: the heads folder 'treeopt "
-                                             "export-heads --format vllm' wrote (the speculative_config names it)"),
-):
-    """Write the tree for an engine, after checking that engine's limits (ranks, depth, draft tokens, sibling gaps);
-    formats of an engine that has dropped them get one line naming the releases that run them (docs/engines.md)."""
-    from medusa_runtime.spec import TreeSpecError
-
-    from .engines import release_note
-    from .formats import FORMATS
-    from .vllm import export_text
-
-    spec = load_any_tree(tree)
-    warn_for_engine(str(tree), spec.meta.get("stats_provenance") or {}, fmt)
-    try:
-        text = export_text(spec, fmt, heads_dir, str(tree), num_heads=num_heads, max_draft_len=max_draft_len, name=name)
-    except TreeSpecError as err:
-        fail(str(err))
-    note = release_note(getattr(FORMATS.get(fmt), "target", None))
-    if note:
-        typer.secho(note, fg=typer.colors.YELLOW, err=True)
-    if out is None:
-        typer.echo(text, nl=False)
-        return
-    write_output(out, text)
-    typer.echo(f"{fmt}: {spec.nodes}-node tree (depth {spec.depth}) written to {out}")
-
-
-@app.command("import")
-def import_cmd(
-    source: Path = typer.Argument(..., help="medusa_choices (Python/JSON literal), trtllm YAML, Triton string, or dense [1, 7, 6]"),
-    out: Path = typer.Option(..., "--out", help="tree spec JSON to write"),
-):
-    """Convert an engine's tree (never evaluated as code) into a treeopt spec."""
-    spec = load_any_tree(source)
-    spec.save(out)
-    typer.echo(f"{spec.nodes}-node tree (depth {spec.depth}) written to {out}")
-
-
 # --------------------------------------------------------------------------- device tuning
 @app.command()
 def profile(
@@ -718,10 +607,8 @@ def sweep(
 ):
     """Measure tokens/s of trees of several budgets (and the auto-chosen one) side by side on the same prompts,
     at one or more batch sizes, at the sampling settings the stats were calibrated at."""
-    from medusa_runtime.hf_decode import hf_references
-
     from .builder import BuildError
-    from .sweep import format_auto_vs, format_sweep, run_sweep, sweep_summary, sweep_trees
+    from .sweep import format_auto_vs, format_sweep, sweep_batch_sizes, sweep_trees
 
     stats = load_stats_or_fail(stats_file)
     sizes = parse_int_list("--budgets", budgets, minimum=0)
@@ -745,20 +632,13 @@ def sweep(
         planned = sweep_trees(stats, latencies, sizes, batch_list, batching, queue=len(prompt_ids), neighbours=neighbours)
     except (BuildError, ValueError) as err:
         fail(f"--budgets {budgets}: {err}")
-    references = None
-    if check:
-        references = hf_references(loaded.model, prompt_ids, max_new_tokens, loaded.eos_token_ids, sampling,
-                                   desc="sweep: reference decodes")
-    results = []
-    for plan_b in planned:
-        b = plan_b.batch_size
-        rows = run_sweep(loaded, medusa_heads, plan_b.trees, prompt_ids, max_new_tokens, batch_size=b,
-                         predicted_tokens_per_s=plan_b.predicted_tokens_per_s, sampling=sampling, batching=batching,
-                         references=references, rounds=rounds)
+
+    def show(summary: dict, rows) -> None:
+        b = summary["batch_size"]
         typer.echo(f"batch size {b} ({batching} batches):" if len(batch_list) > 1 or b > 1 else "")
-        typer.echo(format_sweep(rows))
-        results.append(sweep_summary(plan_b, rows, batching))
-        typer.echo(format_auto_vs(results[-1]))
+        typer.echo(format_sweep(rows) + "\n" + format_auto_vs(summary))
+
+    results = sweep_batch_sizes(loaded, medusa_heads, planned, prompt_ids, max_new_tokens, sampling, batching, check, rounds, show)
     summary = {"prompts": prompts, "select": select, "max_new_tokens": max_new_tokens, "batches": results}
     if len(results) == 1:  # the single-batch-size layout earlier versions wrote
         summary = {**results[0], "prompts": prompts, "select": select}
@@ -767,6 +647,10 @@ def sweep(
     typer.echo(json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in results]))
 
 
+app.command()(evaluate)  # commands kept in their own modules (cli_trees.py, cli_heads.py)
+app.command()(show)
+app.command()(export)
+app.command("import")(import_cmd)
 app.command("pack-answers")(pack_answers_cmd)
 app.command("train-heads")(train_heads_cmd)
 app.command("export-heads")(export_heads)

@@ -16,6 +16,7 @@ differ). A tree that appears twice (the planned one is also a listed budget) is 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.harness import Queue, References, RuntimeArm, arm_totals, batches_of, check, identical_fraction, measure, warm_up
@@ -108,6 +109,27 @@ def run_sweep(loaded, heads, trees: dict[str, TreeSpec], prompt_ids, max_new_tok
                             identical_fraction(runs, distinct[label]) if references is not None else None,
                             distinct[label] if distinct[label] != label else None, totals.runs))
     return out
+
+
+def sweep_batch_sizes(loaded, heads, planned: list[SweepTrees], prompt_ids: list[list[int]], max_new_tokens: int,
+                      sampling: SamplingConfig, batching: str, check: bool = True, rounds: int = 1,
+                      on_batch_size: Callable[[dict, list[SweepRow]], None] | None = None) -> list[dict]:
+    """``run_sweep`` at every planned batch size on the same prompts, checked against each prompt's own decode (computed
+    once) when ``check``; one ``sweep_summary`` per batch size, each also handed to ``on_batch_size`` as it is done."""
+    references = None
+    if check:
+        known = References(loaded.model, loaded.eos_token_ids, Queue.of(prompt_ids, max_new_tokens), sampling)
+        known.fetch(range(len(prompt_ids)), True, "sweep: reference decodes")
+        references = [known.get(i) for i in range(len(prompt_ids))]
+    results = []
+    for plan_b in planned:
+        rows = run_sweep(loaded, heads, plan_b.trees, prompt_ids, max_new_tokens, batch_size=plan_b.batch_size,
+                         predicted_tokens_per_s=plan_b.predicted_tokens_per_s, sampling=sampling, batching=batching,
+                         references=references, rounds=rounds)
+        results.append(sweep_summary(plan_b, rows, batching))
+        if on_batch_size:
+            on_batch_size(results[-1], rows)
+    return results
 
 
 def paired_ratio(mine: list[list[float]], other: list[list[float]], resamples: int = 2000, seed: int = 0) -> dict:
