@@ -396,6 +396,53 @@ def head_losses(logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tenso
     return (per_row * valid).sum(0) / valid.sum(0).clamp(min=1)
 
 
+def mine_negatives(heads: MedusaHeads, features: Features, train_idx: torch.Tensor, lm_weight: torch.Tensor,
+                   vocab: torch.Tensor, seed: int, whole_answers: bool) -> torch.Tensor:
+    """``vocab`` plus hard negatives: tokens outside the softmax that the heads now rank in their full-vocabulary top-k
+    (a restricted softmax never pushes those down, yet at decoding time they compete)."""
+    found, seen = [vocab], 0
+    with torch.no_grad():
+        for chunk in epoch_batches(features, train_idx, 256, seed, whole_answers):  # [256, K, V] logits at a time
+            h = read_context_rows(heads, features.hidden[chunk].float(), features.sequence[chunk])
+            logits = F.linear(heads.hidden(h, root=features.roots[chunk], path=true_path(features.targets[chunk])),
+                              lm_weight.detach().float())
+            found.append(logits.topk(MINE_TOPK, dim=-1).indices.flatten())
+            seen += len(chunk)
+            if seen >= MINE_POSITIONS:
+                break
+    return torch.unique(torch.cat(found))
+
+
+def optimizer_and_schedule(heads: MedusaHeads, cfg: TrainConfig, total: int):
+    """AdamW over the trainable tensors; linear warm-up (100 steps at most) then cosine decay over ``total`` steps."""
+    opt = torch.optim.AdamW([p for p in heads.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    warmup = min(100, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return opt, sched
+
+
+def save_checkpoint(state_path: Path, cfg: TrainConfig, step: int, heads: MedusaHeads, vocab: torch.Tensor, opt, sched) -> None:
+    tmp = state_path.with_suffix(".tmp")
+    torch.save({"config": asdict(cfg), "step": step, "heads": heads.checkpoint_state(), "vocab": vocab,
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
+    tmp.replace(state_path)  # atomic: an interrupted save leaves the previous checkpoint
+
+
+def resume(state_path: Path, cfg: TrainConfig, heads: MedusaHeads, opt, sched, vocab: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(the step to start at, the softmax's tokens): 0 and ``vocab``, or a checkpoint's, loaded into heads, optimiser
+    and schedule; TrainError for a checkpoint of another configuration."""
+    if not state_path.exists():
+        return 0, vocab
+    state = torch.load(state_path, weights_only=True)
+    if state["config"] != asdict(cfg):
+        raise TrainError(f"{state_path}: a checkpoint of a different configuration; pass --overwrite to start over")
+    heads.load_checkpoint_state(state["heads"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return state["step"], state.get("vocab", vocab)
+
+
 def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_path: Path,
                 lm_weight: torch.Tensor, progress: bool = True, softmax_vocab: torch.Tensor | None = None) -> dict:
     """Train ``heads`` in place; checkpoints to ``state_path`` every few hundred steps and resumes from it.
@@ -411,45 +458,20 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
     fixed = softmax_vocab is not None and heads.config.shared_lm_head
     vocab = softmax_vocab.unique() if fixed else features.targets[features.targets >= 0].unique()  # the tokens that ever are targets
 
+    whole_answers = heads.prefix is not None
+
     def mine(vocab: torch.Tensor, step: int) -> torch.Tensor:
-        """Hard negatives: tokens outside the softmax that the heads now rank in their full-vocabulary top-k
-        (a restricted softmax never pushes those down, yet at decoding time they compete)."""
         if not heads.config.shared_lm_head or fixed:
             return vocab
-        found, seen = [vocab], 0
-        with torch.no_grad():
-            for chunk in epoch_batches(features, train_idx, 256, cfg.seed + 7919 * step, whole_answers):  # [256, K, V] logits at a time
-                h = read_context_rows(heads, features.hidden[chunk].float(), features.sequence[chunk])
-                logits = F.linear(heads.hidden(h, root=features.roots[chunk], path=true_path(features.targets[chunk])),
-                                  lm_weight.detach().float())
-                found.append(logits.topk(MINE_TOPK, dim=-1).indices.flatten())
-                seen += len(chunk)
-                if seen >= MINE_POSITIONS:
-                    break
-        return torch.unique(torch.cat(found))
-
-    whole_answers = heads.prefix is not None
+        return mine_negatives(heads, features, train_idx, lm_weight, vocab, cfg.seed + 7919 * step, whole_answers)
 
     def batches(epoch: int) -> list[torch.Tensor]:
         return epoch_batches(features, train_idx, cfg.batch_size, cfg.seed + epoch, whole_answers)
 
     epoch_starts = [0, *itertools.accumulate(len(batches(epoch)) for epoch in range(cfg.epochs))]  # the step each epoch starts at
     total = epoch_starts[-1]
-    params = [p for p in heads.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warmup = min(100, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    step = 0
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
-        if state["config"] != asdict(cfg):
-            raise TrainError(f"{state_path}: a checkpoint of a different configuration; pass --overwrite to start over")
-        heads.load_checkpoint_state(state["heads"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = state["step"]
-        vocab = state.get("vocab", vocab)
+    opt, sched = optimizer_and_schedule(heads, cfg, total)
+    step, vocab = resume(state_path, cfg, heads, opt, sched, vocab)
     start = step
     remap, sub_weight = softmax_restriction(vocab, lm_weight)
     weights = torch.tensor([cfg.head_decay ** k for k in range(cfg.num_heads)])
@@ -487,10 +509,7 @@ def train_heads(heads: MedusaHeads, features: Features, cfg: TrainConfig, state_
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", top1="/".join(f"{a:.2f}" for a in running))
         if step % CHECKPOINT_EVERY == 0 or step == total:
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"config": asdict(cfg), "step": step, "heads": heads.checkpoint_state(), "vocab": vocab,
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
-            tmp.replace(state_path)
+            save_checkpoint(state_path, cfg, step, heads, vocab, opt, sched)
     bar.close()
     heads.eval()
     return {"train_positions": len(train_idx), "held_out_positions": len(held_idx), "softmax_vocab": len(vocab),
