@@ -2,7 +2,7 @@
 
 Prompts are the first n tokens of the MT-Bench questions rendered through the chat template and joined (so a 1-token
 prompt is a bare template token and a 1,000-token one spans several questions), for n in ``--lengths``. They are
-served through ``--batch-size`` slots (``MedusaDecoder.serve``) with the given tree, in an order that mixes short and
+served through ``--batch-size`` slots (``harness.RuntimeArm``: ``MedusaDecoder.serve``) with the given tree, in an order that mixes short and
 long, and each answer is compared token for token with the prompt's own Hugging Face decode. Prints one line per
 prompt and one JSON line.
 
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from medusa_runtime.hf_decode import hf_references
+from medusa_runtime.harness import Queue, References, RuntimeArm, check, identical_fraction, measure
 from medusa_runtime.prompts import render_chat, select_prompts
 
 from plan_gap import load_decoder  # experiments/, beside this file
@@ -34,16 +33,15 @@ def main() -> None:
     text = [t for p in select_prompts("mt-bench", "0:80") for t in render_chat(loaded.tokenizer, p)]
     lengths = [int(n) for n in args.lengths.split(",")]
     prompts = [text[:n] for n in lengths]
-    references = hf_references(loaded.model, prompts, args.max_new_tokens, loaded.eos_token_ids, decoder.sampling)
-    t0 = time.perf_counter()
-    results = decoder.serve(prompts, args.max_new_tokens, args.batch_size)
-    seconds = time.perf_counter() - t0
-    same = [r.tokens == ref for r, ref in zip(results, references)]
-    for n, r, ok in zip(lengths, results, same):
-        print(f"prompt {n:>5} tokens: {len(r.tokens):>3} new tokens in {r.steps:>3} forwards, {r.stop_reason:>6}, "
-              f"{'identical' if ok else 'DIFFERS'}")
+    queue = Queue.of(prompts, args.max_new_tokens)
+    arm = RuntimeArm("served", decoder, args.batch_size)
+    runs = measure([arm], queue, [list(range(len(prompts)))], loaded.device, progress=False)
+    check(runs, [arm], References(loaded.model, loaded.eos_token_ids, queue, decoder.sampling), margins=False)
+    for n, row in zip(lengths, runs[0].rows):
+        print(f"prompt {n:>5} tokens: {len(row.tokens):>3} new tokens in {row.steps:>3} forwards, "
+              f"{'identical' if row.identical else 'DIFFERS'}")
     print(json.dumps({"tree_nodes": tree.nodes, "batch_size": args.batch_size, "lengths": lengths,
-                      "identical": sum(same) / len(same), "seconds": round(seconds, 2)}))
+                      "identical": identical_fraction(runs, "served"), "seconds": round(runs[0].seconds, 2)}))
 
 
 if __name__ == "__main__":
