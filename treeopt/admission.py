@@ -35,12 +35,16 @@ class Admission:
 
     name: str
     refill: bool  # True: freed slots are refilled before the next step; False: a new batch only once every row ended
+    whole_batches: bool  # the queue is filled up to whole batches with its first requests again (bench's batches)
+    follows_queue: bool  # a burst of ``queue`` requests is served; False: the calibration prompts themselves, each once
     description: str
 
 
 ADMISSIONS = {
-    "static": Admission("static", False, "rows leave when done, none join"),
-    "continuous": Admission("continuous", True, "finished rows replaced at once"),
+    "static": Admission("static", refill=False, whole_batches=True, follows_queue=False,
+                        description="rows leave when done, none join"),
+    "continuous": Admission("continuous", refill=True, whole_batches=False, follows_queue=True,
+                            description="finished rows replaced at once"),
 }
 BATCHING = tuple(ADMISSIONS)
 DEFAULT_BATCHING = "static"
@@ -73,7 +77,7 @@ def tokens_per_s(replays: list[PromptReplay], batch: int, nodes: int, latency: B
     if not live:
         raise ValueError("no prompt generated tokens: nothing to predict from")
     prefill = latency.has_prefill and all(r.prompt_tokens is not None for r in live)
-    if rule.refill and queue is None:
+    if rule.follows_queue and queue is None:
         return _endless_queue(live, batch, nodes, latency, prefill)
     step_ms = [0.0] + [latency.step_ms(b, nodes) for b in range(1, batch + 1)]  # by rows decoding
     rng = random.Random(seed)
@@ -81,7 +85,9 @@ def tokens_per_s(replays: list[PromptReplay], batch: int, nodes: int, latency: B
     for _ in range(groupings):
         order = live[:]
         rng.shuffle(order)
-        length = queue if rule.refill else -(-len(order) // batch) * batch  # static: whole batches
+        length = queue if rule.follows_queue else len(order)
+        if rule.whole_batches:
+            length = -(-length // batch) * batch
         run_tokens, run_ms = _run_queue([order[i % len(order)] for i in range(length)], batch, rule, step_ms,
                                         latency, prefill)
         tokens, ms = tokens + run_tokens, ms + run_ms

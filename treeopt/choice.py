@@ -33,7 +33,7 @@ class Serving:
 
     batch_size: int = 1
     batching: str = DEFAULT_BATCHING  # static | continuous (admission.py)
-    queue: int | None = None  # continuous batching of a burst of this many requests (None: an endless queue)
+    queue: int | None = None  # continuous batching of a burst of this many requests (None: an endless queue); static: unused
 
     def check(self) -> None:
         if self.batch_size < 1:
