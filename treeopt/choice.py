@@ -100,11 +100,11 @@ class TreeChoice:
         """The predicted curve, the chosen size marked ('' without a latency profile)."""
         if not self.rates:
             return ""
-        low = "p10" if self.statistic == "p10_ms" else "med"
+        low, typical = ("p10" if by == "p10_ms" else "med" for by in (self.statistic, self.predicted_by))
         s = self.serving
         lines = [f"{s.batching} batches of {s.batch_size} ({admission(s.batching).description}): sizes chosen by "
-                 f"{low} ms, tok/s predicted by median ms",
-                 f"{'nodes':>5} {'tok/step':>8} {low + ' ms':>8} {low + ' tok/s':>9} {'med ms':>8} {'tok/s':>8} {'vs plain':>8}"]
+                 f"{low} ms, tok/s predicted by {typical} ms",
+                 f"{'nodes':>5} {'tok/step':>8} {low + ' ms':>8} {low + ' tok/s':>9} {typical + ' ms':>8} {'tok/s':>8} {'vs plain':>8}"]
         for r in self.rates:
             mark = "  <- chosen" if r.paths == self.paths else ""
             lines.append(f"{r.nodes:>5} {r.tokens_per_step:>8.3f} {r.choice_latency_ms:>8.1f} {r.choice_tokens_per_s:>9.2f} "
@@ -123,7 +123,7 @@ class TreeChoice:
         if self.chosen is not None:
             s = self.serving
             text += (f"; {self.tokens_per_s:.2f} tok/s, {self.speedup:.2f}x plain decoding at batch size {s.batch_size} "
-                     f"({s.batching} batches, median step times)")
+                     f"({s.batching} batches, {'median' if self.predicted_by == 'median_ms' else '10th-percentile'} step times)")
         return text
 
 
