@@ -23,7 +23,7 @@ from medusa_runtime.heads import load_heads
 from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.spec import load_tree
-from treeopt.plan import BatchLatency
+from treeopt.tuning import BatchLatency
 from treeopt.tuning import load_latency_batches
 
 

@@ -14,7 +14,8 @@ import argparse
 import json
 
 from treeopt.design import TreeRequest, design_tree
-from treeopt.plan import BatchLatency, budget_tokens_per_s
+from treeopt.plan import budget_tokens_per_s
+from treeopt.tuning import BatchLatency
 from treeopt.stats import load_stats
 from treeopt.tuning import load_latency_batches
 

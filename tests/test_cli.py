@@ -133,8 +133,10 @@ def test_profile_and_build_auto(tiny_folder, stats_file, tmp_path):
                "--png", tmp_path / "curve.png")
     assert r.exit_code == 0, r.output
     meta = json.loads(tree.read_text())["meta"]
-    rows = meta["throughput_curve"]
-    assert meta["budget"] == max(rows, key=lambda row: (row["tokens_per_s"], -row["paths"]))["paths"]
+    rows = meta["throughput_curve"]  # the size is chosen by the low quantile, tokens/s predicted by medians
+    chosen = max(rows, key=lambda row: (row["choice_tokens_per_s"], -row["paths"]))
+    assert meta["budget"] == chosen["paths"] and meta["predicted_tokens_per_s"] == chosen["tokens_per_s"]
+    assert (meta["chosen_by"], meta["predicted_by"]) == ("p10_ms", "median_ms")
     assert "predicted_speedup" in meta and (tmp_path / "curve.png").exists()
 
 

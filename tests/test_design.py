@@ -3,6 +3,7 @@
 import pytest
 
 from test_builder import random_stats
+from treeopt.choice import choose_tree
 from treeopt.design import TreeRequest, design_tree
 from treeopt.plan import plan_batches
 from treeopt.stats import replay_tokens_per_step
@@ -40,5 +41,5 @@ def test_vllm_depth_is_chosen_from_latency_per_batch_size_down_to_speculation_of
     plan = plan_batches(stats, latencies, TreeRequest(None, target="vllm", folds=0), "static")
     depths = {r.batch_size: r.paths for r in plan.rows}
     assert depths[1] >= 2 and depths[8] == 0 and plan.switch_off_batch_size == 8
-    auto = design_tree(stats, TreeRequest(None, target="vllm", folds=0), latencies[1]).spec
+    auto = choose_tree(stats, TreeRequest(None, target="vllm", folds=0), latencies[1]).spec
     assert auto.paths == chain(len(auto.paths)) and len(auto.paths) == depths[1]

@@ -1,11 +1,25 @@
-"""The plan's throughput models (static and continuous batches) on hand-computed cases, and its choices."""
+"""The admission's throughput (static and continuous batches) on hand-computed cases, and the plan's choices."""
 
 import pytest
 
+from treeopt.admission import PromptReplay, tokens_per_s
 from treeopt.design import TreeRequest
-from treeopt.plan import BatchLatency, continuous_tokens_per_s, plan_batches, static_tokens_per_s
+from treeopt.plan import plan_batches
 from treeopt.stats import CalibrationStats
-from treeopt.tuning import LatencyProfile
+from treeopt.tuning import BatchLatency, LatencyProfile
+
+
+def replays(*rows) -> list[PromptReplay]:
+    """(tokens, steps, prompt tokens) rows as replays."""
+    return [PromptReplay(*row) for row in rows]
+
+
+def static_tokens_per_s(rows, batch, nodes, latency, **kw) -> float:
+    return tokens_per_s(replays(*rows), batch, nodes, latency, "static", **kw)
+
+
+def continuous_tokens_per_s(rows, batch, nodes, latency, queue=None, **kw) -> float:
+    return tokens_per_s(replays(*rows), batch, nodes, latency, "continuous", queue, **kw)
 
 
 def profile(batch: int, plain: float, verify: dict[int, float], prefill=()) -> LatencyProfile:
@@ -61,10 +75,16 @@ def test_continuous_batches_pay_each_request_s_prefill_and_a_burst_drains():
         continuous_tokens_per_s([(0, 0, 4)], 2, 2, lat)
 
 
-def test_groupings_are_deterministic():
-    lat = BatchLatency({1: profile(1, 10.0, {3: 13.0}), 4: profile(4, 14.0, {3: 30.0})})
-    prompts = [(20 + i, 10 + i % 7, None) for i in range(13)]
-    assert static_tokens_per_s(prompts, 4, 3, lat) == static_tokens_per_s(prompts, 4, 3, lat)
+def test_static_batches_average_over_random_groupings():
+    """Four prompts in batches of 2 group three ways, equally likely: (a b)(c d) costs 10 + 2 steps of 2 rows (144 ms),
+    (a c)(b d) and (a d)(b c) each 2 x (2 steps of 2 rows + 8 of 1 row) (208 ms). One grouping is one of those; many
+    groupings converge on tokens over the mean time, 24 / (560 / 3) ms."""
+    lat = BatchLatency({1: profile(1, 10.0, {2: 10.0}), 2: profile(2, 12.0, {2: 12.0})})
+    rows = [(10, 10, None), (10, 10, None), (2, 2, None), (2, 2, None)]
+    assert static_tokens_per_s(rows, 2, 2, lat, groupings=1, seed=0) in (pytest.approx(24 / 0.144), pytest.approx(24 / 0.208))
+    assert {round(static_tokens_per_s(rows, 2, 2, lat, groupings=1, seed=s), 6) for s in range(40)} == {
+        round(24 / 0.144, 6), round(24 / 0.208, 6)}
+    assert static_tokens_per_s(rows, 2, 2, lat, groupings=3000) == pytest.approx(24 / (0.560 / 3), rel=0.01)
 
 
 def test_a_batch_is_filled_up_with_the_first_prompts_again():
@@ -105,3 +125,16 @@ def test_the_plan_chooses_by_the_low_quantile_and_predicts_by_medians():
     assert [(r.batch_size, r.nodes) for r in plan.rows] == [(1, 2), (4, 1)]
     assert plan.rows[0].tokens_per_s == pytest.approx(150.0 / 1.25) and plan.rows[0].step_ms == pytest.approx(15.0)
     assert plan.rows[1].tokens_per_s == pytest.approx(200.0 / 1.25)
+
+
+def test_batch_size_1_pays_its_prefills_as_every_batch_size_does():
+    """The same hand case with 8-token prompts and a profiled prefill (16 ms at 8 tokens): at batch size 1 each prompt
+    costs its prefill and 4 verify steps of 12 ms, 18 tokens in 128 ms, and plain decoding its prefill and 8 steps of
+    10 ms, 18 in 192 ms, whichever batching (one admission rule for every batch size, no special case for 1)."""
+    stats = CalibrationStats(1, 1, [[[0]] * 9, [[0]] * 9], [9, 9], prompt_tokens=[8, 8])
+    prefill = [(4, 8.0), (8, 16.0)]
+    latencies = {1: profile(1, 10.0, {2: 12.0}, prefill), 4: profile(4, 20.0, {2: 40.0}, prefill)}
+    for batching in ("static", "continuous"):
+        row = plan_batches(stats, latencies, TreeRequest(None, folds=0), batching).rows[0]
+        assert (row.batch_size, row.nodes) == (1, 2)
+        assert row.tokens_per_s == pytest.approx(18 / 0.128) and row.plain_tokens_per_s == pytest.approx(18 / 0.192)

@@ -5,8 +5,9 @@ The four steps from Python, the same functions the command line calls (docs/api.
 - load: ``load_model`` (a ``LoadedModel``), ``load_heads`` (``MedusaHeads``), ``select_prompts`` + ``render_chat``;
 - calibrate: ``calibrate(loaded, heads, prompt_ids, ...) -> CalibrationStats`` (``stats_provenance`` records where
   they came from; ``load_stats`` reads a saved file);
-- build: ``build(stats, budget) -> TreeSpec``, or ``design_tree(stats, TreeRequest(...), latency)`` for the whole
-  result (``profile_latency`` + ``load_latency`` for ``budget=None``: the size with the best predicted tokens/s);
+- build: ``build(stats, budget) -> TreeSpec``, or ``choose_tree(stats, TreeRequest(...), latency, Serving(...))``
+  for the whole result, the one tree choice the command line makes (``profile_latency`` + ``load_latency_batches``
+  for ``budget=None``: the size with the best predicted tokens/s at that batch size and batching);
 - export: ``export_tree(spec, "trtllm-llmapi") -> str``;
 - run and measure: ``MedusaDecoder(model, heads, spec, eos, SamplingConfig(...)).generate(...)``, and
   ``run_bench(loaded, heads, spec, prompt_ids, ...) -> BenchReport`` against Hugging Face ``generate``.
@@ -27,7 +28,8 @@ _API = {
     "calibrate": "treeopt.calibration", "stats_provenance": "treeopt.calibration",
     "CalibrationStats": "treeopt.stats", "load_stats": "treeopt.stats",
     "build": "treeopt.design", "design_tree": "treeopt.design", "TreeRequest": "treeopt.design",
-    "profile_latency": "treeopt.profile", "load_latency": "treeopt.tuning",
+    "choose_tree": "treeopt.choice", "TreeChoice": "treeopt.choice", "Serving": "treeopt.choice",
+    "profile_latency": "treeopt.profile", "load_latency": "treeopt.tuning", "load_latency_batches": "treeopt.tuning",
     "export_tree": "treeopt.formats",
     "TreeSpec": "medusa_runtime.spec", "load_tree": "medusa_runtime.spec",
     "MedusaDecoder": "medusa_runtime.decoding", "SamplingConfig": "medusa_runtime.sampling",

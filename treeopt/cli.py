@@ -21,12 +21,12 @@ from .cli_heads import export_heads, pack_answers_cmd, train_heads_cmd
 from .cli_inputs import (AcceptanceOpt, AlphaOpt, BatchingOpt, DeviceOpt, DraftsOpt, DtypeOpt, EngineOpt,
                          HeadsOpt, HeadTemperatureOpt, ModelOpt, PromptsOpt, SeedOpt, SelectOpt, TemperatureOpt, ThresholdOpt,
                          TopKOpt, TopPOpt, command_line, drafts_of_tree, fail, load_everything,
-                         load_latency_batches_or_fail, load_latency_or_fail, load_prompt_ids, load_runtime, load_stats_or_fail,
+                         load_latency_batches_or_fail, load_prompt_ids, load_runtime, load_stats_or_fail,
                          parse_int_list, sampling_or_fail, warn_for_engine, warn_if_built_for_other_heads,
                          warn_if_calibrated_for_other_sampling, write_output)
 from .crossval import DEFAULT_FOLDS
 from .design import DEFAULT_MAX_BUDGET
-from .plan import BATCHING
+from .admission import BATCHING
 from .tuning import PROFILE_SIZES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -282,78 +282,45 @@ def build(
                                          "they are (its rank limit; trtllm: siblings ranked 0..k-1; vllm: a chain of rank 0)"),
     folds: int = typer.Option(DEFAULT_FOLDS, "--folds", help="cross-validation folds over prompts for the prediction "
                               "and the shrinkage strength (0: in-sample replay, no cross-validation)"),
-    latency: Optional[Path] = typer.Option(None, "--latency", help="latency JSON from 'treeopt profile' (for --budget auto)"),
+    latency: Optional[Path] = typer.Option(None, "--latency", help="latency JSON from 'treeopt profile': --budget auto picks the "
+                                           "size with the most predicted tokens/s; any budget gets its predicted tokens/s"),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, "--max-budget", help="largest budget --budget auto considers"),
-    png: Optional[Path] = typer.Option(None, "--png", help="with --budget auto: plot the predicted curves"),
-    batch_size: int = typer.Option(1, "--batch-size", help="with --budget auto: the batch size to serve (its latency "
-                                   "rows must be in the profile: treeopt profile --batch-sizes); the size is 'treeopt plan''s"),
+    png: Optional[Path] = typer.Option(None, "--png", help="with --latency: plot the predicted curves"),
+    batch_size: int = typer.Option(1, "--batch-size", help="with --latency: the batch size to serve (its latency rows "
+                                   "must be in the profile: treeopt profile --batch-sizes); the size is 'treeopt plan''s"),
     batching: str = BatchingOpt,
 ):
     """Build the tree that maximises expected accepted tokens per step (provably optimal for its budget)."""
     from .builder import BuildError
-    from .design import TreeRequest, design_tree
+    from .choice import Serving, choose_tree
+    from .design import TreeRequest
 
+    auto = budget.strip().lower() == "auto"
+    if not auto and not budget.strip().isdigit():
+        fail(f"--budget {budget!r}: an integer number of paths, or 'auto'")
+    if batch_size > 1 and latency is None:
+        fail("--batch-size is the batch size the prediction (and with --budget auto, the size) is for; use it with --latency")
     stats = load_stats_or_fail(stats_file)
     if target is not None:
         warn_for_engine(str(stats_file), stats.provenance, target)
-    auto = budget.strip().lower() == "auto"
-    if batch_size < 1:
-        fail(f"--batch-size {batch_size}: use an integer >= 1")
-    if batch_size > 1 and (not auto or latency is None):
-        fail("--batch-size only changes the size --budget auto picks; use it with --budget auto --latency")
-    lat = load_latency_or_fail(latency, batch_size) if auto and latency is not None else None
-    if not auto:
-        try:
-            n_paths = int(budget)
-        except ValueError:
-            fail(f"--budget {budget!r}: an integer number of paths, or 'auto'")
-    if folds < 0 or folds == 1:
-        fail(f"--folds {folds}: use 0 (no cross-validation) or >= 2")
-    request = TreeRequest(None if auto else n_paths, objective, max_depth, max_children, target, folds, max_budget)
-    sources = {"stats_file": str(stats_file), **({"latency_file": str(latency)} if auto else {})}
-    if batch_size > 1:  # the plan's tree for that batch size (its prediction needs every profiled batch size)
-        from .plan import plan_batches, planned_tree
-
-        try:
-            plan_made = plan_batches(stats, load_latency_batches_or_fail(latency), request, batching)
-            spec = planned_tree(stats, plan_made, request, batch_size, sources)
-        except (BuildError, ValueError) as err:
-            fail(str(err))
-        spec.save(out)
-        typer.echo(f"{spec.nodes}-node tree for batch size {batch_size} ({batching} batches): predicted "
-                   f"{spec.meta['predicted_tokens_per_s']:.2f} tok/s, {spec.meta['predicted_speedup']:.2f}x plain decoding at that "
-                   f"batch size; {prediction_text(spec.meta)}; written to {out}")
-        return
+    lat = load_latency_batches_or_fail(latency, batch_size) if latency is not None else None
+    request = TreeRequest(None if auto else int(budget), objective, max_depth, max_children, target, folds, max_budget)
+    sources = {"stats_file": str(stats_file), **({"latency_file": str(latency)} if latency is not None else {})}
     try:
-        designed = design_tree(stats, request, lat, sources)
-    except BuildError as err:
+        choice = choose_tree(stats, request, lat, Serving(batch_size, batching), sources)
+    except (BuildError, ValueError) as err:
         fail(str(err))
-    if designed.choice is not None:
-        typer.echo(designed.choice.table())
-        if png:
-            from .viz import curve_png
+    if choice.rates:
+        typer.echo(choice.table())
+    if png and choice.rates:
+        from .viz import curve_png
 
-            curve_png(designed.choice.rows, png, chosen=designed.spec.nodes, baseline_tokens_per_s=designed.choice.baseline_tokens_per_s)
-            typer.echo(f"curve plot written to {png}")
-    spec = designed.spec
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spec.save(out)
-    typer.echo(f"{spec.nodes}-node tree (depth {spec.depth}, {objective}{describe_strength(spec.meta)}): "
-               f"predicted {prediction_text(spec.meta)}; written to {out}")
+        curve_png(choice.throughput_curve, png, chosen=choice.spec.nodes, baseline_tokens_per_s=choice.plain_tokens_per_s)
+        typer.echo(f"curve plot written to {png}")
+    write_output(out, json.dumps(choice.spec.to_json(), indent=1) + "\n")
+    typer.echo(f"{choice.summary()}; written to {out}")
 
 
-def describe_strength(meta: dict) -> str:
-    return f", shrinkage strength {meta['strength']:g}" if meta.get("objective") == "shrunk" else ""
-
-
-def prediction_text(meta: dict) -> str:
-    """'1.665 tokens/step (5-fold cross-validated; in-sample 1.666; 90% over prompt sets 1.62-1.71)'."""
-    cv = meta.get("cross_validation")
-    if not cv:
-        return f"{meta['expected_tokens_per_step']:.3f} tokens/step (in-sample replay of the calibration rollouts)"
-    low, high = cv["interval_90"]
-    return (f"{meta['expected_tokens_per_step']:.3f} tokens/step ({cv['folds']}-fold cross-validated over prompts; "
-            f"in-sample {meta['in_sample_tokens_per_step']:.3f}; 90% range over prompt sets of this size {low:.2f}-{high:.2f})")
 
 
 # --------------------------------------------------------------------------- device tuning
@@ -399,31 +366,6 @@ def profile(
     typer.echo(f"device: {result['device']}, dtype {result['dtype']}; written to {out}")
 
 
-def check_storage(storage: str) -> str:
-    """Refuse an optuna storage URL that cannot be opened before any model loads: not a URL, an unknown
-    database, a driver that is not installed, a SQLite file in a missing folder. Returns the URL with its
-    password hidden, for messages and the tree's meta."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    example = "e.g. sqlite:///tune.db or postgresql+psycopg2://user@host/db"
-    try:
-        url = make_url(storage)
-        dialect = url.get_dialect()
-    except NoSuchModuleError:  # a subclass of ArgumentError: first
-        fail(f"--storage {storage.split('@')[-1]!r}: unknown database {url.drivername!r}; {example}")
-    except ArgumentError:
-        fail(f"--storage {storage.split('@')[-1]!r}: not a database URL; {example}")
-    shown = url.render_as_string(hide_password=True)
-    try:
-        dialect.import_dbapi()
-    except ImportError as err:
-        fail(f"--storage {shown}: its driver is not installed ({err}); install it or name an installed one in the URL, {example}")
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and not Path(url.database).parent.is_dir():
-        fail(f"--storage {shown}: folder {Path(url.database).parent} does not exist; create it or use another path")
-    return shown
-
-
 @app.command()
 def tune(
     out: Path = typer.Option(..., "--out", help="tree spec JSON of the best trial"),
@@ -448,53 +390,35 @@ def tune(
     device: str = DeviceOpt,
 ):
     """Optuna study over budget, depth, children and objective, maximising measured tokens/s on this device."""
-    from medusa_runtime.bench import format_report, report_json_line, run_bench
-    from medusa_runtime.files import one_line
-    from sqlalchemy.exc import SQLAlchemyError
+    from medusa_runtime.bench import format_report, report_json_line
 
-    from medusa_runtime.sampling import same_distribution
-
-    from .calibration import calibrate as run_calibration, stats_provenance
-    from .tune import TuneSpace, best_tree, run_study, tuned_sampling
+    from .tune import TuneJob, check_storage, run_tune
 
     if trials < 1:
         fail("--trials must be >= 1")
     sampling = sampling_or_fail(temperature, top_k, top_p, seed, acceptance)
-    shown_storage = check_storage(storage) if storage is not None else None  # before the model loads: fail fast
+    if storage is not None:  # before the model loads: fail fast
+        try:
+            check_storage(storage)
+        except ValueError as err:
+            fail(str(err))
     loaded, medusa_heads, heads_path = load_everything(model, heads, dtype, device, need_heads=True)
-    ids = load_prompt_ids(loaded, prompts, select)
-    if stats_file is not None:
-        stats = load_stats_or_fail(stats_file)
-    else:
-        stats = run_calibration(loaded, medusa_heads, ids, max_new_tokens, 10,
-                                stats_provenance(medusa_heads, heads_path, prompts, select, len(ids), sampling, command_line()),
-                                sampling=sampling)
-    if sampling.sampled and same_distribution(stats.sampling(), sampling.settings()):
-        sampling = sampling.with_drafts(stats.provenance.get("drafts"))  # draft as the stats were ranked
-    out.parent.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{out.parent.resolve() / 'treeopt-tune.db'}"
+    job = TuneJob(out, prompts, select, trials=trials, storage=storage, study=study, max_budget=max_budget,
+                  max_new_tokens=max_new_tokens, sampling=sampling, holdout=holdout or None, command=command_line(), model=model,
+                  stats=load_stats_or_fail(stats_file) if stats_file is not None else None)
     try:
-        result = run_study(loaded, medusa_heads, stats, ids, trials, storage, study, max_new_tokens,
-                           TuneSpace(max_budget=max_budget, sampling=sampling))
-    except SQLAlchemyError as err:  # unreachable server, wrong credentials, a file that is not a database
-        fail(f"--storage {shown_storage or storage}: cannot be used ({err.__class__.__name__}: {one_line(getattr(err, 'orig', None) or err)}); "
-             f"check the server, the credentials or the file")
-    try:
-        spec = best_tree(result)
+        result = run_tune(loaded, medusa_heads, heads_path, job, load_prompt_ids(loaded, prompts, select),
+                          load_prompt_ids(loaded, prompts, holdout) if holdout else None)
     except ValueError as err:
         fail(str(err))
-    spec.meta["storage"] = storage if storage.startswith("sqlite") else storage.split("@")[-1]  # never store passwords
-    spec.save(out)
-    typer.echo(f"best of {len(result.trials)} trials: {spec.nodes} nodes, {result.best_value:.2f} tok/s on the tuning prompts "
-               f"({spec.meta['tuning_tokens_per_step']:.2f} tokens/step); params {result.best_params}; written to {out}")
-    if holdout:
-        report = run_bench(loaded, medusa_heads, spec, load_prompt_ids(loaded, prompts, holdout), 128,
-                           sampling=tuned_sampling(sampling, spec.meta))
-        report.model, report.heads, report.tree, report.prompt_source, report.select = model, heads_path, str(out), prompts, holdout
-        typer.echo("held-out:\n" + format_report(report))
+    spec, done = result.spec, result.study
+    typer.echo(f"best of {len(done.trials)} trials: {spec.nodes} nodes, {done.best_value:.2f} tok/s on the tuning prompts "
+               f"({spec.meta['tuning_tokens_per_step']:.2f} tokens/step); params {done.best_params}; written to {out}")
+    if result.holdout is not None:
+        typer.echo("held-out:\n" + format_report(result.holdout))
         if json_out:
-            write_output(json_out, json.dumps(report.to_json(), indent=1) + "\n")
-        typer.echo(report_json_line(report))
+            write_output(json_out, json.dumps(result.holdout.to_json(), indent=1) + "\n")
+        typer.echo(report_json_line(result.holdout))
 
 
 @app.command()
@@ -559,12 +483,9 @@ def plan(
     from .plan import plan_batches
 
     stats = load_stats_or_fail(stats_file)
-    if folds < 0 or folds == 1:
-        fail(f"--folds {folds}: use 0 (no cross-validation) or >= 2")
     latencies = load_latency_batches_or_fail(latency)
-    request = TreeRequest(None, objective, max_depth, max_children, target, folds)
     try:
-        result = plan_batches(stats, latencies, request, batching)
+        result = plan_batches(stats, latencies, TreeRequest(None, objective, max_depth, max_children, target, folds), batching)
     except (BuildError, ValueError) as err:
         fail(str(err))
     typer.echo(result.table())

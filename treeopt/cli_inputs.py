@@ -18,7 +18,7 @@ import typer
 from medusa_runtime.files import write_text_atomic
 from medusa_runtime.sampling import ACCEPTANCE_RULES, SamplingConfig, SamplingError
 
-from .plan import BATCHING, DEFAULT_BATCHING
+from .admission import BATCHING, DEFAULT_BATCHING
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_HEADS = {"smollm2-135m": REPO_DATA / "heads" / "smollm2-135m"}
@@ -218,21 +218,12 @@ def load_stats_or_fail(path: Path):
         fail(str(err))
 
 
-def load_latency_or_fail(path: Path, batch_size: int = 1):
-    from .tuning import load_latency
-
-    try:
-        return load_latency(path, batch_size)
-    except ValueError as err:
-        fail(str(err))
-
-
-def load_latency_batches_or_fail(path: Path) -> dict:
-    """batch size -> LatencyProfile for every batch size the file holds."""
+def load_latency_batches_or_fail(path: Path, batch_size: int = 1) -> dict:
+    """batch size -> LatencyProfile for every batch size the file holds (``batch_size`` among them)."""
     from .tuning import load_latency_batches
 
     try:
-        return load_latency_batches(path)
+        return load_latency_batches(path, batch_size)
     except ValueError as err:
         fail(str(err))
 

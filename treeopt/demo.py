@@ -4,6 +4,10 @@ Every stage writes its file to ``--out`` and is skipped when a file from the sam
 there, so an interrupted demo resumes where it stopped. ``sampling`` runs the whole job at a temperature:
 sampled calibration rollouts (coupled drafts by default, their head temperature fitted there), the verify step
 profiled with its draws, and a bench against HF sampling drafting as calibration ranked.
+
+The tree is ``choice.choose_tree``'s for batch size 1, static batches (what the bench runs), as ``build --budget auto``
+chooses it; its predicted tokens/s (the profile's medians) is printed beside the bench's measurement, with their ratio.
+This module loads nothing itself (the command line hands it the model and heads).
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     from medusa_runtime.bench import format_report, run_bench
     from medusa_runtime.prompts import render_chat, select_prompts
 
-    from .design import TreeRequest, design_tree
     from .calibration import calibrate, heads_fingerprint, stats_provenance
     from .profile import profile_latency
     from .stats import load_stats
-    from .tuning import load_latency
+    from .choice import Serving, choose_tree
+    from .design import TreeRequest
+    from .tuning import load_latency_batches
     from .viz import curve_png, tree_png
 
     out.mkdir(parents=True, exist_ok=True)
@@ -86,16 +91,17 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
         write_text_atomic(latency_path, json.dumps(profile_latency(loaded, heads, cfg.sizes, cfg.repeats, sampling=sampling),
                                                    indent=1) + "\n")
         _stamp(latency_path, settings)
-    latency = load_latency(latency_path)
+    latency = load_latency_batches(latency_path)
     # 3. build auto
     echo("[3/4] build the tree with the best predicted tokens/s")
-    designed = design_tree(stats, TreeRequest(None, max_budget=min(cfg.max_budget, max(cfg.sizes) - 1)), latency,
-                           {"builder": "treeopt demo"})
-    choice, spec = designed.choice, designed.spec
+    choice = choose_tree(stats, TreeRequest(None, max_budget=cfg.max_budget), latency, Serving(1, "static"),
+                         {"builder": "treeopt demo"})
+    spec = choice.spec
     echo(choice.table())
     spec.save(out / "tree.json")
     tree_png(spec, out / "tree.png", dict(zip(spec.paths, spec.meta["path_probabilities"])))
-    curve_png(choice.rows, out / "curve.png", chosen=spec.nodes, baseline_tokens_per_s=choice.baseline_tokens_per_s)
+    curve_png(choice.throughput_curve, out / "curve.png", chosen=spec.nodes,
+              baseline_tokens_per_s=choice.plain_tokens_per_s)
     # 4. bench on held-out prompts
     echo(f"[4/4] bench on held-out {cfg.prompts} --select {cfg.bench_select}: HF generate vs Medusa ({spec.nodes} nodes, "
          f"{sampling.describe()})")
@@ -104,4 +110,11 @@ def run_demo(loaded, heads, heads_path: str | None, cfg: DemoConfig, out: Path, 
     report.prompt_source, report.select = cfg.prompts, cfg.bench_select
     write_text_atomic(out / "report.json", json.dumps(report.to_json(), indent=1) + "\n")
     echo(format_report(report))
+    echo(predicted_vs_measured(choice.tokens_per_s, report.tokens_per_s))
     return report.to_json()
+
+
+def predicted_vs_measured(predicted: float, measured: float) -> str:
+    """'Medusa tok/s: predicted 33.83 (profile medians), measured 27.42: measured / predicted 0.81'."""
+    return (f"Medusa tok/s: predicted {predicted:.2f} (profile medians), measured {measured:.2f}: "
+            f"measured / predicted {measured / predicted:.2f}")

@@ -25,9 +25,9 @@ from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
 from .design import TreeRequest, design_tree
-from .plan import BatchLatency, budget_tokens_per_s, plan_batches, planned_tree
+from .plan import budget_tokens_per_s, plan_batches, planned_tree
 from .stats import CalibrationStats
-from .tuning import LatencyProfile
+from .tuning import BatchLatency, LatencyProfile
 
 
 @dataclass

@@ -5,12 +5,17 @@ objective) and, with typical acceptance, its thresholds; then decodes the tuning
 runtime and reports measured tokens/s. The study lives in an optuna storage (a local SQLite file by
 default) so an interrupted study resumes, and several processes or machines can share one study
 through any storage URL (PostgreSQL for a cluster).
+
+``run_tune`` is the whole of ``treeopt tune``: calibrate on the tuning prompts unless given stats, run (or join) the
+study, write the best trial's tree, bench it on held-out prompts. Each trial's tree is ``choice.choose_tree``'s for
+its fixed budget and shape. This module does not load models or prompts (the command line hands them over).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import optuna
 
@@ -19,7 +24,8 @@ from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import TreeSpec
 
 from .builder import OBJECTIVES, BuildError
-from .design import TreeRequest, design_tree
+from .choice import choose_tree
+from .design import TreeRequest
 from .stats import CalibrationStats
 
 
@@ -43,7 +49,7 @@ def trial_tree(trial: optuna.Trial, stats: CalibrationStats, space: TuneSpace) -
     max_children = trial.suggest_int("max_children", 1, stats.topk)
     objective = trial.suggest_categorical("objective", list(OBJECTIVES))
     try:
-        return design_tree(stats, TreeRequest(budget, objective, max_depth, max_children), meta={"builder": "treeopt tune"}).spec
+        return choose_tree(stats, TreeRequest(budget, objective, max_depth, max_children), meta={"builder": "treeopt tune"}).spec
     except BuildError as err:
         raise optuna.TrialPruned(str(err)) from None
 
@@ -119,3 +125,95 @@ def best_tree(study: optuna.Study) -> TreeSpec:
             "tuning_tokens_per_s": round(best.value, 3), "tuning_tokens_per_step": round(best.user_attrs["tokens_per_step"], 4),
             "expected_tokens_per_step": best.user_attrs["expected_tokens_per_step"], **best.params}
     return TreeSpec([tuple(p) for p in best.user_attrs["paths"]], meta)
+
+
+def check_storage(storage: str) -> str:
+    """Refuse an optuna storage URL that cannot be opened before any model loads: not a URL, an unknown database, a
+    driver that is not installed, a SQLite file in a missing folder (ValueError naming --storage and the fix). Returns
+    the URL with its password hidden, for messages and the tree's meta."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "e.g. sqlite:///tune.db or postgresql+psycopg2://user@host/db"
+    try:
+        url = make_url(storage)
+        dialect = url.get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError: first
+        raise ValueError(f"--storage {storage.split('@')[-1]!r}: unknown database {url.drivername!r}; {example}") from None
+    except ArgumentError:
+        raise ValueError(f"--storage {storage.split('@')[-1]!r}: not a database URL; {example}") from None
+    shown = url.render_as_string(hide_password=True)
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise ValueError(f"--storage {shown}: its driver is not installed ({err}); install it or name an installed one in "
+                         f"the URL, {example}") from None
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and not Path(url.database).parent.is_dir():
+        raise ValueError(f"--storage {shown}: folder {Path(url.database).parent} does not exist; create it or use another path")
+    return shown
+
+
+@dataclass
+class TuneJob:
+    """What ``treeopt tune`` was asked: where the study lives, how much of it, what each trial decodes."""
+
+    out: Path  # the best trial's tree spec
+    prompts: str  # prompt source (recorded in the stats' provenance and the held-out report)
+    select: str  # the tuning prompts' slice
+    trials: int = 20  # the study's total, whichever process ran them
+    storage: str | None = None  # optuna storage URL (None: SQLite next to ``out``)
+    study: str = "treeopt-tune"
+    max_budget: int = 128
+    max_new_tokens: int = 64  # per tuning prompt (the held-out bench runs 128)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stats: CalibrationStats | None = None  # None: calibrate on the tuning prompts
+    holdout: str | None = None  # the held-out prompts' slice (None: no held-out bench)
+    command: str | None = None  # recorded in the stats' provenance
+    model: str | None = None  # recorded in the held-out report
+
+
+@dataclass
+class TuneResult:
+    spec: TreeSpec  # the best trial's tree, as written to ``TuneJob.out``
+    study: optuna.Study
+    holdout: object | None = None  # the held-out ``BenchReport`` (None: no held-out prompts)
+
+
+def run_tune(loaded, heads, heads_path: str | None, job: TuneJob, prompt_ids, holdout_ids=None) -> TuneResult:
+    """Calibrate (unless ``job.stats``), run the study, write the best tree, bench it on ``holdout_ids``. ValueError
+    naming the option to change for a storage that cannot be used or a study without a completed trial."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from medusa_runtime.bench import run_bench
+    from medusa_runtime.files import one_line
+    from medusa_runtime.sampling import same_distribution
+
+    from .calibration import calibrate, stats_provenance
+
+    if job.trials < 1:
+        raise ValueError(f"--trials {job.trials}: use an integer >= 1")
+    sampling, stats = job.sampling, job.stats
+    if stats is None:
+        stats = calibrate(loaded, heads, prompt_ids, job.max_new_tokens, 10,
+                          stats_provenance(heads, heads_path, job.prompts, job.select, len(prompt_ids), sampling, job.command),
+                          sampling=sampling)
+    if sampling.sampled and same_distribution(stats.sampling(), sampling.settings()):
+        sampling = sampling.with_drafts(stats.provenance.get("drafts"))  # draft as the stats were ranked
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    storage = job.storage or f"sqlite:///{job.out.parent.resolve() / 'treeopt-tune.db'}"
+    try:
+        study = run_study(loaded, heads, stats, prompt_ids, job.trials, storage, job.study, job.max_new_tokens,
+                          TuneSpace(max_budget=job.max_budget, sampling=sampling))
+    except SQLAlchemyError as err:  # unreachable server, wrong credentials, a file that is not a database
+        shown = storage if storage.startswith("sqlite") else storage.split("@")[-1]
+        raise ValueError(f"--storage {shown}: cannot be used ({err.__class__.__name__}: "
+                         f"{one_line(getattr(err, 'orig', None) or err)}); check the server, the credentials or the file") from None
+    spec = best_tree(study)
+    spec.meta["storage"] = storage if storage.startswith("sqlite") else storage.split("@")[-1]  # never store passwords
+    spec.save(job.out)
+    report = None
+    if holdout_ids:
+        report = run_bench(loaded, heads, spec, holdout_ids, 128, sampling=tuned_sampling(sampling, spec.meta))
+        report.model, report.heads, report.tree = job.model, heads_path, str(job.out)
+        report.prompt_source, report.select = job.prompts, job.holdout
+    return TuneResult(spec, study, report)

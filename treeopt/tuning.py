@@ -1,25 +1,27 @@
-"""Pick the tree size from measured latency: predicted tokens/s = tokens_per_step(n) / step_latency(n).
+"""Latency profiles: the JSON ``treeopt profile`` writes, read and checked, and step and prefill times interpolated
+over tree size (``LatencyProfile``) and batch size (``BatchLatency``). Pure Python, no torch; it neither times nor
+chooses anything (``choice.py`` chooses trees from these times).
 
-Reads the latency JSON of ``treeopt profile`` (pure Python, no torch) and the replayed tokens/step
-curve of ``build``; the latency between measured sizes is interpolated linearly (beyond the largest
-measured size it is extrapolated from the last two points).
+The latency between measured tree sizes is interpolated linearly (beyond the largest measured size it is
+extrapolated from the last two points); between profiled batch sizes likewise.
 
-The step cost used is each size's 10th-percentile time (``p10_ms``), not its median: on a shared machine
-the noise is time stolen by other work, which only ever adds, so a low quantile estimates what the step
-itself costs. On this project's CPU, medians over 20 round-robin repeats put 6- and 8-node steps within
-1% of each other in one profile and picked 8 nodes, which then decoded 1.22-1.32x over ``generate``; the
-same profile read by 10th percentiles picks 4 nodes, which decoded 1.35-1.36x (``treeopt sweep`` agrees:
-4-6 nodes are fastest there). Files without ``p10_ms`` fall back to medians.
+Two readings of one profile, each with one use:
 
-Throughput, though, is predicted from medians (``LatencyProfile.typical``, used by ``plan.py``): the stolen
-time is real for whoever runs there, and a low quantile's optimism grows with the spread of the timings, which
-grows with the batch size (2026-12-02, [docs/results.md](../docs/results.md#where-the-plan-was-optimistic): by
-10th percentiles the static plan read +8% to +33% high at batch 4 and 8, by medians -6% to +16%).
+- sizes are chosen by each size's 10th-percentile time (``p10_ms``, ``LatencyProfile.statistic``): on a shared machine
+  the noise is time stolen by other work, which only ever adds, so a low quantile estimates what the step itself
+  costs. On this project's CPU, medians over 20 round-robin repeats put 6- and 8-node steps within 1% of each other
+  in one profile and picked 8 nodes, which then decoded 1.22-1.32x over ``generate``; the same profile read by 10th
+  percentiles picks 4 nodes, which decoded 1.35-1.36x (``treeopt sweep`` agrees: 4-6 nodes are fastest there).
+- tokens/s are predicted from medians (``LatencyProfile.typical``), everywhere (``build``, ``plan``, ``demo``,
+  ``sweep``): the stolen time is real for whoever runs there, and a low quantile's optimism grows with the spread of
+  the timings, which grows with the batch size (2026-12-02, [docs/results.md](../docs/results.md#where-the-plan-was-optimistic):
+  by 10th percentiles the static plan read +8% to +33% high at batch 4 and 8, by medians -6% to +16%).
+
+Files without ``p10_ms`` are read by medians for both.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,14 +107,18 @@ def latency_batch_sizes(path: str | Path) -> list[int]:
     return sorted(_batch_entries(path, _read_latency(path)))
 
 
-def load_latency_batches(path: str | Path) -> dict[int, "LatencyProfile"]:
-    """batch size -> its profile, for every batch size the latency file holds (``load_latency`` each)."""
-    return {b: load_latency(path, b) for b in latency_batch_sizes(path)}
+def load_latency_batches(path: str | Path, batch_size: int = 1) -> dict[int, "LatencyProfile"]:
+    """batch size -> its profile, for every batch size the latency file holds (``load_latency`` each); ValueError naming
+    the file and the command to re-run when ``batch_size`` is not among them."""
+    sizes = latency_batch_sizes(path)
+    if batch_size not in sizes:
+        load_latency(path, batch_size)  # raises: no batch size ``batch_size`` (profiled: ...); re-run ...
+    return {b: load_latency(path, b) for b in sizes}
 
 
 def load_latency(path: str | Path, batch_size: int = 1) -> LatencyProfile:
     """Read one batch size's profile from a latency file and check the fields ``LatencyProfile.at`` and
-    ``choose_budget`` compute with."""
+    the choice computes with."""
     path = Path(path)
     data = _read_latency(path)
     entries = _batch_entries(path, data)
@@ -159,36 +165,50 @@ def load_latency(path: str | Path, batch_size: int = 1) -> LatencyProfile:
 
 
 @dataclass
-class BudgetChoice:
-    paths: int
-    tokens_per_s: float  # of the whole batch: batch_size x tokens/step per step time
-    speedup: float  # predicted, against plain decoding at plain_step_ms per token per row
-    baseline_tokens_per_s: float
-    rows: list[dict]
-    statistic: str = "p10_ms"  # which timing of the profile the latencies are
-    batch_size: int = 1
+class BatchLatency:
+    """Verify-step and prefill latency over (batch size, tree nodes), from a profile holding several batch sizes."""
 
-    def table(self) -> str:
-        label = "p10 ms" if self.statistic == "p10_ms" else "med ms"
-        lines = [f"{'nodes':>5} {'tok/step':>8} {label:>8} {'tok/s':>7} {'vs plain':>8}"]
-        for r in self.rows:
-            mark = "  <- chosen" if r["paths"] == self.paths else ""
-            lines.append(f"{r['nodes']:>5} {r['tokens_per_step']:>8.3f} {r['latency_ms']:>8.1f} {r['tokens_per_s']:>7.2f} "
-                         f"{r['tokens_per_s'] / self.baseline_tokens_per_s:>7.2f}x{mark}")
-        batch = f" at batch size {self.batch_size}" if self.batch_size > 1 else ""
-        lines.append(f"plain decoding{batch}: {self.baseline_tokens_per_s:.2f} tok/s; chosen {self.paths + 1} nodes, "
-                     f"predicted {self.tokens_per_s:.2f} tok/s ({self.speedup:.2f}x)")
-        return "\n".join(lines)
+    profiles: dict[int, LatencyProfile]
 
+    def step_ms(self, batch: int, nodes: int) -> float:
+        """Step time of ``batch`` rows with an ``nodes``-node tree (1: a plain step), linear between profiled batch sizes."""
+        return self._along_batch(lambda p: p.plain_step_ms if nodes == 1 else p.at(nodes), batch)
 
-def choose_budget(curve: list[dict], latency: LatencyProfile) -> BudgetChoice:
-    """The n on the replayed curve that maximises batch_size x tokens_per_step / latency (ties: the smaller tree)."""
-    rows = []
-    b = latency.batch_size
-    for point in curve:
-        ms = latency.at(point["nodes"]) if point["nodes"] > 1 else latency.plain_step_ms
-        rows.append({"paths": point["paths"], "nodes": point["nodes"], "tokens_per_step": point["tokens_per_step"],
-                     "latency_ms": round(ms, 3), "tokens_per_s": round(b * point["tokens_per_step"] * 1000.0 / ms, 3)})
-    best = max(rows, key=lambda r: (r["tokens_per_s"], -r["paths"]))
-    baseline = b * 1000.0 / latency.plain_step_ms
-    return BudgetChoice(best["paths"], best["tokens_per_s"], best["tokens_per_s"] / baseline, baseline, rows, latency.statistic, b)
+    def typical(self) -> "BatchLatency":
+        """The same profiles read by medians (``LatencyProfile.typical``): what throughput is predicted from."""
+        return BatchLatency({b: p.typical() for b, p in self.profiles.items()})
+
+    @property
+    def statistic(self) -> str:
+        """Which timing of the profile these times are (p10_ms or median_ms)."""
+        return next(iter(self.profiles.values())).statistic
+
+    @property
+    def device(self) -> str:
+        return next(iter(self.profiles.values())).device
+
+    @property
+    def largest_tree(self) -> int:
+        """The largest tree every batch size was timed at (nodes)."""
+        return min(p.sizes[-1] for p in self.profiles.values())
+
+    @property
+    def has_prefill(self) -> bool:
+        return all(p.prefill for p in self.profiles.values())
+
+    def prefill_ms(self, batch: int, tokens: int) -> float:
+        """A prefill of ``batch`` prompts padded to ``tokens``, linear between profiled batch sizes (0 if not profiled)."""
+        return self._along_batch(lambda p: p.prefill_ms(tokens), batch) if self.has_prefill else 0.0
+
+    def _along_batch(self, at, batch: int) -> float:
+        """``at(profile)`` at ``batch`` rows: the smallest profile below it, linear between profiled batch sizes, and
+        beyond the largest the last two sizes' slope (never decreasing)."""
+        sizes = sorted(self.profiles)
+        value = {b: at(self.profiles[b]) for b in sizes}
+        if batch <= sizes[0]:
+            return value[sizes[0]]
+        b0, b1 = next(((x, y) for x, y in zip(sizes, sizes[1:]) if batch <= y), (sizes[-2], sizes[-1]) if len(sizes) > 1 else (sizes[0], sizes[0]))
+        if b1 == b0:
+            return value[b1]
+        slope = (value[b1] - value[b0]) / (b1 - b0)
+        return value[b0] + slope * (batch - b0) if batch <= b1 else value[b1] + max(0.0, slope) * (batch - b1)
