@@ -13,9 +13,9 @@ from treeopt.sweep import SweepTrees, paired_ratio, run_sweep, sweep_summary, sw
 from treeopt.tuning import LatencyProfile
 
 
-def profile(batch: int, plain: float, step: float) -> LatencyProfile:
+def profile(batch: int, plain: float, step: float, slope: float = 1.0) -> LatencyProfile:
     sizes = [2, 3, 4, 5]
-    return LatencyProfile("cpu", "float32", sizes, [step + n for n in sizes], plain, {}, batch_size=batch)
+    return LatencyProfile("cpu", "float32", sizes, [step + slope * n for n in sizes], plain, {}, batch_size=batch)
 
 
 @pytest.mark.parametrize("batching", ["static", "continuous"])
@@ -54,12 +54,14 @@ def test_paired_ratio_over_batches():
 def test_sweep_trees_add_the_planned_tree_s_neighbours_and_predict_for_the_queue():
     rows = [[0, 0], [1, 0], [0, 1], [2, 2], [0, 2], [1, 1], [2, 0], [0, 0], [1, 2]]  # two heads, ranks 0-2 right at times
     stats = CalibrationStats(2, 3, [rows, rows[::-1]], [9, 9], prompt_tokens=[5, 7])
-    latencies = {1: profile(1, 10.0, 10.0), 2: profile(2, 12.0, 14.0)}
-    planned = sweep_trees(stats, latencies, [0], [1, 2], "continuous", queue=5)
-    for plan_b in planned:
-        paths = int(plan_b.auto_label.split("(")[1].rstrip(")"))
-        expected = {"empty", plan_b.auto_label} | {f"budget {n}" for n in (paths - 1, paths + 1) if n > 0}
-        assert set(plan_b.trees) == expected
-        assert all(rate > 0 for rate in plan_b.predicted_tokens_per_s.values())
+    # batch 1: a verify step costs what a plain step does, so a tree beats plain decoding; batch 2: it costs 10x more
+    latencies = {1: profile(1, 10.0, 10.0, slope=0.0), 2: profile(2, 10.0, 100.0)}
+    one, two = sweep_trees(stats, latencies, [0], [1, 2], "continuous", queue=5)
+    assert set(two.trees) == {"empty", "auto (0)", "budget 1"}  # plain decoding planned, and its one neighbour
+    assert two.predicted_tokens_per_s["auto (0)"] == two.predicted_tokens_per_s["empty"] > two.predicted_tokens_per_s["budget 1"]
+    paths = len(one.trees[one.auto_label].paths)
+    assert paths > 0 and set(one.trees) == {"empty", f"auto ({paths})", f"budget {paths - 1}", f"budget {paths + 1}"}
+    best = max(one.predicted_tokens_per_s.values())
+    assert one.predicted_tokens_per_s[one.auto_label] == best > one.predicted_tokens_per_s["empty"]
     alone = sweep_trees(stats, latencies, [2], [1], "static", neighbours=False)[0]
     assert set(alone.trees) == {"empty", "budget 2", alone.auto_label}
