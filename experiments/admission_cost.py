@@ -9,10 +9,11 @@ kept in ``--references``, so that runs of two versions of the code compare again
 Time is split into the prefills' forwards, admission bookkeeping (a prefilled request joining the batch) and
 retirement (a finished request leaving it). With fixed slots (``ServeResults.timings``) those are serve's own
 figures; on the code before fixed slots (``DecodeState.join`` / ``keep``, which copied the whole KV cache) the
-script times those two methods, so the figure there leaves out the temporary cache each old prefill allocated (a
-lower bound). Prints a table and one JSON line.
+script times those two methods (and the prefill), so the figure there leaves out the temporary cache each old
+prefill allocated (counted in its prefill: the admission figure before is a lower bound). Prints a table and one
+JSON line. Run it on the code before fixed slots with that code first on PYTHONPATH (``git archive 8ceea67``).
 
-    OMP_NUM_THREADS=1 python experiments/admission_cost.py --references /tmp/admission_refs.json
+    OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/admission_cost.py --references /tmp/admission_refs.json
 """
 
 from __future__ import annotations
@@ -37,14 +38,20 @@ TREE = TreeSpec([(0,), (1,), (0, 0), (2,), (0, 1), (0, 0, 0)])  # 7 tokens per r
 
 
 class OldCopyTimer:
-    """On the code before fixed slots: seconds spent in DecodeState.join (admission) and keep (retirement)."""
+    """On the code before fixed slots: seconds spent in DecodeState.join (admission), keep (retirement) and the
+    decoder's prefill (its forward and its temporary cache)."""
 
     def __init__(self):
-        self.admission_s = self.retire_s = 0.0
+        self.admission_s = self.retire_s = self.prefill_s = 0.0
         self.joins = 0
         state = decoding.DecodeState
-        self.original = state.join, state.keep
-        join, keep = self.original
+        join, keep, prefill = state.join, state.keep, MedusaDecoder.prefill
+
+        def timed_prefill(decoder, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = prefill(decoder, *args, **kwargs)
+            self.prefill_s += time.perf_counter() - t0
+            return out
 
         def timed_join(this, other):
             t0 = time.perf_counter()
@@ -57,10 +64,10 @@ class OldCopyTimer:
             keep(this, rows)
             self.retire_s += time.perf_counter() - t0
 
-        state.join, state.keep = timed_join, timed_keep
+        state.join, state.keep, MedusaDecoder.prefill = timed_join, timed_keep, timed_prefill
 
     def reset(self):
-        self.admission_s = self.retire_s = 0.0
+        self.admission_s = self.retire_s = self.prefill_s = 0.0
         self.joins = 0
 
 
@@ -114,20 +121,22 @@ def main() -> None:
     results = decoder.serve(prompts, limits, args.batch_size)
     run_s = time.perf_counter() - t0
     if old:
-        code, admission_s, retire_s, admissions, moves = "copying (before)", old.admission_s, old.retire_s, old.joins + 1, None
+        code, prefill_s, moves = "copying (before)", old.prefill_s, None
+        admission_s, retire_s, admissions = old.admission_s, old.retire_s, old.joins + 1
     else:
         t = results.timings
-        code, admission_s, retire_s, admissions, moves = "fixed slots (after)", t.admission_s, t.retire_s, t.admissions, t.moves
+        code, prefill_s, moves = "fixed slots (after)", t.prefill_s, t.moves
+        admission_s, retire_s, admissions = t.admission_s, t.retire_s, t.admissions
     same = sum(r.tokens == ref for r, ref in zip(results, expected)) / len(expected)
     tokens = sum(len(r.tokens) for r in results)
     row = {"code": code, "label": args.label, "batch_size": args.batch_size, "requests": args.requests,
-           "context": [min(map(len, prompts)), max(map(len, prompts))], "new_tokens": tokens, "run_s": round(run_s, 3),
+           "context": [min(map(len, prompts)), max(map(len, prompts))], "new_tokens": tokens, "run_s": round(run_s, 3), "prefill_s": round(prefill_s, 3),
            "admission_s": round(admission_s, 4), "retire_s": round(retire_s, 4),
            "bookkeeping_fraction": round((admission_s + retire_s) / run_s, 5), "admissions": admissions,
            "ms_per_admission": round(1e3 * admission_s / admissions, 3), "moves": moves, "identical": same,
            "threads": torch.get_num_threads()}
-    print(f"{'code':>20} {'run s':>7} {'admit s':>8} {'retire s':>8} {'share':>7} {'ms/admit':>9} {'same':>5}")
-    print(f"{code:>20} {run_s:>7.2f} {admission_s:>8.3f} {retire_s:>8.3f} {row['bookkeeping_fraction']:>7.2%} "
+    print(f"{'code':>20} {'run s':>7} {'prefill s':>9} {'admit s':>8} {'retire s':>8} {'share':>7} {'ms/admit':>9} {'same':>5}")
+    print(f"{code:>20} {run_s:>7.2f} {prefill_s:>9.2f} {admission_s:>8.3f} {retire_s:>8.3f} {row['bookkeeping_fraction']:>7.2%} "
           f"{row['ms_per_admission']:>9.2f} {same:>5.2f}")
     print(json.dumps(row))
 
