@@ -27,7 +27,10 @@ from pathlib import Path
 import torch
 
 import medusa_runtime.decoding as decoding
-from medusa_runtime.bench import hf_references
+try:  # the script runs on the code before fixed slots too, where HF decoding lived in bench.py
+    from medusa_runtime.hf_decode import hf_references
+except ImportError:
+    from medusa_runtime.bench import hf_references
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.heads import load_heads
 from medusa_runtime.models import load_model
