@@ -41,11 +41,10 @@ class TimedDecoder(MedusaDecoder):
         self.steps.append((state.batch_size, (time.perf_counter() - t0) * 1e3))
         return out
 
-    def prefill(self, prompts, max_new_tokens, cache_len=None, slots=None):
+    def admit(self, state, start, prompts, requests, timings=None):
         t0 = time.perf_counter()
-        out = super().prefill(prompts, max_new_tokens, cache_len, slots)
+        super().admit(state, start, prompts, requests, timings)
         self.prefills.append((len(prompts), max(len(p) for p in prompts), (time.perf_counter() - t0) * 1e3))
-        return out
 
 
 def load_decoder(heads_dir: str, tree_path: str, kind=MedusaDecoder):

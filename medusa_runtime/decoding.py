@@ -7,94 +7,36 @@ with explicit per-row positions into a preallocated KV cache (``kv_cache.TreeKVC
 and write position, nothing is padded on the left, and the cache makes each forward's attention bias from those
 lengths), the acceptance rule per row (``acceptance.py``: greedy, sample-and-match or typical; draws keyed by the
 row's prompt and position, ``draws.py``), then each row's accepted path moved into place. Rows stop independently
-at EOS or their token limit and leave the batch at once (their cache rows are dropped), so a finished row costs
-nothing more. ``serve`` runs a queue of prompts through a fixed number of slots: a prompt is prefilled on its own
-when a slot is free and joins the next verify step (in-flight, or continuous, batching); ``generate_batch`` is
-the same loop with a slot for every prompt (one static batch). The model is driven through its public forward
+at EOS or their token limit and leave the batch at once, so a finished row costs nothing more. ``serve`` runs a
+queue of prompts through a fixed number of slots (``batch.DecodeState``: caches allocated once for B slots): a
+prompt is prefilled straight into a free slot's storage and joins the next verify step (in-flight, or continuous,
+batching), a finished one frees its slot, and no other row is copied; ``generate_batch`` is the same loop with a
+slot for every prompt (one static batch). ``serve`` keeps one ``served.Request`` per prompt. The model is driven through its public forward
 (``attention_mask`` as a 4-D additive bias, ``position_ids``, the cache); logits are ``lm_head(last_hidden_state)``,
-so models with logit soft-capping or scaling are refused. This module does not load models or heads; it reads a
-clock only when ``serve`` is given one.
+so models with logit soft-capping or scaling are refused. This module does not load models or heads; ``serve``
+times its admissions and retirements with ``time.perf_counter`` and reads its ``clock`` only when given one.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .acceptance import make_rule
+from .batch import DecodeState
 from .draws import prompt_key
 from .drafts import DraftOrder
 from .kv_cache import TreeKVCache
 from .layout import prepare_kernels
 from .lookup import ContextIndex, merge
 from .prefix import PrefixKVCache
+from .served import DecodeResult, Request, ServeResults, ServeTimings  # noqa: F401  (DecodeResult re-exported)
 from .sampling import SamplingConfig  # noqa: F401  (re-exported: callers build it with the decoder)
 from .spec import TreeSpec
 from .tree import TreeBuffers, build_buffers
-
-
-@dataclass
-class DecodeResult:
-    tokens: list[int]  # the new tokens, EOS included when it ended the answer
-    steps: int  # forward passes that produced tokens, prefill included
-    emitted_per_step: list[int] = field(default_factory=list)  # tokens each of those passes produced
-    stop_reason: str = "length"  # "eos" or "length"
-    # with a clock (``serve``): seconds from the start of the run to the prompt's prefill, first and last token
-    admitted_s: float | None = None
-    first_token_s: float | None = None
-    finished_s: float | None = None
-
-    @property
-    def tokens_per_step(self) -> float:
-        return len(self.tokens) / max(self.steps, 1)
-
-
-@dataclass
-class DecodeState:
-    """What a batch of sequences carries between steps; row i of every tensor is ``rows[i]`` of the batch. The cache
-    owns the rows' lengths (and with them the attention bias)."""
-
-    cache: TreeKVCache  # per-row lengths: the root of row i goes at position cache.lengths[i]
-    hidden: torch.Tensor  # [B, H] what the heads read at each row's last accepted token: its last hidden state, or
-    # with prefix attention the prefix layer's output there
-    root: torch.Tensor  # [B] each row's next token, already emitted, not yet in the cache
-    rows: list[int]  # which prompts (of the batch, or of the served queue) are still decoding
-    keys: list[int]  # each row's prompt key: keys its sampled draws (draws.py)
-    emitted: list[int]  # tokens each row has emitted so far (its oracle's offset)
-    indexes: list[ContextIndex] | None = None  # heads with context lookup only: each row's text so far (root included)
-    prefix: PrefixKVCache | None = None  # heads with prefix attention only: its keys and values of each row's answer so far
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.rows)
-
-    def keep(self, keep: list[int]) -> None:
-        """Keep only these rows (indices into the current rows): finished rows leave the batch."""
-        if keep == list(range(len(self.rows))):
-            return
-        self.cache.keep_rows(keep)
-        index = torch.tensor(keep, dtype=torch.long, device=self.hidden.device)
-        self.hidden, self.root = self.hidden.index_select(0, index), self.root.index_select(0, index)
-        self.rows = [self.rows[i] for i in keep]
-        self.keys = [self.keys[i] for i in keep]
-        self.emitted = [self.emitted[i] for i in keep]
-        if self.indexes is not None:
-            self.indexes = [self.indexes[i] for i in keep]
-        if self.prefix is not None:
-            self.prefix.keep_rows(keep)
-
-    def join(self, other: "DecodeState") -> None:
-        """Add ``other``'s rows (sequences just prefilled, with the same cache size) after these."""
-        self.cache.append(other.cache)
-        self.hidden, self.root = torch.cat([self.hidden, other.hidden]), torch.cat([self.root, other.root])
-        self.rows, self.keys, self.emitted = self.rows + other.rows, self.keys + other.keys, self.emitted + other.emitted
-        if self.indexes is not None:
-            self.indexes = self.indexes + other.indexes
-        if self.prefix is not None:
-            self.prefix.append(other.prefix)
 
 
 class PromptTooLongError(ValueError):
@@ -149,7 +91,10 @@ class MedusaDecoder:
         if window is not None and getattr(self.model.config, "use_sliding_window", True) and window < max_len:
             raise NotImplementedError(f"sliding-window attention (window {window}) shorter than the {max_len} tokens "
                                       f"needed is not supported; lower --max-new-tokens or the prompt length")
-        return TreeKVCache(self.model.config.num_hidden_layers, max_len, batch_size, self.device)
+        config = self.model.config
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return TreeKVCache(config.num_hidden_layers, max_len, batch_size, kv_heads, head_dim, self.device, self.dtype)
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor | None, cache: TreeKVCache) -> torch.Tensor:
         """tokens, positions: [B, T]; bias: [B, 1, T, span] or None (every row attends to everything). Returns [B, T, H]."""
@@ -213,18 +158,56 @@ class MedusaDecoder:
         return self.prefix.extend(prefix, rows, [len(path) for path in paths])
 
     # ------------------------------------------------------------------ the loop
+    def new_state(self, slots: int, cache_len: int) -> DecodeState:
+        """An empty batch of ``slots`` fixed slots of ``cache_len`` tokens each: its caches are allocated here, once,
+        and so are the kernels' packs of every row count it can run (``layout.prepare_kernels``), so that no
+        admission packs or allocates."""
+        b = self.buffers
+        prepare_kernels(self.model, [rows * b.num_nodes for rows in range(1, slots + 1)])  # rows come and go
+        cache = self._new_cache(cache_len, slots)
+        prefix = self.prefix.new_cache(slots, cache_len) if self.prefix is not None else None  # as long as the cache
+        for c in (cache, prefix):
+            if c is not None:
+                c.truncate(0)  # no live rows yet
+        hidden = torch.empty(0, self.model.config.hidden_size, device=self.device, dtype=self.dtype)
+        return DecodeState(cache=cache, hidden=hidden, root=torch.empty(0, dtype=torch.long, device=self.device), rows=[],
+                           keys=[], emitted=[], indexes=[] if self.lookup is not None else None, prefix=prefix)
+
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], max_new_tokens: int, cache_len: int | None = None,
                 slots: int | None = None) -> DecodeState:
-        """Check sizes, allocate the cache, run the prompts (right-padded to the longest) and emit each row's
-        first token. ``cache_len``: slots per row of the cache (default: what these prompts need), the same for every
-        prefill whose rows will join one batch; ``slots``: the most rows the batch will hold (default: these)."""
-        b = self.buffers
+        """Check sizes, allocate a batch (``new_state``) and prefill the prompts into its first slots (``admit``).
+        ``cache_len``: tokens per slot (default: what these prompts need); ``slots``: the most rows the batch will
+        hold (default: these)."""
         lengths = self.check_prompts(prompts, max_new_tokens)
+        state = self.new_state(max(len(prompts), slots or 0), cache_len or max(lengths) + max_new_tokens + self.buffers.num_nodes)
+        self.admit(state, 0, prompts, list(range(len(prompts))))
+        return state
+
+    @torch.inference_mode()
+    def admit(self, state: DecodeState, start: int, prompts: list[list[int]], requests: list[int],
+              timings: ServeTimings | None = None) -> None:
+        """Prefill ``prompts`` (requests ``requests`` of the queue) into slots ``start ..`` of ``state`` (free ones, or
+        the first past its live rows): their keys and values are written straight into those slots' storage, their
+        first tokens become the rows' roots (emitted, ``state.root``), and they join the next step. No other row is
+        read or copied. ``timings``: the forward's seconds go to ``prefill_s``, the rest to ``admission_s``."""
+        t0 = time.perf_counter()
+        cache, prefix = state.slot_caches(start, start + len(prompts))
+        t1 = time.perf_counter()
+        joining = self._prefill(prompts, cache, prefix)
+        joining.rows = list(requests)
+        t2 = time.perf_counter()
+        state.assign(start, joining)
+        if timings is not None:
+            timings.prefill_s += t2 - t1
+            timings.admission_s += (t1 - t0) + (time.perf_counter() - t2)
+            timings.admissions += 1
+
+    def _prefill(self, prompts: list[list[int]], cache: TreeKVCache, prefix: PrefixKVCache | None) -> DecodeState:
+        """Run the prompts (right-padded to the longest) through the model into ``cache`` (one live row per prompt, at
+        length 0) and ``prefix``, and emit each row's first token -> their DecodeState (rows not yet set)."""
+        lengths = [len(p) for p in prompts]
         batch, longest = len(prompts), max(lengths)
-        prepare_kernels(self.model, [rows * b.num_nodes for rows in range(1, max(batch, slots or 0) + 1)])  # rows come and go
-        max_len = cache_len or longest + max_new_tokens + b.num_nodes
-        cache = self._new_cache(max_len, batch)
         neg = torch.finfo(self.dtype).min
         tokens = torch.tensor([p + [p[-1]] * (longest - len(p)) for p in prompts], dtype=torch.long, device=self.device)  # [B, L]
         length = torch.tensor(lengths, device=self.device)
@@ -240,9 +223,7 @@ class MedusaDecoder:
         indexes = None
         if self.lookup is not None:
             indexes = [ContextIndex(self.lookup, prompt + [first]) for prompt, first in zip(prompts, root.tolist())]
-        prefix = None
-        if self.prefix is not None:  # its window starts at the last prompt token; each step adds at most N tokens
-            prefix = self.prefix.new_cache(batch, max_len)  # as long as the cache: every prefill of a batch alike
+        if prefix is not None:  # its window starts at the last prompt token; each step adds at most N tokens
             hidden = self.prefix.extend(prefix, hidden[:, None], [1] * batch)  # [B, H]
         return DecodeState(cache=cache, hidden=hidden, root=root, rows=list(range(batch)), keys=keys,
                            emitted=[1] * batch, indexes=indexes, prefix=prefix)
@@ -308,16 +289,73 @@ class MedusaDecoder:
         oracles: list[list[int]] | None = None,
         on_tokens: Callable[[int, list[int]], None] | None = None,
         clock: Callable[[], float] | None = None,
-    ) -> list[DecodeResult]:
+    ) -> ServeResults:
         """Decode every prompt through ``slots`` rows (default: one per prompt, a single static batch): prompts are
-        taken in order, each prefilled on its own when a row is free, and join the next verify step; each stops
-        exactly at EOS or at its own ``max_new_tokens`` (one limit for all, or one per prompt) and leaves at once.
+        taken in order, each prefilled into a slot as soon as one is free, and join the next verify step; each stops
+        exactly at EOS or at its own ``max_new_tokens`` (one limit for all, or one per prompt) and frees its slot at
+        once. Returns one DecodeResult per prompt (a ``ServeResults`` list, whose ``timings`` say how long admitting
+        and retiring requests took).
 
         ``oracles``: per prompt, the reference continuation that replaces the heads' guesses (a ceiling).
         ``on_tokens(prompt, tokens)`` is called with each prompt's new tokens as they are emitted. ``clock``: a
         function of seconds; each result then records when its prompt was prefilled, and its first and last token."""
         limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
         slots = len(prompts) if slots is None else slots
+        self._check_serve(prompts, limits, slots, oracles)
+        cache_len = max(self.check_prompts(prompts, max(limits))) + max(limits) + self.buffers.num_nodes
+        start = clock() if clock else 0.0
+        since = (lambda: clock() - start) if clock else (lambda: None)
+        requests = [Request(i, prompt, limit) for i, (prompt, limit) in enumerate(zip(prompts, limits))]
+        waiting, timings = deque(requests), ServeTimings()
+        self.rule.restart()  # unkeyed noise starts again at its seed: a seed fixes every call's output
+        state = self.new_state(min(slots, len(prompts)), cache_len)
+
+        def emit(request: Request, tokens: list[int]) -> None:
+            kept = request.take(tokens, self.eos)
+            if on_tokens:
+                on_tokens(request.index, kept)
+            if request.finished(self.eos):
+                request.finished_s = since()  # one reading per finished prompt: the step's end
+
+        while True:
+            while waiting and state.free_slots():  # admit: prefill the next prompts into free slots
+                self._admit_waiting(state, waiting, requests, timings, since, emit)
+            t0 = time.perf_counter()
+            timings.moves += state.compact()  # no request waits for the rows still free
+            timings.retire_s += time.perf_counter() - t0
+            if not state.batch_size:
+                break
+            for row, tokens in enumerate(self.step(state, oracles)):
+                emit(requests[state.rows[row]], tokens)
+            self._retire_finished(state, requests, timings)
+        return ServeResults([r.result(self.eos) for r in requests], timings)
+
+    def _admit_waiting(self, state: DecodeState, waiting: deque, requests: list[Request], timings: ServeTimings,
+                       since: Callable[[], float | None], emit: Callable[[Request, list[int]], None]) -> None:
+        """Prefill the next waiting prompts into the first run of adjacent free slots, emit their first tokens and
+        retire those that end there."""
+        free = state.free_slots()
+        run = 1
+        while run < min(len(free), len(waiting)) and free[run] == free[0] + run:
+            run += 1
+        taken = [waiting.popleft() for _ in range(run)]
+        admitted = since()
+        self.admit(state, free[0], [r.prompt for r in taken], [r.index for r in taken], timings)
+        first = since()
+        for request, token in zip(taken, state.root[free[0] : free[0] + run].tolist()):
+            request.admitted_s, request.first_token_s = admitted, first
+            emit(request, [token])
+        self._retire_finished(state, requests, timings)
+
+    def _retire_finished(self, state: DecodeState, requests: list[Request], timings: ServeTimings) -> None:
+        """Free the slot of every live row whose request has finished (nothing is copied)."""
+        t0 = time.perf_counter()
+        for row, index in enumerate(state.rows):
+            if row not in state.free and requests[index].finished(self.eos):
+                state.retire(row)
+        timings.retire_s += time.perf_counter() - t0
+
+    def _check_serve(self, prompts: list[list[int]], limits: list[int], slots: int, oracles: list[list[int]] | None) -> None:
         if self.buffers.num_nodes > 1 and self.heads is None and oracles is None:
             raise ValueError("a non-empty tree needs Medusa heads (--heads) or --oracle")
         if oracles is not None and len(oracles) != len(prompts):
@@ -328,51 +366,6 @@ class MedusaDecoder:
             raise ValueError(f"need one token limit >= 1 per prompt ({len(limits)} limits for {len(prompts)} prompts)")
         if slots < 1:
             raise ValueError(f"--batch-size {slots}: use an integer >= 1")
-        cache_len = max(self.check_prompts(prompts, max(limits))) + max(limits) + self.buffers.num_nodes
-        start = clock() if clock else 0.0
-        outs: list[list[int]] = [[] for _ in prompts]
-        per_step: list[list[int]] = [[] for _ in prompts]  # tokens each prompt got from each forward that served it
-        times: list[list[float]] = [[] for _ in prompts]  # prefilled, first token, last token
-        waiting = deque(range(len(prompts)))
-        state: DecodeState | None = None
-        self.rule.restart()  # unkeyed noise starts again at its seed: a seed fixes every call's output
-
-        def emit(i: int, tokens: list[int]) -> None:
-            kept = []
-            for token in tokens:  # cut at EOS or the limit, mid-path if need be
-                kept.append(token)
-                if token in self.eos or len(outs[i]) + len(kept) >= limits[i]:
-                    break
-            outs[i].extend(kept)
-            per_step[i].append(len(kept))
-            if on_tokens:
-                on_tokens(i, kept)
-            if clock and self._finished(outs[i], limits[i]):
-                times[i].append(clock() - start)  # one reading per finished prompt: the step's end
-
-        while waiting or (state is not None and state.rows):
-            free = slots - (state.batch_size if state is not None else 0)
-            if waiting and free > 0:  # admit: prefill the next prompts on their own, they join this step's batch
-                take = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                admitted = clock() - start if clock else 0.0
-                joining = self.prefill([prompts[i] for i in take], max(limits[i] for i in take), cache_len, slots)
-                joining.rows = take
-                first = clock() - start if clock else 0.0
-                for i, token in zip(take, joining.root.tolist()):
-                    times[i] += [admitted, first]
-                    emit(i, [token])
-                if state is None:
-                    state = joining
-                else:
-                    state.join(joining)
-            else:
-                for i, tokens in zip(state.rows, self.step(state, oracles)):
-                    emit(i, tokens)
-            state.keep([k for k, i in enumerate(state.rows) if not self._finished(outs[i], limits[i])])
-        return [DecodeResult(tokens=out, steps=len(counts), emitted_per_step=counts,
-                             stop_reason="eos" if out[-1] in self.eos else "length",
-                             **(dict(zip(("admitted_s", "first_token_s", "finished_s"), t)) if clock else {}))
-                for out, counts, t in zip(outs, per_step, times)]
 
     def generate_batch(
         self,
@@ -384,9 +377,6 @@ class MedusaDecoder:
         """Decode up to ``max_new_tokens`` after each prompt, together (one static batch: ``serve`` with a row for every
         prompt), each row stopping exactly at EOS. ``oracles``, ``on_tokens(row, tokens)``: as for ``serve``."""
         return self.serve(prompts, max_new_tokens, None, oracles, on_tokens)
-
-    def _finished(self, out: list[int], max_new_tokens: int) -> bool:
-        return bool(out) and (out[-1] in self.eos or len(out) >= max_new_tokens)
 
     def generate(
         self,

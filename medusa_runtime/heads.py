@@ -39,7 +39,6 @@ calibration and bench can measure what an engine runs.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -93,9 +92,27 @@ def true_path(future: torch.Tensor) -> torch.Tensor:
 class MedusaHeads(nn.Module):
     """K heads over the base model's last hidden state; head k guesses the token k+1 steps ahead."""
 
-    def __init__(self, config: HeadsConfig, base_lm_head: nn.Module | None = None):
+    def __init__(self, config: HeadsConfig, base_lm_head: nn.Module | None = None, weights_of: "MedusaHeads | None" = None):
+        """Fresh heads for ``config``; with ``weights_of``, heads that run that module's own layers (shared, not
+        copied: an edit to one is an edit to both) under ``config``, which may drop context lookup and prefix
+        attention but must have the same layers (``engine_view``)."""
         super().__init__()
         self.config = config
+        if weights_of is None:
+            self._build_layers(config)
+        else:
+            self._share_layers(weights_of, config)
+        # the base lm_head and input embedding are borrowed, not owned: never saved with the heads
+        self._base_lm_head = [base_lm_head]
+        self._base_embedding: list[nn.Module | None] = [None]
+        # [V'] token ids the heads may guess (None: all); a buffer so .to(device) moves it, never saved in the state dict
+        self.register_buffer("draft_vocab", None, persistent=False)
+        self.draft_vocab_meta: dict = {}
+        # inference-only linears built from the weights (``_frozen``): ("draft", id(lm_head weight)) -> the draft
+        # vocabulary's rows of it; ("input", i) -> [R_i | P_i0 | ..] side by side; each with the weights' key
+        self._frozen_linears: dict[tuple, tuple[tuple, nn.Linear]] = {}
+
+    def _build_layers(self, config: HeadsConfig) -> None:
         blocks = []
         for _ in range(config.num_heads):
             layers: list[nn.Module] = [ResBlock(config.hidden_size) for _ in range(config.num_layers)]
@@ -110,15 +127,16 @@ class MedusaHeads(nn.Module):
                                         for i in range(config.num_heads)) if config.sequential else None)
         # Hydra++ prefix attention over the base hidden states (identity at first); None without it
         self.prefix = PrefixAttention(config.hidden_size, config.prefix_attention) if config.prefix_attention else None
-        # the base lm_head and input embedding are borrowed, not owned: never saved with the heads
-        self._base_lm_head = [base_lm_head]
-        self._base_embedding: list[nn.Module | None] = [None]
-        # [V'] token ids the heads may guess (None: all); a buffer so .to(device) moves it, never saved in the state dict
-        self.register_buffer("draft_vocab", None, persistent=False)
-        self.draft_vocab_meta: dict = {}
-        # inference-only linears built from the weights (``_frozen``): ("draft", id(lm_head weight)) -> the draft
-        # vocabulary's rows of it; ("input", i) -> [R_i | P_i0 | ..] side by side; each with the weights' key
-        self._frozen_linears: dict[tuple, tuple[tuple, nn.Linear]] = {}
+
+    def _share_layers(self, source: "MedusaHeads", config: HeadsConfig) -> None:
+        layers = ("num_heads", "num_layers", "hidden_size", "vocab_size", "shared_lm_head", "root_conditioned", "sequential")
+        differ = [k for k in layers if getattr(config, k) != getattr(source.config, k)]
+        if config.prefix_attention and config.prefix_attention != source.config.prefix_attention:
+            differ.append("prefix_attention")
+        if differ:
+            raise ValueError(f"heads that share another's weights need its layers; the config differs in {', '.join(differ)}")
+        self.heads, self.root_proj, self.path_proj = source.heads, source.root_proj, source.path_proj
+        self.prefix = source.prefix if config.prefix_attention else None
 
     @property
     def num_heads(self) -> int:
@@ -307,10 +325,10 @@ class MedusaHeads(nn.Module):
             raise EngineError(f"{ENGINES[engine]} runs plain Medusa heads (they read the last hidden state only) and these are "
                               f"{self.config.kind} heads; pass --heads with plain heads (treeopt train-heads --kind plain), "
                               f"or leave out --engine to calibrate them as treeopt's runtime runs them")
-        view = copy.copy(self)  # nn.Module state lives in dicts: give the view its own, so the original stays as it is
-        view.__dict__ = {**self.__dict__, "config": replace(self.config, context_lookup=None, prefix_attention=None),
-                         "_modules": {**self._modules, "prefix": None}, "_buffers": {**self._buffers, "draft_vocab": None},
-                         "_parameters": dict(self._parameters), "draft_vocab_meta": {}, "_frozen_linears": {}}
+        view = MedusaHeads(replace(self.config, context_lookup=None, prefix_attention=None), weights_of=self)
+        view.attach_base_lm_head(self._base_lm_head[0])
+        view._base_embedding = list(self._base_embedding)
+        view.train(self.training)
         if engine in DRAFT_VOCAB_ENGINES and self.draft_vocab is not None:
             view.set_draft_vocab(self.draft_vocab, self.draft_vocab_meta)
         return view

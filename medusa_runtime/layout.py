@@ -31,9 +31,20 @@ The baseline (one row: plain decoding, Hugging Face ``generate``) is then as fas
 speedups compare decoding strategies, not kernels.
 
 Memory: oneDNN's packed copy doubles every linear's weight; each row count that takes MKL's kernel adds one more
-copy, made on first use or ahead of it by ``prepare_kernels`` (the decoder's prefill and the bench's warm-up call it), while the packs of all linears together stay under a quarter of the machine's memory
+copy, made on first use or ahead of it by ``prepare_kernels`` (the decoder calls it once per batch it allocates,
+``MedusaDecoder.new_state``, never per admission; the bench's warm-up calls it too), while the packs of all linears
+together stay under a quarter of the machine's memory
 (``mkl_pack_budget_bytes``); past that a row count takes oneDNN instead (a ``treeopt profile`` over many sizes of
 a large model can hit it: its larger sizes then time oneDNN).
+
+Why the table and the pack budget are process-wide rather than owned by a decoder: the table is a property of the
+machine (CPU model, threads, torch build; ``machine_key``), timed once per machine and kept on disk, and it is read
+by the ``PackedLinear`` modules of the model, which several decoders share (the serve bench runs a tree decoder and
+a plain one over one model; the heads' layers are shared by their engine views): a table per decoder would run the
+same linear with different kernels depending on who called it, and time the kernels again for every decoder. The
+pack budget bounds the process's memory, which all decoders share. Nothing here is timed per call: ``kernel_table``
+is computed once per process (``functools.cache``), so a request admitted mid-run never times kernels; its prefill
+takes oneDNN past 8 prompt tokens (no pack needed), and only a prompt of 8 tokens or fewer may make an MKL pack.
 
 ``pack_linears`` swaps every ``nn.Linear`` of a model for a ``PackedLinear`` (a subclass: same weight Parameter,
 same state dict, ``isinstance(m, nn.Linear)`` still holds) that takes the table's kernel without autograd and stock

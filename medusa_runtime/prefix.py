@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kv_cache import SlotRows
+
 CONFIG_KEY = "medusa_prefix_attention"
 KEY_PREFIX = "prefix."
 
@@ -50,21 +52,39 @@ class PrefixConfig:
                                                    "up.weight": (inner, hidden), "down.weight": (hidden, inner)}.items()}
 
 
-class PrefixKVCache:
-    """The prefix layer's keys and values for B sequences: k, v [B, A, capacity, d]; row b holds ``lengths[b]``."""
+class PrefixKVCache(SlotRows):
+    """The prefix layer's keys and values for a batch in fixed slots: k, v [slots, A, capacity, d], allocated once;
+    live row b (slots ``0 .. n-1``) holds ``lengths[b]`` positions. Slots work as the main KV cache's do
+    (``kv_cache.SlotRows``: ``rows_view`` for a prefill in place, ``occupy``, ``release``, ``move_row``)."""
 
-    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, device, dtype):
-        self.k = torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, device, dtype,
+                 storage: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``batch`` slots, all live at length 0; ``storage``: (k, v) to use instead of allocating (``rows_view``)."""
+        if storage is None:
+            storage = (torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype),
+                       torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype))
+        self.k, self.v = storage
         self.lengths = [0] * batch
+
+    def storage(self) -> list[torch.Tensor]:
+        return [self.k, self.v]
 
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
 
+    def rows_view(self, start: int, stop: int) -> "PrefixKVCache":
+        """A cache over slots ``start .. stop-1`` of this one's storage (views), those slots live at length 0."""
+        return PrefixKVCache(stop - start, 0, 0, 0, None, None, storage=(self.k[start:stop], self.v[start:stop]))
+
+    def span(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The live rows' first ``end`` positions: k, v [n, A, end, d] (views)."""
+        n = len(self.lengths)
+        return self.k[:n, :, :end], self.v[:n, :, :end]
+
     def write(self, k: torch.Tensor, v: torch.Tensor, counts: list[int]) -> int:
-        """Append row b's first ``counts[b]`` new keys and values (k, v [B, A, T, d], padded to T) after its length;
-        returns the span every row's attention must cover (the longest new length)."""
+        """Append live row b's first ``counts[b]`` new keys and values (k, v [n, A, T, d], padded to T) after its
+        length; returns the span every row's attention must cover (the longest new length)."""
         if len(counts) != len(self.lengths):
             raise ValueError(f"{len(counts)} new-row counts for a cache of {len(self.lengths)} sequences")
         end = max(n + k.shape[2] for n in self.lengths)
@@ -76,19 +96,6 @@ class PrefixKVCache:
             self.v[b, :, n : n + count] = v[b, :, :count]
         self.lengths = [n + count for n, count in zip(self.lengths, counts)]
         return max(self.lengths)
-
-    def keep_rows(self, keep: list[int]) -> None:
-        """Keep only these sequences (indices into the current ones)."""
-        index = torch.tensor(keep, dtype=torch.long, device=self.k.device)
-        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
-        self.lengths = [self.lengths[i] for i in keep]
-
-    def append(self, other: "PrefixKVCache") -> None:
-        """Add ``other``'s sequences after these (sequences joining a running batch); same capacity."""
-        if other.capacity != self.capacity:
-            raise ValueError(f"cannot append a prefix cache of {other.capacity} positions to one of {self.capacity}")
-        self.k, self.v = torch.cat([self.k, other.k]), torch.cat([self.v, other.v])
-        self.lengths = self.lengths + other.lengths
 
 
 class PrefixAttention(nn.Module):
@@ -144,7 +151,8 @@ class PrefixAttention(nn.Module):
         keys = torch.arange(span, device=x.device)
         at = starts[:, None] + torch.arange(T, device=x.device)  # [B, T]: each new row's position in its sequence
         visible = keys[None, None, :] <= at[:, :, None]  # [B, T, span]: causal over the row's own cache
-        attn = F.scaled_dot_product_attention(q, cache.k[:, :, :span], cache.v[:, :, :span], attn_mask=visible[:, None])
+        k_all, v_all = cache.span(span)  # [B, A, span, d]
+        attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=visible[:, None])
         z = self._finish(x, attn)  # [B, T, H]
         last = torch.tensor(counts, device=x.device) - 1
         return z[torch.arange(B, device=x.device), last]

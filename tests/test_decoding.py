@@ -128,10 +128,10 @@ def test_finished_rows_leave_the_batch():
     decoder.eos = {eos}
     sizes = []
     real_step = decoder.step
-    decoder.step = lambda state, oracles=None: (sizes.append((state.batch_size, state.cache.layers[0].keys.shape[0])), real_step(state, oracles))[1]
+    decoder.step = lambda state, oracles=None: (sizes.append((state.batch_size, len(state.cache.lengths))), real_step(state, oracles))[1]
     results = decoder.generate_batch([[4, 5], [6, 7, 8]], 12)
     assert results[0].tokens == free[0][: free[0].index(eos) + 1] and results[1].tokens == free[1]
-    assert all(b == cache_rows for b, cache_rows in sizes)  # the cache holds exactly the live rows
+    assert all(b == cache_rows for b, cache_rows in sizes)  # a step runs over exactly the live rows
     assert sizes[0] == (2, 2) and sizes[-1] == (1, 1)  # both rows at first, the second alone at the end
     assert sum(b for b, _ in sizes) == results[0].steps - 1 + results[1].steps - 1  # a finished row costs no step
     short = decoder.generate_batch([[4, 5], [6, 7, 8]], 2)  # both rows end together: still correct
@@ -235,12 +235,12 @@ def test_served_queue_admits_a_prompt_when_a_row_frees_and_never_exceeds_its_slo
     decoder = MedusaDecoder(model, HEADS["llama"], TreeSpec([(0,), (1,), (0, 0)]), eos_token_ids=[])
     sizes, ticks = [], iter(range(10_000))
     real_step = decoder.step
-    decoder.step = lambda state, oracles=None: (sizes.append((state.batch_size, state.cache.layers[0].keys.shape[0])), real_step(state, oracles))[1]
+    decoder.step = lambda state, oracles=None: (sizes.append((state.batch_size, len(state.cache.lengths))), real_step(state, oracles))[1]
     prompts = [[4, 5], [6, 7, 8], [9], [10, 11, 12, 13], [14]]
     limits = [3, 12, 5, 8, 2]
     results = decoder.serve(prompts, limits, slots=2, clock=lambda: float(next(ticks)))
     assert [r.tokens for r in results] == [hf_greedy(model, p, n, []) for p, n in zip(prompts, limits)]
-    assert max(b for b, _ in sizes) == 2 and all(b == rows for b, rows in sizes)  # two slots, the cache holds the live rows
+    assert max(b for b, _ in sizes) == 2 and all(b == rows for b, rows in sizes)  # two slots; a step runs over the live rows
     admitted = [r.admitted_s for r in results]
     assert admitted[0] == admitted[1] < admitted[2] < admitted[3] < admitted[4]  # later prompts wait for a free row
     assert results[2].admitted_s >= results[0].finished_s  # prompt 2 took the row prompt 0 freed

@@ -337,6 +337,8 @@ def test_prefix_attention_round_trip_and_errors(tmp_path, model):
 def test_engine_view_runs_the_same_weights_as_an_engine_does():
     """The engine view ranks the whole vocabulary with the heads' own layers and reads no lookup and no prefix layer;
     the heads it came from keep all of theirs."""
+    from dataclasses import replace
+
     import torch
 
     from medusa_runtime.heads import EngineError
@@ -348,6 +350,9 @@ def test_engine_view_runs_the_same_weights_as_an_engine_does():
     view = heads.engine_view("trtllm")
     assert view.draft_vocab is None and view.config.context_lookup is None and view.prefix is None
     assert heads.draft_vocab is not None and heads.config.context_lookup is not None and heads.prefix is not None
+    assert list(view.parameters()) and all(a is b for a, b in zip(view.parameters(), heads.heads.parameters()))  # shared
+    with pytest.raises(ValueError, match="the config differs in num_layers"):
+        type(heads)(replace(view.config, num_layers=view.config.num_layers + 1), weights_of=heads)
     h = torch.randn(3, model.config.hidden_size)
     # an independent computation of what an engine ranks: each head's layers, then the base lm_head, over all tokens
     expected = torch.stack([model.get_output_embeddings()(head(h)) for head in heads.heads], dim=-2)  # [3, K, V]

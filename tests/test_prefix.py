@@ -55,7 +55,7 @@ def test_later_rows_do_not_change_earlier_outputs():
     assert not torch.allclose(layer(x)[0, 5:], layer(y)[0, 5:])
 
 
-def test_cache_writes_per_row_keeps_rows_and_refuses_overflow():
+def test_cache_writes_per_row_moves_a_row_into_a_freed_slot_and_refuses_overflow():
     cache = PrefixKVCache(batch=3, heads=2, head_dim=4, capacity=6, device="cpu", dtype=torch.float32)
     k = torch.arange(3 * 2 * 3 * 4, dtype=torch.float32).view(3, 2, 3, 4)  # [B, A, T, d]
     assert cache.write(k, -k, [1, 3, 2]) == 3
@@ -64,9 +64,11 @@ def test_cache_writes_per_row_keeps_rows_and_refuses_overflow():
     assert cache.k[0, :, 1:].abs().sum() == 0  # row 0's padding was not written
     assert cache.write(k[:, :, :2], k[:, :, :2], [2, 1, 2]) == 4
     assert torch.equal(cache.k[0, :, 1:3], k[0, :, :2])  # appended after row 0's own length
-    cache.keep_rows([2, 0])
-    assert cache.lengths == [4, 3] and cache.k.shape[0] == 2
-    assert torch.equal(cache.k[1, :, 0], k[0, :, 0])
+    cache.release(0)
+    cache.move_row(2, 0)  # the last row fills the freed slot: one row's copy
+    cache.truncate(2)
+    assert cache.lengths == [4, 4] and cache.k.shape[0] == 3
+    assert torch.equal(cache.k[0, :, :2], k[2, :, :2]) and torch.equal(cache.k[1, :, :3], k[1])
     with pytest.raises(ValueError, match="cannot take 3 more"):
         cache.write(k[:2], k[:2], [3, 3])
     with pytest.raises(ValueError, match="1 new-row counts for a cache of 2"):
