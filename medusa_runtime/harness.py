@@ -90,6 +90,7 @@ class Run:
     round: int
     rows: list[Row]
     seconds: float
+    bookkeeping_s: float | None = None  # the runtime's time admitting and retiring requests, forwards excluded (None: HF)
 
     @property
     def tokens(self) -> int:
@@ -99,6 +100,7 @@ class Run:
 class Arm(Protocol):
     name: str
     checked: bool  # whether its rows must equal the references (HF's own sampling draws other text)
+    bookkeeping_s: float | None  # the last call's admitting and retiring time (None: an arm that does not say)
 
     def decode(self, queue: Queue, indices: list[int], clock: Callable[[], float], limit: int | None = None) -> list[Row]:
         """Decode ``indices`` of the queue in one call (``limit``: a cap on every row's tokens, for warm-ups)."""
@@ -119,11 +121,13 @@ class RuntimeArm:
     slots: int | None = None
     oracles: "References | None" = None
     checked: bool = True
+    bookkeeping_s: float | None = None
 
     def decode(self, queue: Queue, indices: list[int], clock: Callable[[], float], limit: int | None = None) -> list[Row]:
         oracles = [self.oracles.get(i) for i in indices] if self.oracles is not None else None
         out = self.decoder.serve([queue.prompts[i] for i in indices], _limits(queue, indices, limit), self.slots, oracles,
                                  clock=clock)
+        self.bookkeeping_s = out.timings.bookkeeping_s
         return [Row(i, r.tokens, r.steps, r.first_token_s, r.finished_s) for i, r in zip(indices, out)]
 
 
@@ -137,6 +141,7 @@ class HFArm:
     eos_token_ids: list[int]
     sampling: SamplingConfig
     checked: bool = True
+    bookkeeping_s: float | None = None
 
     def __post_init__(self):
         self.checked = self.checked and not self.sampling.sampled  # do_sample draws its own text, not the keyed one
@@ -158,6 +163,7 @@ class StaticBatches:
     batch_size: int
     name: str = ""
     checked: bool = True
+    bookkeeping_s: float | None = None
 
     def __post_init__(self):
         self.name = self.name or self.arm.name
@@ -166,9 +172,13 @@ class StaticBatches:
     def decode(self, queue: Queue, indices: list[int], clock: Callable[[], float], limit: int | None = None) -> list[Row]:
         start = clock()
         rows: dict[int, Row] = {}
+        self.bookkeeping_s = None
         for batch in batches_of(len(indices), self.batch_size):
             offset = clock() - start
-            for row in self.arm.decode(queue, [indices[k] for k in batch], clock, limit):
+            decoded = self.arm.decode(queue, [indices[k] for k in batch], clock, limit)
+            if self.arm.bookkeeping_s is not None:
+                self.bookkeeping_s = (self.bookkeeping_s or 0.0) + self.arm.bookkeeping_s
+            for row in decoded:
                 if row.prompt not in rows:
                     row.first_s, row.finished_s = offset + row.first_s, offset + row.finished_s
                     rows[row.prompt] = row
@@ -227,7 +237,7 @@ def measure(arms: list, queue: Queue, units: list[list[int]], device: torch.devi
                 start = clock()
                 rows = arm.decode(queue, unit, clock)
                 sync_device(device)
-                runs.append(Run(arm.name, u, r, rows, clock() - start))
+                runs.append(Run(arm.name, u, r, rows, clock() - start, arm.bookkeeping_s))
             bar.update()
             if postfix:
                 bar.set_postfix(postfix(runs))
@@ -272,8 +282,10 @@ def arm_totals(runs: list[Run], arm: str) -> "Totals":
     mine = [run for run in runs if run.arm == arm]
     rows = [row for run in mine for row in run.rows]
     steps = [row.steps for row in rows]
+    kept = [run.bookkeeping_s for run in mine]
     return Totals(sum(run.tokens for run in mine), sum(run.seconds for run in mine),
-                  None if any(s is None for s in steps) else sum(steps), rows, [[run.tokens, run.seconds] for run in mine])
+                  None if any(s is None for s in steps) else sum(steps), rows, [[run.tokens, run.seconds] for run in mine],
+                  None if any(k is None for k in kept) else sum(kept))
 
 
 @dataclass
@@ -285,6 +297,7 @@ class Totals:
     steps: int | None  # None: an arm that does not count steps (HF)
     rows: list[Row] = field(default_factory=list)
     runs: list[list[float]] = field(default_factory=list)  # [tokens, seconds] of each call, in order
+    bookkeeping_s: float | None = None  # admitting and retiring requests, forwards excluded (None: HF)
 
     @property
     def tokens_per_s(self) -> float:

@@ -49,6 +49,7 @@ class ArmReport:
     ttft_p90_s: float
     tokens_per_step: float | None  # the runtime's arms only
     identical: float | None  # requests equal to their reference decode (None: HF sampling, which draws its own)
+    bookkeeping_s: float | None = None  # the runtime's time admitting and retiring requests, forwards excluded
 
 
 @dataclass
@@ -122,18 +123,19 @@ def _arm_report(runs: list[Run], arm) -> ArmReport:
     finished, first = [r.finished_s for r in totals.rows], [r.first_s for r in totals.rows]
     return ArmReport(arm.name, totals.tokens, totals.seconds, totals.tokens_per_s, statistics.median(finished),
                      percentile(finished, 0.9), statistics.median(first), percentile(first, 0.9), totals.tokens_per_step,
-                     identical_fraction(runs, arm.name))
+                     identical_fraction(runs, arm.name), totals.bookkeeping_s)
 
 
 def format_serve_report(report: ServeReport) -> str:
     lines = [f"{'arm':>18} {'tok/s':>8} {'vs hf':>6} {'latency p50':>11} {'p90':>7} {'ttft p50':>8} {'p90':>7} "
-             f"{'tok/step':>8} {'same':>5}"]
+             f"{'tok/step':>8} {'same':>5} {'admit+retire':>12}"]
     hf = report.arm("hf static").tokens_per_s
     for a in report.arms:
         lines.append(f"{a.arm:>18} {a.tokens_per_s:>8.2f} {a.tokens_per_s / hf:>5.2f}x {a.latency_median_s:>10.2f}s "
                      f"{a.latency_p90_s:>6.2f}s {a.ttft_median_s:>7.2f}s {a.ttft_p90_s:>6.2f}s "
                      f"{(f'{a.tokens_per_step:.3f}' if a.tokens_per_step else '-'):>8} "
-                     f"{(f'{a.identical:.2f}' if a.identical is not None else '-'):>5}")
+                     f"{(f'{a.identical:.2f}' if a.identical is not None else '-'):>5} "
+                     f"{(f'{a.bookkeeping_s / a.seconds:.2%}' if a.bookkeeping_s is not None else '-'):>12}")
     limits = report.max_new_tokens
     lines += ["", f"{report.prompts} requests through {report.batch_size} slots, {report.rounds} round(s); tree {report.nodes} nodes; "
                   f"token limits {min(limits)}-{max(limits)}; device {report.device}, {report.dtype}; temperature {report.temperature:g}"]

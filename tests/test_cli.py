@@ -645,6 +645,7 @@ def test_bench_continuous_batching_runs_four_arms_losslessly(tiny_folder, stats_
     assert r.exit_code == 0, r.output
     out = json.loads(report.read_text())
     assert [a["arm"] for a in out["arms"]] == ["medusa continuous", "plain continuous", "medusa static", "hf static"]
+    assert [a["bookkeeping_s"] is None for a in out["arms"]] == [False, False, False, True]  # HF does not say
     assert all(a["identical"] == 1.0 for a in out["arms"]) and out["prompts"] == 4
     assert len(set(out["max_new_tokens"])) > 1 and all(3 <= n <= 16 for n in out["max_new_tokens"])
     assert all(a["latency_median_s"] <= a["latency_p90_s"] and a["ttft_median_s"] <= a["latency_median_s"] for a in out["arms"])

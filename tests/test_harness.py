@@ -17,6 +17,8 @@ CPU = torch.device("cpu")
 class Echo:
     """An arm that returns each prompt reversed, and records the order it was called in."""
 
+    bookkeeping_s = None
+
     def __init__(self, name: str, calls: list, checked: bool = True):
         self.name, self.calls, self.checked = name, calls, checked
 
@@ -101,4 +103,5 @@ def test_a_continuous_runtime_arm_serves_more_requests_than_slots_exactly():
     arm = RuntimeArm("medusa", MedusaDecoder(model, HEADS["llama"], TreeSpec([(0,), (1,), (0, 0)]), []), slots=2)
     runs = measure([arm], queue, [[0, 1, 2, 3]], loaded.device, progress=False)
     assert [len(r.tokens) for r in runs[0].rows] == [3, 8, 5, 7]
+    assert 0 < runs[0].bookkeeping_s < runs[0].seconds  # admitting and retiring, reported by serve
     assert check(runs, [arm], References(model, [], queue, SamplingConfig())) == []

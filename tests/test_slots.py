@@ -6,7 +6,7 @@ import torch
 
 from cases import HEADS, MODELS
 from medusa_runtime import decoding
-from medusa_runtime.bench import hf_greedy
+from conftest import hf_greedy
 from medusa_runtime.decoding import MedusaDecoder
 from medusa_runtime.spec import TreeSpec
 
