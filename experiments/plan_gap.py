@@ -1,10 +1,10 @@
 """Where does a batch's real time go that the plan does not charge? Measured step times against the profile's.
 
-Charges are by the profile's 10th percentiles (the plan's statistic when this probe ran; the plan now predicts
-from medians). Decodes the prompts as ``bench`` does (static batches of B, or the queue through B slots), timing every verify step
-with the number of rows it served and every prefill, then sets each against what the plan charges for it (the
+Charges are by the profile's medians (the plan's tokens/s rule; until 2026-12-07 this probe charged its 10th
+percentiles). Decodes the prompts as ``bench`` does (static batches of B, or the queue through B slots), timing every
+verify step with the number of rows it served and every prefill, then sets each against what the plan charges for it (the
 profile's step time at that row count and tree size, its prefill time at that length). Prints, per row count, the
-steps, their median measured ms and the plan's, then the whole run split into steps, prefills and the time between
+steps, their median (and mean) measured ms and the plan's, then the whole run split into steps, prefills and the time between
 them (Python work the plan does not see), and one JSON line.
 
     python experiments/plan_gap.py --tree T.json --latency L.json --batch-size 8 [--batching static|continuous]
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     loaded, decoder = load_decoder(args.heads, args.tree, TimedDecoder)
     tree = decoder.tree
-    latency = BatchLatency(load_latency_batches(args.latency))
+    latency = BatchLatency(load_latency_batches(args.latency)).typical()  # the plan's tokens/s rule: medians
     prompts = [render_chat(loaded.tokenizer, p) for p in select_prompts("mt-bench", args.select)]
     decoder.serve(prompts[: args.batch_size], 4, args.batch_size)  # warm-up
     decoder.steps.clear()
@@ -81,13 +81,14 @@ def main() -> None:
                    for r in decoder.serve([prompts[i] for i in batch], args.max_new_tokens)]
     total = (time.perf_counter() - t0) * 1e3
     tokens = sum(len(r.tokens) for r in results)
-    print(f"{'rows':>4} {'steps':>6} {'measured ms':>11} {'plan ms':>8} {'ratio':>6}")
+    print(f"{'rows':>4} {'steps':>6} {'measured ms':>11} {'mean ms':>8} {'plan ms':>8} {'ratio':>6}")
     by_rows = {}
     for rows in sorted({r for r, _ in steps}):
         ms = [m for r, m in steps if r == rows]
         plan = latency.step_ms(rows, tree.nodes)
-        by_rows[rows] = {"steps": len(ms), "median_ms": statistics.median(ms), "plan_ms": plan}
-        print(f"{rows:>4} {len(ms):>6} {statistics.median(ms):>11.2f} {plan:>8.2f} {statistics.median(ms) / plan:>6.2f}")
+        by_rows[rows] = {"steps": len(ms), "median_ms": statistics.median(ms), "mean_ms": statistics.fmean(ms), "plan_ms": plan}
+        print(f"{rows:>4} {len(ms):>6} {statistics.median(ms):>11.2f} {statistics.fmean(ms):>8.2f} {plan:>8.2f} "
+              f"{statistics.median(ms) / plan:>6.2f}")
     step_ms, prefill_ms = sum(m for _, m in steps), sum(m for _, _, m in prefills)
     planned_steps = sum(latency.step_ms(r, tree.nodes) for r, _ in steps)
     planned_prefill = sum(latency.prefill_ms(r, n) for r, n, _ in prefills)
