@@ -4,10 +4,11 @@ batch as `bench` would), and the tokens/step each measures. Tokens/step and iden
 runs beside other work; speed is `bench`'s job.
 
     python experiments/coupled_identity.py STATS.json --trees T6.json,T64.json --batch-sizes 1,4 [--drafts mode]
-        [--mode-trees M16.json,M64.json] [--select 1:80:4] [--json OUT]
+        [--mode-trees M16.json,M64.json] [--select 1:80:4] [--heads DIR] [--json OUT]
 
 Decodes at the stats' sampling settings and draft rule (their fitted head temperature), unless --drafts says otherwise;
 --mode-trees are decoded with mode drafts at batch 1 against the same references (trees from mode-draft stats).
+--heads: the heads to decode with (default: those the stats were calibrated with, as their provenance names them).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--drafts", default=None, choices=["mode", "coupled"])
     parser.add_argument("--mode-trees", default="")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--heads", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     stats = load_stats(args.stats)
@@ -43,10 +45,12 @@ def main() -> None:
     if args.drafts:
         sampling = sampling.with_drafts({"rule": args.drafts, "head_temperature": sampling.head_temperature})
     loaded = load_model("smollm2-135m")
-    heads = load_heads(DEFAULT_HEADS["smollm2-135m"], loaded.model)
+    heads_path = args.heads or stats.provenance.get("heads") or DEFAULT_HEADS["smollm2-135m"]
+    heads = load_heads(heads_path, loaded.model)
     prompts = [render_chat(loaded.tokenizer, t) for t in select_prompts("mt-bench", args.select)]
     references = hf_references(loaded.model, prompts, args.max_new_tokens, loaded.eos_token_ids, sampling)
-    print(f"{sampling.describe()}, {describe_drafts(sampling.draft_settings())}, {len(prompts)} prompts ({args.select})")
+    print(f"{sampling.describe()}, {describe_drafts(sampling.draft_settings())}, {len(prompts)} prompts ({args.select}), "
+          f"heads {heads_path}")
     rows = []
     runs = [(t, sampling, args.batch_sizes) for t in args.trees.split(",")]
     runs += [(t, sampling.with_drafts({"rule": "mode"}), "1") for t in args.mode_trees.split(",") if t]
@@ -64,7 +68,7 @@ def main() -> None:
                         tokens, steps = tokens + len(result.tokens), steps + result.steps
                         same += result.tokens == references[i]
             row = {"tree": tree_file, "nodes": spec.nodes, "batch_size": b, "tokens_per_step": tokens / steps,
-                   "identical": same / len(prompts), "drafts": decoding.draft_settings(), "sampling": decoding.settings()}
+                   "identical": same / len(prompts), "heads": str(heads_path), "drafts": decoding.draft_settings(), "sampling": decoding.settings()}
             rows.append(row)
             print(f"{tree_file}: {spec.nodes:>3} nodes, {decoding.draft_rule} drafts, batch {b}: tokens/step "
                   f"{row['tokens_per_step']:.3f}  identical {row['identical']:.2f}", flush=True)
