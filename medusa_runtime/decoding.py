@@ -33,8 +33,8 @@ from .kv_cache import TreeKVCache
 from .layout import prepare_kernels
 from .lookup import ContextIndex, merge
 from .prefix import PrefixKVCache
-from .served import DecodeResult, Request, ServeResults, ServeTimings  # noqa: F401  (DecodeResult re-exported)
-from .sampling import SamplingConfig  # noqa: F401  (re-exported: callers build it with the decoder)
+from .served import DecodeResult, Request, ServeResults, ServeTimings, per_prompt_limits
+from .sampling import SamplingConfig
 from .spec import TreeSpec
 from .tree import TreeBuffers, build_buffers
 
@@ -299,7 +299,7 @@ class MedusaDecoder:
         ``oracles``: per prompt, the reference continuation that replaces the heads' guesses (a ceiling).
         ``on_tokens(prompt, tokens)`` is called with each prompt's new tokens as they are emitted. ``clock``: a
         function of seconds; each result then records when its prompt was prefilled, and its first and last token."""
-        limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+        limits = per_prompt_limits(max_new_tokens, len(prompts))
         slots = len(prompts) if slots is None else slots
         self._check_serve(prompts, limits, slots, oracles)
         cache_len = max(self.check_prompts(prompts, max(limits))) + max(limits) + self.buffers.num_nodes

@@ -30,6 +30,7 @@ from .decoding import MedusaDecoder
 from .hf_decode import first_difference, hf_generate, hf_reference, top2_margin
 from .layout import prepare_kernels
 from .sampling import SamplingConfig
+from .served import per_prompt_limits
 
 
 def device_name(device: torch.device) -> str:
@@ -60,7 +61,7 @@ class Queue:
 
     @classmethod
     def of(cls, prompts: list[list[int]], max_new_tokens: int | list[int]) -> "Queue":
-        limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+        limits = per_prompt_limits(max_new_tokens, len(prompts))
         if len(limits) != len(prompts):
             raise ValueError(f"{len(limits)} token limits for {len(prompts)} prompts")
         return cls(prompts, limits)

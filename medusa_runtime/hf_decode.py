@@ -11,6 +11,7 @@ from transformers import LogitsProcessorList
 
 from .draws import KeyedSampler, keyed_gumbel, prompt_key, warp
 from .sampling import SamplingConfig
+from .served import per_prompt_limits
 
 
 @torch.inference_mode()
@@ -52,7 +53,7 @@ def hf_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_token_id
 def hf_references(model, prompt_ids: list[list[int]], max_new_tokens: int | list[int], eos_token_ids: list[int],
                   sampling: SamplingConfig, progress: bool = True, desc: str = "references") -> list[list[int]]:
     """Every prompt's own reference decode (``hf_reference``), with a progress bar; one limit for all or one per prompt."""
-    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompt_ids)
+    limits = per_prompt_limits(max_new_tokens, len(prompt_ids))
     return [hf_reference(model, p, n, eos_token_ids, sampling)
             for p, n in tqdm(list(zip(prompt_ids, limits)), desc=desc, disable=not progress)]
 

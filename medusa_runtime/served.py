@@ -1,4 +1,4 @@
-"""What ``MedusaDecoder.serve`` keeps per request and what it returns: ``Request`` (one record per prompt: its slot,
+"""What ``MedusaDecoder.serve`` keeps per request and what it returns: ``per_prompt_limits`` (the token limits it is given), ``Request`` (one record per prompt: its slot,
 its tokens so far, its times), ``DecodeResult`` (a request's outcome), ``ServeTimings`` (where the loop's time went
 besides the verify steps) and ``ServeResults`` (the results in prompt order, with those timings).
 
@@ -8,6 +8,11 @@ This module decodes nothing and reads no clock; ``decoding.py`` fills these in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+def per_prompt_limits(max_new_tokens: int | list[int], count: int) -> list[int]:
+    """Each of ``count`` prompts' token limit: one limit for all, or the list given (one per prompt, checked by the caller)."""
+    return list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * count
 
 
 @dataclass
