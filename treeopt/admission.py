@@ -4,7 +4,7 @@ Two ways of serving B rows, each an ``Admission``:
 
 - ``static`` (``bench``, ``sweep``): a batch starts together, its B prompts prefilled together padded to the longest;
   rows leave when they finish and none join, so the batch's last steps run fewer rows; the next batch starts when its
-  last row ends; the last batch is filled up with the first prompts again (``bench.batches_of``).
+  last row ends; the last batch is filled up with the first prompts again (``medusa_runtime.harness.batches_of``).
 - ``continuous`` (in-flight batching, as TensorRT-LLM serves and ``MedusaDecoder.serve`` runs): before every step the
   freed slots are refilled from the queue, the newcomers prefilled together while the batch waits.
 

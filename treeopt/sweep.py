@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from medusa_runtime.decoding import MedusaDecoder
+from medusa_runtime.hf_decode import hf_references
 from medusa_runtime.harness import Queue, References, RuntimeArm, arm_totals, batches_of, check, identical_fraction, measure, warm_up
 from medusa_runtime.files import read_json_object
 from medusa_runtime.sampling import SamplingConfig
@@ -118,9 +119,8 @@ def sweep_batch_sizes(loaded, heads, planned: list[SweepTrees], prompt_ids: list
     once) when ``check``; one ``sweep_summary`` per batch size, each also handed to ``on_batch_size`` as it is done."""
     references = None
     if check:
-        known = References(loaded.model, loaded.eos_token_ids, Queue.of(prompt_ids, max_new_tokens), sampling)
-        known.fetch(range(len(prompt_ids)), True, "sweep: reference decodes")
-        references = [known.get(i) for i in range(len(prompt_ids))]
+        references = hf_references(loaded.model, prompt_ids, max_new_tokens, loaded.eos_token_ids, sampling,
+                                   desc="sweep: reference decodes")
     results = []
     for plan_b in planned:
         rows = run_sweep(loaded, heads, plan_b.trees, prompt_ids, max_new_tokens, batch_size=plan_b.batch_size,

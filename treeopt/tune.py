@@ -201,15 +201,15 @@ def run_tune(loaded, heads, heads_path: str | None, job: TuneJob, prompt_ids, ho
         sampling = sampling.with_drafts(stats.provenance.get("drafts"))  # draft as the stats were ranked
     job.out.parent.mkdir(parents=True, exist_ok=True)
     storage = job.storage or f"sqlite:///{job.out.parent.resolve() / 'treeopt-tune.db'}"
+    shown = storage if storage.startswith("sqlite") else storage.split("@")[-1]  # never show or store passwords
     try:
         study = run_study(loaded, heads, stats, prompt_ids, job.trials, storage, job.study, job.max_new_tokens,
                           TuneSpace(max_budget=job.max_budget, sampling=sampling))
     except SQLAlchemyError as err:  # unreachable server, wrong credentials, a file that is not a database
-        shown = storage if storage.startswith("sqlite") else storage.split("@")[-1]
         raise ValueError(f"--storage {shown}: cannot be used ({err.__class__.__name__}: "
                          f"{one_line(getattr(err, 'orig', None) or err)}); check the server, the credentials or the file") from None
     spec = best_tree(study)
-    spec.meta["storage"] = storage if storage.startswith("sqlite") else storage.split("@")[-1]  # never store passwords
+    spec.meta["storage"] = shown
     spec.save(job.out)
     report = None
     if holdout_ids:
