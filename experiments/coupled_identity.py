@@ -24,7 +24,7 @@ from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.sampling import SamplingConfig, describe_drafts
 from medusa_runtime.spec import load_tree
-from treeopt.cli import DEFAULT_HEADS
+from treeopt.cli_inputs import DEFAULT_HEADS
 from treeopt.stats import load_stats
 
 

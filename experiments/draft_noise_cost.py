@@ -18,7 +18,7 @@ from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.sampling import SamplingConfig
 from medusa_runtime.spec import load_tree
-from treeopt.cli import DEFAULT_HEADS
+from treeopt.cli_inputs import DEFAULT_HEADS
 
 SPENT = {"noise rows drawn": 0.0, "draft order": 0.0}
 COUNT = {"noise rows drawn": 0, "noise rows read": 0}

@@ -20,7 +20,7 @@ from medusa_runtime.models import load_model
 from medusa_runtime.prompts import render_chat, select_prompts
 from medusa_runtime.sampling import SamplingConfig
 from treeopt.calibration import answer_guesses
-from treeopt.cli import DEFAULT_HEADS
+from treeopt.cli_inputs import DEFAULT_HEADS
 from treeopt.crossval import cross_validate
 from treeopt.distill import read_trajectories
 from treeopt.stats import CalibrationStats

@@ -346,6 +346,42 @@ def test_train_heads_says_why_answers_stop_short_of_tokens(tiny_folder, tmp_path
     assert r.exit_code != 0 and "--target 'soft': use one of greedy, distribution" in r.output
 
 
+def test_train_heads_on_sampled_answers(tiny_folder, tmp_path):
+    """--gen-temperature: answers drawn with the keyed draws (not the greedy text), said so in the README; their pack
+    seeds only runs at that temperature; bad values and a dtype that would drop the targets are refused."""
+    from medusa_runtime.sampling import SamplingConfig
+    from treeopt.distill import read_trajectories
+
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 2} w{i + 5}"}) + "\n" for i in range(5)))
+    common = ("train-heads", "--model", tiny_folder / "model", "--data", rows, "--num-heads", 2, "--epochs", 1, "--batch-size", 16,
+              "--max-new-tokens", 8, "--tokens", 100000, "--num-prompts", 3, "--draft-vocab", 0, "--target", "distribution",
+              "--mtbench-select", "")
+    r = invoke(*common, "--gen-temperature", 1.0, "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    assert invoke(*common, "--out", tmp_path / "g").exit_code == 0
+    sampled = read_trajectories(tmp_path / "s" / ".work" / "trajectories.jsonl")
+    greedy = read_trajectories(tmp_path / "g" / ".work" / "trajectories.jsonl")
+    assert [t.prompt_ids for t in sampled] == [t.prompt_ids for t in greedy] and sampled != greedy
+    assert "3 sampled (temperature 1.0, keyed draws) answers" in (tmp_path / "s" / "README.md").read_text()
+    from medusa_runtime.models import load_model
+    from treeopt.distill import generate_trajectories
+
+    loaded = load_model(str(tiny_folder / "model"), "cpu", "float32")  # the very draws the runtime makes at that seed
+    again = generate_trajectories(loaded, [t.prompt_ids for t in sampled], tmp_path / "again.jsonl", 8, batch_size=128,
+                                  sampling=SamplingConfig(temperature=1.0, seed=0))
+    assert {tuple(t.prompt_ids): t.response_ids for t in again} == {tuple(t.prompt_ids): t.response_ids for t in sampled}
+    r = invoke("pack-answers", tmp_path / "s", "--out", tmp_path / "s.npz", "--model", tiny_folder / "model",
+               "--gen-dtype", "float32", "--max-new-tokens", 8, "--gen-temperature", 1.0)
+    assert r.exit_code == 0, r.output
+    r = invoke(*common, "--answers", tmp_path / "s.npz", "--out", tmp_path / "g2")
+    assert r.exit_code != 0 and "gen_temperature 1.0 (this run: 0.0; --gen-temperature)" in r.output
+    r = invoke(*common, "--gen-temperature", -0.5, "--out", tmp_path / "bad")
+    assert r.exit_code != 0 and "--gen-temperature -0.5: must be >= 0" in r.output
+    r = invoke(*common, "--gen-temperature", 1.0, "--gen-dtype", "bfloat16", "--out", tmp_path / "bad2")
+    assert r.exit_code != 0 and "sampled answers must be written in the training dtype (float32)" in r.output
+
+
 @pytest.fixture(scope="module")
 def batch_latency(tiny_folder, tmp_path_factory):
     latency = tmp_path_factory.mktemp("batch") / "latency.json"

@@ -13,7 +13,7 @@ from treeopt.builder import build_tree, path_probability_fn
 from treeopt.crossval import CrossValidationError, bootstrap_interval, cross_validate, prompt_folds
 from treeopt.design import TreeRequest, design_tree
 from treeopt.evaluate import evaluate_tree
-from treeopt.stats import CalibrationStats, replay_per_prompt, replay_steps, subset
+from treeopt.stats import CalibrationStats, replay_per_prompt, replay_steps
 
 
 def test_folds_partition_the_prompts_that_generated_tokens():

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from conftest import tiny_heads, tiny_model
 from medusa_runtime.checkpoint import HeadsFormatError
 from medusa_runtime.heads import load_heads
-from medusa_runtime.layout import PackedLinear, onednn_packing_available
+from medusa_runtime.layout import onednn_packing_available
 
 
 @pytest.fixture

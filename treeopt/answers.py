@@ -99,26 +99,42 @@ def read_answers(path: Path) -> AnswerPack:
     return AnswerPack(out, meta)
 
 
-def check_answers_fit(pack: AnswerPack, path: Path, model: str, gen_dtype: str, max_new_tokens: int) -> None:
-    """AnswersError unless the pack was written by this model, in this dtype, with this answer length limit:
-    answers of another setting would teach the heads another model's (or dtype's) continuations."""
-    want = {"model": model, "gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens}
-    wrong = {k: pack.meta.get(k) for k, v in want.items() if pack.meta.get(k) != v}
+def pack_sampling(meta: dict) -> dict | None:
+    """The sampling settings a pack's answers were drawn with (``meta["sampling"]`` at temperature > 0), None for
+    greedy answers (the shipped pack, and every pack ``train-heads`` writes)."""
+    sampling = meta.get("sampling")
+    return sampling if isinstance(sampling, dict) and sampling.get("temperature", 0) > 0 else None
+
+
+def pack_temperature(meta: dict) -> float:
+    """The temperature a pack's answers were drawn at (0: greedy)."""
+    sampling = pack_sampling(meta)
+    return 0.0 if sampling is None else float(sampling["temperature"])
+
+
+def check_answers_fit(pack: AnswerPack, path: Path, model: str, gen_dtype: str, max_new_tokens: int,
+                      gen_temperature: float = 0.0) -> None:
+    """AnswersError unless the pack was written by this model, in this dtype, with this answer length limit, at this
+    temperature (its seed may differ: other draws of the same text distribution): answers of another setting would
+    teach the heads another model's (or dtype's, or temperature's) continuations."""
+    want = {"model": model, "gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens, "gen_temperature": float(gen_temperature)}
+    have = {**pack.meta, "gen_temperature": pack_temperature(pack.meta)}
+    wrong = {k: have.get(k) for k, v in want.items() if have.get(k) != v}
     if wrong:
-        flags = {"model": "--model", "gen_dtype": "--gen-dtype", "max_new_tokens": "--max-new-tokens"}
-        said = ", ".join(f"{k} {pack.meta.get(k)!r} (this run: {want[k]!r}; {flags[k]})" for k in wrong)
+        flags = {"model": "--model", "gen_dtype": "--gen-dtype", "max_new_tokens": "--max-new-tokens", "gen_temperature": "--gen-temperature"}
+        said = ", ".join(f"{k} {have.get(k)!r} (this run: {want[k]!r}; {flags[k]})" for k in wrong)
         raise AnswersError(f"{path}: answers written with {said}; match those flags, or pass --answers none to generate new ones")
 
 
-def resolve_answers(answers: str, model: str, gen_dtype: str, max_new_tokens: int) -> str:
+def resolve_answers(answers: str, model: str, gen_dtype: str, max_new_tokens: int, gen_temperature: float = 0.0) -> str:
     """``train-heads --answers auto|none|FILE`` -> a pack path, or "" to generate every answer. ``auto``: the
-    shipped pack of ``model`` when the run's settings are the pack's."""
+    shipped pack of ``model`` when the run's settings are the pack's (greedy answers)."""
     if answers == "none":
         return ""
     if answers != "auto":
         return answers
     shipped = SHIPPED.get(model)
-    fits = {"gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens} == SHIPPED_SETTINGS
+    fits = {"gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens} == SHIPPED_SETTINGS and gen_temperature == 0
     return str(shipped) if shipped is not None and shipped.exists() and fits else ""
 
 

@@ -19,6 +19,7 @@ def pack_answers_cmd(
     model: str = ModelOpt,
     gen_dtype: str = typer.Option(..., "--gen-dtype", help="dtype that wrote the answers (what train-heads was given)"),
     max_new_tokens: int = typer.Option(TrainConfig.max_new_tokens, "--max-new-tokens", help="the answer length limit they were written with"),
+    gen_temperature: float = typer.Option(0.0, "--gen-temperature", help="the temperature they were sampled at (0: greedy; what train-heads was given)"),
     source_note: str = typer.Option("", "--note", help="where the prompts came from, kept in the pack's meta"),
 ):
     """Pack self-distilled answers as compact token ids, so that train-heads (--answers) starts from them."""
@@ -35,6 +36,8 @@ def pack_answers_cmd(
     if not trajectories:
         fail(f"{jsonl}: holds no answers yet")
     meta = {"model": model, "gen_dtype": gen_dtype, "max_new_tokens": max_new_tokens, "note": source_note}
+    if gen_temperature > 0:  # train-heads --answers then seeds only runs that sample at this temperature
+        meta["sampling"] = {"temperature": gen_temperature}
     write_answers(trajectories, out, meta)
     tokens = sum(len(t.response_ids) for t in trajectories)
     typer.echo(f"{len(trajectories)} answers ({tokens} answer tokens) packed into {out} ({out.stat().st_size / 1e6:.2f} MB)")
@@ -60,6 +63,8 @@ def train_heads_cmd(
     lr: float = typer.Option(TrainConfig.lr, "--lr"),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="training positions per step"),
     gen_batch_size: int = typer.Option(TrainConfig.gen_batch_size, "--gen-batch-size", help="prompts answered together while generating data"),
+    gen_temperature: float = typer.Option(TrainConfig.gen_temperature, "--gen-temperature", help="0: greedy answers; > 0: answers "
+                                          "sampled at this temperature (the runtime's keyed draws), for heads that serve sampled decoding"),
     gen_dtype: str = typer.Option(TrainConfig.gen_dtype, "--gen-dtype", help="dtype that writes the answers (bfloat16: faster on CPUs with AVX512-BF16; "
                                   "targets stay the training dtype's own argmax)"),
     max_new_tokens: int = typer.Option(TrainConfig.max_new_tokens, "--max-new-tokens", help="length of each generated answer"),
@@ -82,7 +87,7 @@ def train_heads_cmd(
     from .train_heads import run_train_heads
 
     cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers, shared_lm_head=shared_lm_head, kind=kind, init_from=init_from, tokens=tokens,
-                      answers=resolve_answers(answers, model, gen_dtype, max_new_tokens),
+                      answers=resolve_answers(answers, model, gen_dtype, max_new_tokens, gen_temperature), gen_temperature=gen_temperature,
                       epochs=epochs, target=target, lr=lr, batch_size=batch_size, gen_batch_size=gen_batch_size, gen_dtype=gen_dtype,
                       draft_vocab=draft_vocab, save_dtype=save_dtype, context_lookup=context_lookup, prefix_attention=prefix_attention,
                       max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, prompts=num_prompts)

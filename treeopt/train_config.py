@@ -34,6 +34,8 @@ class TrainConfig:
     max_prompt_tokens: int = 128  # longer prompts are skipped: prompt tokens cost generation time, not data
     prompts: int = 12000  # training prompts considered (first N of a fixed shuffle)
     gen_batch_size: int = 128  # prompts answered together (128 measured fastest on a 2-core CPU)
+    gen_temperature: float = 0.0  # 0: greedy answers; > 0: answers sampled at this temperature with the runtime's
+    # keyed draws (seed ``seed``), so heads learn the contexts sampled decoding shows them (docs/heads.md)
     gen_dtype: str = ""  # dtype of the model that writes the answers ("": the training model's own). Another
     # dtype (bfloat16: ~1.7x faster on a CPU with AVX512-BF16) only writes the text; targets are then the
     # training model's own argmax at each position, so heads still learn exactly what verification accepts
@@ -70,6 +72,8 @@ class TrainConfig:
             raise TrainError(f"--draft-vocab {self.draft_vocab}: must be >= 0 (0: guess from the whole vocabulary)")
         if self.save_dtype not in DTYPES:
             raise TrainError(f"--save-dtype {self.save_dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.gen_temperature < 0:
+            raise TrainError(f"--gen-temperature {self.gen_temperature}: must be >= 0 (0: greedy answers)")
         if self.gen_dtype and self.gen_dtype not in DTYPES:
             raise TrainError(f"--gen-dtype {self.gen_dtype!r}: use one of {', '.join(DTYPES)} (or leave it empty)")
         if min(self.epochs, self.batch_size, self.tokens, self.gen_batch_size, self.max_new_tokens, self.prompts) < 1:

@@ -33,6 +33,7 @@ from medusa_runtime.lookup import ContextLookup
 from medusa_runtime.models import dtype_name, resolve_dtype
 from medusa_runtime.prefix import PrefixConfig
 from medusa_runtime.prompts import read_json_array_tolerant, render_chat
+from medusa_runtime.sampling import SamplingConfig
 
 from .answers import check_answers_fit, read_answers, seed_answers
 from .distill import Trajectory, generate_trajectories
@@ -103,6 +104,18 @@ def answer_target_mode(loaded, cfg: TrainConfig) -> str:
     return "tokens" if answers_in_own_dtype(loaded, cfg) else "greedy_path"
 
 
+def answer_sampling(loaded, cfg: TrainConfig) -> SamplingConfig | None:
+    """How the answers are drawn: greedy (None), or at ``--gen-temperature`` with the runtime's keyed draws. Sampled
+    answers leave the greedy path at almost every step, so they must be the training dtype's own: targets recomputed
+    in another dtype would drop nearly every position."""
+    if cfg.gen_temperature == 0:
+        return None
+    if not answers_in_own_dtype(loaded, cfg):
+        raise TrainError(f"--gen-temperature {cfg.gen_temperature} with --gen-dtype {cfg.gen_dtype}: sampled answers must be "
+                         f"written in the training dtype ({dtype_name(loaded.dtype)}); leave out --gen-dtype")
+    return SamplingConfig(temperature=cfg.gen_temperature, seed=cfg.seed)
+
+
 def distinct_prompts(prompts: list[str]) -> list[str]:
     """Each prompt once, in first-seen order: what ``--num-prompts`` draws from (after a fixed shuffle)."""
     return list(dict.fromkeys(prompts))
@@ -122,9 +135,10 @@ def answer_shortfall(prompts: list[str], answered_tokens: int, cfg: TrainConfig)
 
 
 def seed_from_pack(path: Path, jsonl: Path, loaded, cfg: TrainConfig) -> None:
-    """Append the answers of a pack to the run's answer file (those it lacks), after checking they fit the run."""
+    """Append the answers of a pack to the run's answer file (those it lacks), after checking they fit the run (its
+    temperature included: a pack of sampled answers seeds a run that samples at the same temperature)."""
     pack = read_answers(path)
-    check_answers_fit(pack, path, loaded.name, cfg.gen_dtype or dtype_name(loaded.dtype), cfg.max_new_tokens)
+    check_answers_fit(pack, path, loaded.name, cfg.gen_dtype or dtype_name(loaded.dtype), cfg.max_new_tokens, cfg.gen_temperature)
     added = seed_answers(pack, jsonl)
     print(f"answers: {added} of the {len(pack.trajectories)} in {path} added to {jsonl} ({pack.answer_tokens} answer tokens in the pack)")
 
@@ -142,7 +156,7 @@ def prepare_trajectories(loaded, prompts: list[str], texts: list[str], cfg: Trai
         if cfg.answers:
             seed_from_pack(Path(cfg.answers), out / "trajectories.jsonl", loaded, cfg)
         trajectories += generate_trajectories(generation_model(loaded, cfg), ids, out / "trajectories.jsonl", cfg.max_new_tokens,
-                                              batch_size=cfg.gen_batch_size, token_budget=cfg.tokens)
+                                              batch_size=cfg.gen_batch_size, token_budget=cfg.tokens, sampling=answer_sampling(loaded, cfg))
     for text in texts:
         ids = loaded.tokenizer(text)["input_ids"][: cfg.max_prompt_tokens + cfg.max_new_tokens]
         if len(ids) > 1:
@@ -562,7 +576,7 @@ def write_readme(out: Path, command: str, data_desc: str, cfg: TrainConfig, resu
     guesses = f"weights as stored ({cfg.save_dtype})" + (", guesses from the draft vocabulary" if draft else ", guesses from the whole vocabulary")
     text = f"""# Medusa heads ({cfg.num_heads} heads x {cfg.num_layers} ResBlock, {kind})
 
-Trained by `treeopt train-heads` (Medusa-1: base frozen, self-distillation on the base model's own greedy answers).
+Trained by `treeopt train-heads` (Medusa-1: base frozen, self-distillation on the base model's own answers).
 
 - command: `{command}`
 - data: {data_desc}
@@ -643,7 +657,8 @@ def run_train_heads(loaded, data: str, cfg: TrainConfig, out: Path, overwrite: b
     answered = sum(len(t.response_ids) for t in trajectories[:n_generated])
     if n_generated:
         written = cfg.gen_dtype or dtype_name(loaded.dtype)
-        desc += f"; {n_generated} greedy answers of the base model ({answered} tokens) written in {written}"
+        how = "greedy" if cfg.gen_temperature == 0 else f"sampled (temperature {cfg.gen_temperature}, keyed draws)"
+        desc += f"; {n_generated} {how} answers of the base model ({answered} tokens) written in {written}"
         if cfg.answers:
             desc += f" (the run's answer file seeded from the pack {cfg.answers})"
         if answer_target_mode(loaded, cfg) == "greedy_path":
