@@ -24,18 +24,13 @@ import torch
 
 from medusa_runtime.drafts import DraftOrder
 from medusa_runtime.draws import KeyedNoise
-from medusa_runtime.heads import load_heads
 from medusa_runtime.lookup import merge
-from medusa_runtime.models import load_model
-from medusa_runtime.prompts import render_chat, select_prompts
-from medusa_runtime.sampling import SamplingConfig
 from treeopt.calibration import answer_guesses
-from treeopt.cli_inputs import DEFAULT_HEADS
 from treeopt.crossval import cross_validate
-from treeopt.distill import read_trajectories
 from treeopt.stats import CalibrationStats
 
-SIZES = (5, 15, 63)
+from lookup_place import SIZES, load_rollouts, rollout_args  # experiments/ is on the path when run as a script
+
 TOPK = 10
 
 
@@ -46,21 +41,13 @@ def ranks(top: torch.Tensor, future: torch.Tensor) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--answers", required=True)
-    parser.add_argument("--select", default="0:80:2")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--head-temperature", type=float, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    rollout_args(parser)
     parser.add_argument("--boosts", default="0,1,2,3,4,5,6,8")
     parser.add_argument("--mixtures", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8")
     parser.add_argument("--smooths", default="0.0001,0.001,0.01,0.05")
     parser.add_argument("--nuclei", default="0.9,0.95,0.99")
     args = parser.parse_args()
-    loaded = load_model("smollm2-135m")
-    heads = load_heads(DEFAULT_HEADS["smollm2-135m"], loaded.model)
-    prompts = [render_chat(loaded.tokenizer, t) for t in select_prompts("mt-bench", args.select)]
-    answers = {tuple(t.prompt_ids): t.response_ids for t in read_trajectories(args.answers)}
-    sampling = SamplingConfig(temperature=args.temperature, seed=args.seed, head_temperature=(args.head_temperature,))
+    loaded, heads, prompts, answers, sampling = load_rollouts(args)
     drafts = DraftOrder(sampling, heads.num_heads, heads.draft_vocab, loaded.device)
     noise = KeyedNoise(args.seed, loaded.model.config.vocab_size, loaded.device)
     columns = heads.draft_vocab.cpu()  # [V'] token id of each column

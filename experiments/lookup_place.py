@@ -41,19 +41,30 @@ def place(top: torch.Tensor, proposal: torch.Tensor, at: int) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def rollout_args(parser: argparse.ArgumentParser) -> None:
+    """The options of a probe over one calibration's sampled rollouts (also ``coupled_scores.py``'s)."""
     parser.add_argument("--answers", required=True)
     parser.add_argument("--select", default="0:80:2")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--head-temperature", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+
+
+def load_rollouts(args):
+    """(loaded model, shipped heads, prompt ids, answers by prompt, sampling settings) of ``rollout_args``."""
     loaded = load_model("smollm2-135m")
     heads = load_heads(DEFAULT_HEADS["smollm2-135m"], loaded.model)
     prompts = [render_chat(loaded.tokenizer, t) for t in select_prompts("mt-bench", args.select)]
     answers = {tuple(t.prompt_ids): t.response_ids for t in read_trajectories(args.answers)}
     sampling = SamplingConfig(temperature=args.temperature, seed=args.seed, head_temperature=(args.head_temperature,))
+    return loaded, heads, prompts, answers, sampling
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    rollout_args(parser)
+    args = parser.parse_args()
+    loaded, heads, prompts, answers, sampling = load_rollouts(args)
     variants = {"proposal first": 0, "proposal second": 1, "no proposal": None}
     noise = KeyedNoise(args.seed, loaded.model.config.vocab_size, loaded.device)
     tables = {name: [] for name in variants}
