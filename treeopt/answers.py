@@ -100,8 +100,8 @@ def read_answers(path: Path) -> AnswerPack:
 
 
 def pack_sampling(meta: dict) -> dict | None:
-    """The sampling settings a pack's answers were drawn with (``meta["sampling"]`` at temperature > 0), None for
-    greedy answers (the shipped pack, and every pack ``train-heads`` writes)."""
+    """The sampling settings a pack's answers were drawn with (``meta["sampling"]`` at temperature > 0: written by
+    ``pack-answers --gen-temperature`` or ``experiments/sampled_answers.py``), None for greedy answers (the shipped pack)."""
     sampling = meta.get("sampling")
     return sampling if isinstance(sampling, dict) and sampling.get("temperature", 0) > 0 else None
 
