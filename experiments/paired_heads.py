@@ -1,5 +1,6 @@
 """Two heads sets on the same held-out prompts: each one's tree replayed on its own stats of those prompts, paired per
-prompt, with a bootstrap over prompts. Stats only (replay equals `bench`'s tokens/step under keyed draws).
+prompt, with a bootstrap over prompts (``paired_trees.bootstrap_difference``). Stats only (replay equals `bench`'s
+tokens/step under keyed draws).
 
 Both heads' stats must rank the *same* rollouts (calibrate with the same --answers files), so every prompt carries
 the same text for both and the difference is the heads' alone.
@@ -14,24 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 
 from medusa_runtime.spec import load_tree
 from treeopt.stats import load_stats, replay_per_prompt
 
+from paired_trees import bootstrap_difference, tokens_per_step  # experiments/ is on the path when run as a script
 
-def per_prompt(tree: str, stats_files: str) -> tuple[list[tuple[int, int]], list[int]]:
+
+def replayed_rows(tree: str, stats_files: str) -> list[dict]:
+    """Each prompt of the stats files decoded by replay with this tree: {"new_tokens", "steps"}, in file order."""
     paths = load_tree(tree).paths
-    rows, lengths = [], []
-    for path in stats_files.split(","):
-        stats = load_stats(path)
-        rows += replay_per_prompt(stats, paths)
-        lengths += stats.new_tokens
-    return rows, lengths
-
-
-def ratio(rows: list[tuple[int, int]], picks: list[int]) -> float:
-    return sum(rows[i][0] for i in picks) / max(sum(rows[i][1] for i in picks), 1)
+    return [{"new_tokens": tokens, "steps": steps} for path in stats_files.split(",")
+            for tokens, steps in replay_per_prompt(load_stats(path), paths)]
 
 
 def main() -> None:
@@ -41,20 +36,16 @@ def main() -> None:
         parser.add_argument(f"--stats-{side}", required=True, help="comma-separated stats files of the held-out prompts")
     parser.add_argument("--resamples", type=int, default=10000)
     args = parser.parse_args()
-    a, len_a = per_prompt(args.tree_a, args.stats_a)
-    b, len_b = per_prompt(args.tree_b, args.stats_b)
-    if len_a != len_b:
+    a, b = replayed_rows(args.tree_a, args.stats_a), replayed_rows(args.tree_b, args.stats_b)
+    if [r["new_tokens"] for r in a] != [r["new_tokens"] for r in b]:
         raise SystemExit("the two stats sets did not rank the same rollouts (their answer lengths differ)")
-    n = len(a)
-    everything = list(range(n))
-    diff = ratio(a, everything) - ratio(b, everything)
-    rng = random.Random(0)
-    boot = sorted(ratio(a, p) - ratio(b, p) for p in ([rng.randrange(n) for _ in range(n)] for _ in range(args.resamples)))
-    low, high = boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]
-    print(f"A {ratio(a, everything):.3f} vs B {ratio(b, everything):.3f} tokens/step on {n} prompts: A - B = {diff:+.4f} "
-          f"({100 * diff / ratio(b, everything):+.1f}%), 95% bootstrap over prompts {low:+.4f} to {high:+.4f}")
-    print(json.dumps({"a": args.tree_a, "b": args.tree_b, "a_tokens_per_step": ratio(a, everything),
-                      "b_tokens_per_step": ratio(b, everything), "difference": diff, "interval": [low, high], "prompts": n}))
+    everything = list(range(len(a)))
+    tps_a, tps_b = tokens_per_step(a, everything), tokens_per_step(b, everything)
+    diff, low, high = bootstrap_difference(a, b, args.resamples)
+    print(f"A {tps_a:.3f} vs B {tps_b:.3f} tokens/step on {len(a)} prompts: A - B = {diff:+.4f} ({100 * diff / tps_b:+.1f}%), "
+          f"95% bootstrap over prompts {low:+.4f} to {high:+.4f}")
+    print(json.dumps({"a": args.tree_a, "b": args.tree_b, "a_tokens_per_step": tps_a, "b_tokens_per_step": tps_b,
+                      "difference": diff, "interval": [low, high], "prompts": len(a)}))
 
 
 if __name__ == "__main__":

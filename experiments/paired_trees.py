@@ -19,6 +19,18 @@ def tokens_per_step(rows: list[dict], picks: list[int]) -> float:
     return sum(rows[i]["new_tokens"] for i in picks) / sum(rows[i]["steps"] for i in picks)
 
 
+def bootstrap_difference(rows_a: list[dict], rows_b: list[dict], resamples: int = 10000, level: float = 0.95,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Rows of the same prompts ({"new_tokens", "steps"} each) -> (A - B tokens/step over all of them, and the ``level``
+    bootstrap range of that difference over prompts)."""
+    n = len(rows_a)
+    diff = tokens_per_step(rows_a, list(range(n))) - tokens_per_step(rows_b, list(range(n)))
+    rng = random.Random(seed)
+    boot = sorted(tokens_per_step(rows_a, p) - tokens_per_step(rows_b, p)
+                  for p in ([rng.randrange(n) for _ in range(n)] for _ in range(resamples)))
+    return diff, boot[int((1 - level) / 2 * len(boot))], boot[int((1 + level) / 2 * len(boot)) - 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("a", help="bench --json of tree A")
@@ -32,12 +44,7 @@ def main() -> None:
         raise SystemExit("the two reports did not run the same prompts")
     same_text = all(x["new_tokens"] == y["new_tokens"] for x, y in zip(rows_a, rows_b))
     n = len(rows_a)
-    everything = list(range(n))
-    diff = tokens_per_step(rows_a, everything) - tokens_per_step(rows_b, everything)
-    rng = random.Random(0)
-    boot = sorted(tokens_per_step(rows_a, p) - tokens_per_step(rows_b, p)
-                  for p in ([rng.randrange(n) for _ in range(n)] for _ in range(args.resamples)))
-    low, high = boot[int((1 - args.level) / 2 * len(boot))], boot[int((1 + args.level) / 2 * len(boot)) - 1]
+    diff, low, high = bootstrap_difference(rows_a, rows_b, args.resamples, args.level)
     wins = sum(x["steps"] < y["steps"] for x, y in zip(rows_a, rows_b))
     ties = sum(x["steps"] == y["steps"] for x, y in zip(rows_a, rows_b))
     print(f"A {a['nodes']} nodes {a['tokens_per_step']:.3f} vs B {b['nodes']} nodes {b['tokens_per_step']:.3f} tokens/step: "

@@ -81,10 +81,11 @@ def test_auto_is_the_shipped_pack_only_when_the_settings_fit():
 def test_a_pack_fits_only_runs_at_its_temperature(tmp_path):
     """Sampled answers (meta "sampling" at temperature > 0) seed only a run sampling at that temperature, and greedy
     ones only a greedy run: either would otherwise teach the heads the other text's contexts without a word."""
-    from treeopt.answers import SHIPPED, pack_sampling, resolve_answers
+    from treeopt.answers import SHIPPED, pack_temperature, resolve_answers
 
     sampled = {**META, "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 1}}
-    assert pack_sampling(META) is None and pack_sampling({**META, "sampling": {"temperature": 0.0}}) is None
+    assert pack_temperature(META) == 0 and pack_temperature({**META, "sampling": {"temperature": 0.0}}) == 0
+    assert pack_temperature(sampled) == 1.0
     pack = read_answers(write_answers(ANSWERS, tmp_path / "s.npz", sampled))
     check_answers_fit(pack, tmp_path / "s.npz", "smollm2-135m", "bfloat16", 128, gen_temperature=1.0)
     with pytest.raises(AnswersError, match=r"gen_temperature 1.0 \(this run: 0.0; --gen-temperature\)"):

@@ -99,17 +99,11 @@ def read_answers(path: Path) -> AnswerPack:
     return AnswerPack(out, meta)
 
 
-def pack_sampling(meta: dict) -> dict | None:
-    """The sampling settings a pack's answers were drawn with (``meta["sampling"]`` at temperature > 0: written by
-    ``pack-answers --gen-temperature`` or ``experiments/sampled_answers.py``), None for greedy answers (the shipped pack)."""
-    sampling = meta.get("sampling")
-    return sampling if isinstance(sampling, dict) and sampling.get("temperature", 0) > 0 else None
-
-
 def pack_temperature(meta: dict) -> float:
-    """The temperature a pack's answers were drawn at (0: greedy)."""
-    sampling = pack_sampling(meta)
-    return 0.0 if sampling is None else float(sampling["temperature"])
+    """The temperature a pack's answers were drawn at: ``meta["sampling"]["temperature"]`` (written by ``pack-answers
+    --gen-temperature`` or ``experiments/sampled_answers.py``), 0 for greedy answers (the shipped pack)."""
+    sampling = meta.get("sampling")
+    return float(sampling.get("temperature", 0)) if isinstance(sampling, dict) else 0.0
 
 
 def check_answers_fit(pack: AnswerPack, path: Path, model: str, gen_dtype: str, max_new_tokens: int,
