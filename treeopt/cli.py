@@ -17,7 +17,7 @@ from medusa_runtime.sampling import SamplingConfig, SamplingError
 
 from .builder import DEFAULT_OBJECTIVE
 from .cli_trees import evaluate, export, import_cmd, show
-from .cli_heads import export_heads, pack_answers_cmd, train_heads_cmd
+from .cli_heads import export_heads, mix_heads_cmd, pack_answers_cmd, train_heads_cmd
 from .cli_inputs import (AcceptanceOpt, AlphaOpt, BatchingOpt, DeviceOpt, DraftsOpt, DtypeOpt, EngineOpt,
                          HeadsOpt, HeadTemperatureOpt, ModelOpt, PromptsOpt, SeedOpt, SelectOpt, TemperatureOpt, ThresholdOpt,
                          TopKOpt, TopPOpt, command_line, drafts_of_tree, fail, load_everything,
@@ -574,6 +574,7 @@ app.command()(export)
 app.command("import")(import_cmd)
 app.command("pack-answers")(pack_answers_cmd)
 app.command("train-heads")(train_heads_cmd)
+app.command("mix-heads")(mix_heads_cmd)
 app.command("export-heads")(export_heads)
 
 

@@ -1,6 +1,7 @@
 """The ``treeopt`` commands about the heads themselves: ``pack-answers`` (self-distilled answers as token ids),
-``train-heads`` (Medusa-1 self-distillation) and ``export-heads`` (an engine's checkpoint). ``cli.py`` registers
-them on the app; like every command, each parses its options, calls one function and prints.
+``train-heads`` (Medusa-1 self-distillation), ``mix-heads`` (two sets mixed weight by weight) and ``export-heads``
+(an engine's checkpoint). ``cli.py`` registers them on the app; like every command, each parses its options, calls
+one function and prints.
 """
 
 from __future__ import annotations
@@ -104,6 +105,26 @@ def train_heads_cmd(
         if result[name]:
             typer.echo(f"{name}: top-1 per head " + " ".join(f"{a:.3f}" for a in result[name]["top1"]))
     typer.echo(f"heads written to {out} (see {out}/README.md)")
+
+
+def mix_heads_cmd(
+    a: Path = typer.Argument(..., help="heads folder A (e.g. greedy-trained heads)"),
+    b: Path = typer.Argument(..., help="heads folder B of the same architecture (e.g. A fine-tuned on sampled text)"),
+    weight: float = typer.Option(..., "--weight", help="B's share: writes (1 - W) x A + W x B"),
+    out: Path = typer.Option(..., "--out", help="heads folder to write"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace heads already in --out"),
+):
+    """Mix two heads sets weight by weight (weight-space interpolation, as WiSE-FT); measure the mix before using it."""
+    from medusa_runtime.checkpoint import HeadsFormatError
+
+    from .mix_heads import MixError, mix_heads
+
+    try:
+        mixed = mix_heads(a, b, weight, out, command_line(), overwrite)
+    except (MixError, HeadsFormatError) as err:
+        fail(str(err))
+    typer.echo(f"{mixed.tensors} tensors ({mixed.parameters} parameters) mixed as {1 - weight:g} x {a} + {weight:g} x {b}, "
+               f"written to {out}")
 
 
 def export_heads(
