@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from medusa_runtime.checkpoint import DRAFT_VOCAB_FILE, read_draft_vocab, read_heads_config, read_state
 
@@ -60,10 +61,9 @@ def mix_heads(a: Path, b: Path, weight: float, out: Path, command: str = "", ove
         raise MixError(f"--out {out}: is one of the sets being mixed; write the mix to a new folder")
     if (out / WEIGHTS_FILE).exists() and not overwrite:
         raise MixError(f"{out / WEIGHTS_FILE}: heads already there; pass --overwrite or choose another --out")
-    config_a, config_b = (read_heads_config(path / "config.json") for path in (a, b))
-    if architecture(config_a) != architecture(config_b):
-        differ = sorted(k for k in architecture(config_a).keys() | architecture(config_b).keys()
-                        if architecture(config_a).get(k) != architecture(config_b).get(k))
+    arch_a, arch_b = (architecture(read_heads_config(path / "config.json")) for path in (a, b))
+    if arch_a != arch_b:
+        differ = sorted(k for k in arch_a.keys() | arch_b.keys() if arch_a.get(k) != arch_b.get(k))
         raise MixError(f"{b / 'config.json'}: fields {differ} differ from {a / 'config.json'}'s; mix heads of one architecture")
     vocab_a, vocab_b = (path / DRAFT_VOCAB_FILE for path in (a, b))
     tokens = [read_draft_vocab(p)[0] if p.exists() else None for p in (vocab_a, vocab_b)]
@@ -71,8 +71,6 @@ def mix_heads(a: Path, b: Path, weight: float, out: Path, command: str = "", ove
         raise MixError(f"{vocab_b}: the heads guess from another draft vocabulary than {vocab_a}; mix heads that share one")
     (state_a, path_a), (state_b, _) = read_state(a), read_state(b)
     mixed = mix_states(state_a, state_b, weight, f"{a} and {b}")
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     save_file(mixed, str(out / WEIGHTS_FILE))
     if vocab_a.exists():
