@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from medusa_runtime.checkpoint import DRAFT_VOCAB_FILE, read_draft_vocab, read_heads_config, read_state
+from medusa_runtime.checkpoint import DRAFT_VOCAB_FILE, WEIGHT_FILES, read_draft_vocab, read_heads_config, read_state
 
-WEIGHTS_FILE = "medusa_lm_head.safetensors"
 TRAIN_KEY = "treeopt_train"  # our training record in config.json: the mix replaces it with its own
 
 
@@ -29,8 +28,6 @@ class MixError(ValueError):
 
 @dataclass
 class MixedHeads:
-    out: Path
-    weight: float
     tensors: int
     parameters: int
 
@@ -59,8 +56,9 @@ def mix_heads(a: Path, b: Path, weight: float, out: Path, command: str = "", ove
         raise MixError(f"--weight {weight}: give B's share in [0, 1] (0 writes A, 1 writes B)")
     if out.resolve() in (a.resolve(), b.resolve()):
         raise MixError(f"--out {out}: is one of the sets being mixed; write the mix to a new folder")
-    if (out / WEIGHTS_FILE).exists() and not overwrite:
-        raise MixError(f"{out / WEIGHTS_FILE}: heads already there; pass --overwrite or choose another --out")
+    existing = [out / name for name in WEIGHT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise MixError(f"{existing[0]}: heads already there; pass --overwrite or choose another --out")
     arch_a, arch_b = (architecture(read_heads_config(path / "config.json")) for path in (a, b))
     if arch_a != arch_b:
         differ = sorted(k for k in arch_a.keys() | arch_b.keys() if arch_a.get(k) != arch_b.get(k))
@@ -72,7 +70,9 @@ def mix_heads(a: Path, b: Path, weight: float, out: Path, command: str = "", ove
     (state_a, path_a), (state_b, _) = read_state(a), read_state(b)
     mixed = mix_states(state_a, state_b, weight, f"{a} and {b}")
     out.mkdir(parents=True, exist_ok=True)
-    save_file(mixed, str(out / WEIGHTS_FILE))
+    for stale in existing:  # a .pt left beside the new file would be another set of heads in the folder
+        stale.unlink()
+    save_file(mixed, str(out / WEIGHT_FILES[0]))
     if vocab_a.exists():
         (out / DRAFT_VOCAB_FILE).write_bytes(vocab_a.read_bytes())
     else:  # a draft vocabulary left by heads overwritten here would narrow the mix's guesses
@@ -85,4 +85,4 @@ def mix_heads(a: Path, b: Path, weight: float, out: Path, command: str = "", ove
         f"# Medusa heads mixed weight by weight\n\n`{1 - weight:g} x {a} + {weight:g} x {b}` (`treeopt mix-heads`), from "
         f"{path_a.name} files; command: `{command}`. Both sets' training records are in config.json's `{TRAIN_KEY}`. "
         f"Measure the mix with `treeopt calibrate`, `build` and `bench` at the settings you decode with.\n")
-    return MixedHeads(out=out, weight=weight, tensors=len(mixed), parameters=sum(t.numel() for t in mixed.values()))
+    return MixedHeads(tensors=len(mixed), parameters=sum(t.numel() for t in mixed.values()))
